@@ -1,0 +1,238 @@
+/* tether-agent configure / list-trust: the agent's trusted server
+ * thumbprints, recovery thumbprints, and settings. */
+#include "config.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+#include "agent.h"
+#include "trust.h"
+#include "util.h"
+
+#define MAX_CHANGES 64
+
+enum {
+	O_TRUST = OPT__VERB_BASE, O_REMOVE_TRUST, O_RESET_TRUST, O_RECOVERY_TRUST,
+	O_REMOVE_RECOVERY, O_LISTEN, O_LANDING,
+};
+
+typedef struct change {
+	int op;
+	tether_thumbprint tp;
+	const char *text;
+} change;
+
+typedef struct configure_opts {
+	change ch[MAX_CHANGES];
+	size_t n;
+	int reset;
+	const char *listen;
+	const char *landing;
+} configure_opts;
+
+static int on_opt(cli_ctx *c, int id, const char *val, void *arg)
+{
+	configure_opts *o = arg;
+	tether_error e;
+
+	switch (id) {
+	case O_TRUST: case O_REMOVE_TRUST: case O_RECOVERY_TRUST: case O_REMOVE_RECOVERY:
+		if (o->n >= MAX_CHANGES)
+			return cli_usage_error(c, "too many trust changes in one command (at most %d)", MAX_CHANGES);
+		if (tether_thumbprint_parse(val, &o->ch[o->n].tp, &e) < 0)
+			return cli_usage_error(c, "%s", e.detail);
+		o->ch[o->n].op = id;
+		o->ch[o->n].text = val;
+		o->n++;
+		break;
+	case O_RESET_TRUST: o->reset = 1; break;
+	case O_LISTEN: o->listen = val; break;
+	case O_LANDING: o->landing = val; break;
+	}
+	return 0;
+}
+
+static const cli_opt configure_opts_spec[] = {
+	{ "trust", required_argument, O_TRUST, "THUMBPRINT", "trust a server's SHA-256 thumbprint (repeatable)" },
+	{ "remove-trust", required_argument, O_REMOVE_TRUST, "THUMBPRINT", "stop trusting it (live connections close at once)" },
+	{ "reset-trust", no_argument, O_RESET_TRUST, NULL, "remove every trusted server thumbprint (applied before --trust)" },
+	{ "recovery-trust", required_argument, O_RECOVERY_TRUST, "THUMBPRINT", "pin a recovery thumbprint: its holder may only replace the whole trust set" },
+	{ "remove-recovery-trust", required_argument, O_REMOVE_RECOVERY, "THUMBPRINT", "remove a recovery thumbprint" },
+	{ "listen", required_argument, O_LISTEN, "ADDR:PORT", "where to listen for servers ([listen] address)" },
+	{ "landing-page", required_argument, O_LANDING, "on|off", "answer plain HTTPS callers with a one-line page" },
+	{ NULL, 0, 0, NULL, NULL }
+};
+
+struct trust_arg {
+	configure_opts *o;
+	char log[4096];
+};
+
+static void logf_append(struct trust_arg *a, const char *verb, const tether_thumbprint *tp)
+{
+	char hex[TETHER_THUMBPRINT_HEX];
+	size_t l = strlen(a->log);
+	tether_thumbprint_hex(tp, hex);
+	snprintf(a->log + l, sizeof(a->log) - l, "%s %s\n", verb, hex);
+}
+
+static int apply_trust(tether_trust *t, void *arg, tether_error *err)
+{
+	struct trust_arg *a = arg;
+	configure_opts *o = a->o;
+	size_t i;
+	int changed = 0, r;
+
+	if (o->reset && t->ntrusted) {
+		for (i = 0; i < t->ntrusted; i++)
+			logf_append(a, "Removed trust:", &t->trusted[i].tp);
+		t->ntrusted = 0;
+		changed = 1;
+	}
+	for (i = 0; i < o->n; i++) {
+		change *ch = &o->ch[i];
+		switch (ch->op) {
+		case O_TRUST:
+			r = tether_trust_add(t->trusted, &t->ntrusted, &ch->tp, "cli", err);
+			if (r < 0)
+				return r;
+			logf_append(a, r ? "Trusted:" : "Already trusted:", &ch->tp);
+			changed |= r;
+			break;
+		case O_REMOVE_TRUST:
+			r = tether_trust_remove(t->trusted, &t->ntrusted, &ch->tp);
+			logf_append(a, r ? "Removed trust:" : "Was not trusted:", &ch->tp);
+			changed |= r;
+			break;
+		case O_RECOVERY_TRUST:
+			r = tether_trust_add(t->recovery, &t->nrecovery, &ch->tp, "cli", err);
+			if (r < 0)
+				return r;
+			logf_append(a, r ? "Recovery thumbprint pinned:" : "Recovery thumbprint already pinned:", &ch->tp);
+			changed |= r;
+			break;
+		case O_REMOVE_RECOVERY:
+			r = tether_trust_remove(t->recovery, &t->nrecovery, &ch->tp);
+			logf_append(a, r ? "Recovery thumbprint removed:" : "Was not a recovery thumbprint:", &ch->tp);
+			changed |= r;
+			break;
+		}
+	}
+	return changed;
+}
+
+int verb_configure(cli_ctx *c, int argc, char **argv)
+{
+	configure_opts o;
+	struct trust_arg ta;
+	tether_config_edit edits[4];
+	size_t ne = 0;
+	int oi, r;
+
+	memset(&o, 0, sizeof(o));
+	r = cli_parse(c, argc, argv, configure_opts_spec, "[--trust T]... [--remove-trust T]... [--listen ADDR:PORT] ...",
+	              "Change the agent's trust and settings. Trust changes are written under a lock and a running\n"
+	              "agent applies them at once. The config file is edited in place (comments kept); a change\n"
+	              "that would leave it invalid is refused. Thumbprints: 64 hex digits, any case, colons allowed.",
+	              on_opt, &o, &oi);
+	if (r)
+		return r > 0 ? 0 : r;
+	if (oi < argc)
+		return cli_usage_error(c, "unexpected argument '%s'", argv[oi]);
+	if (o.listen) {
+		char why[128];
+		if (tether_validate_hostport(o.listen, why, sizeof(why)) < 0)
+			return cli_usage_error(c, "--listen '%s': %s", o.listen, why);
+		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "listen", "address", o.listen };
+	}
+	if (o.landing) {
+		if (tether_config_bool(o.landing) < 0)
+			return cli_usage_error(c, "--landing-page '%s': expected on or off", o.landing);
+		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "listen", "landing-page", o.landing };
+	}
+	if (c->provider)
+		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "tether", "provider", c->provider };
+	if (!o.n && !o.reset && !ne)
+		return cli_usage_error(c, "nothing to change: give --trust, --remove-trust, --reset-trust, "
+		                          "--recovery-trust, --listen, ...");
+	r = cli_open_instance(c);
+	if (r < 0)
+		return r;
+	if (ne) {
+		r = tether_config_apply(c->inst->config_path, agent_schema, edits, ne, &c->err);
+		if (r < 0)
+			return r;
+		if (o.listen)
+			printf("Listening address set to %s (restart the agent to apply)\n", o.listen);
+		if (o.landing)
+			printf("Landing page %s\n", tether_config_bool(o.landing) ? "on" : "off");
+		if (c->provider)
+			printf("Provider set to %s\n", c->provider);
+	}
+	if (o.n || o.reset) {
+		memset(&ta, 0, sizeof(ta));
+		ta.o = &o;
+		r = tether_trust_update(c->inst->state_dir, apply_trust, &ta, &c->err);
+		if (r < 0)
+			return r;
+		fputs(ta.log, stdout);
+	}
+	return 0;
+}
+
+int verb_list_trust(cli_ctx *c, int argc, char **argv)
+{
+	tether_trust *t;
+	int oi, r;
+	size_t i;
+
+	r = cli_parse(c, argc, argv, NULL, "[--json]",
+	              "List the server thumbprints this agent trusts, and its recovery thumbprints.",
+	              NULL, NULL, &oi);
+	if (r)
+		return r > 0 ? 0 : r;
+	if (oi < argc)
+		return cli_usage_error(c, "unexpected argument '%s'", argv[oi]);
+	r = cli_open_instance(c);
+	if (r < 0)
+		return r;
+	t = tether_xcalloc(1, sizeof(*t));
+	r = tether_trust_load(c->inst->state_dir, t, &c->err);
+	if (r < 0)
+		goto out;
+	if (c->json) {
+		json_t *j = json_object(), *a = json_array(), *rc = json_array();
+		for (i = 0; i < t->ntrusted; i++) {
+			char hex[TETHER_THUMBPRINT_HEX], when[32];
+			tether_thumbprint_hex(&t->trusted[i].tp, hex);
+			tether_iso8601(t->trusted[i].added, when, sizeof(when));
+			json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "sha256", hex, "added", when,
+			                                   "note", t->trusted[i].note));
+		}
+		for (i = 0; i < t->nrecovery; i++) {
+			char hex[TETHER_THUMBPRINT_HEX], when[32];
+			tether_thumbprint_hex(&t->recovery[i].tp, hex);
+			tether_iso8601(t->recovery[i].added, when, sizeof(when));
+			json_array_append_new(rc, json_pack("{s:s, s:s}", "sha256", hex, "added", when));
+		}
+		json_object_set_new(j, "trusted", a);
+		json_object_set_new(j, "recovery", rc);
+		cli_print_json(j);
+		goto out;
+	}
+	if (!t->ntrusted)
+		printf("No trusted servers. Add one with 'tether-agent configure --trust THUMBPRINT'.\n");
+	for (i = 0; i < t->ntrusted; i++) {
+		char hex[TETHER_THUMBPRINT_HEX];
+		tether_thumbprint_hex(&t->trusted[i].tp, hex);
+		printf("trusted  %s\n", hex);
+	}
+	for (i = 0; i < t->nrecovery; i++) {
+		char hex[TETHER_THUMBPRINT_HEX];
+		tether_thumbprint_hex(&t->recovery[i].tp, hex);
+		printf("recovery %s\n", hex);
+	}
+out:
+	free(t);
+	return r;
+}

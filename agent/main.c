@@ -1,0 +1,54 @@
+/* tether-agent: the verb table. */
+#include "config.h"
+#include "agent.h"
+
+const tether_config_key agent_schema[] = {
+	{ "tether", "provider", NULL, 0, "openssl", "crypto provider: openssl or pkcs11" },
+	{ "listen", "address", tether_validate_hostport, 0, "0.0.0.0:10933", "where a listening agent accepts servers" },
+	{ "listen", "landing-page", tether_validate_bool, 0, "on", "answer plain HTTPS callers with a one-line page" },
+	{ "log", "level", tether_validate_log_level, 0, "info", "error, warning, info or debug" },
+	{ "log", "file", NULL, 0, NULL, "also write the log to this file" },
+	{ "timeouts", "handshake", tether_validate_uint, 0, "10", "seconds a TLS handshake may take" },
+	{ "timeouts", "idle", tether_validate_uint, 0, "600", "seconds before an idle connection is closed" },
+	{ "timeouts", "keepalive", tether_validate_uint, 0, "15", "seconds between keepalive pings on an idle connection" },
+	{ "timeouts", "request", tether_validate_uint, 0, "3600", "seconds a request may run" },
+	{ "openssl", "key-passphrase-file", NULL, 0, NULL, "file with the passphrase that encrypts the private key" },
+	{ NULL, NULL, NULL, 0, NULL, NULL }
+};
+
+static const char default_config[] =
+	"; tether-agent configuration.  Edit by hand or with 'tether-agent configure'.\n"
+	"; 'tether-agent show-configuration' lists every key and its default.\n"
+	"[tether]\n"
+	"provider = openssl\n"
+	"\n"
+	"[listen]\n"
+	"; address = 0.0.0.0:10933\n"
+	"; landing-page = on\n"
+	"\n"
+	"[log]\n"
+	"; level = info\n";
+
+static const cli_verb verbs[] = {
+	{ "create-instance", verb_create_instance, "create an instance (config and state directory)" },
+	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
+	{ "list-instances", verb_list_instances, "list the instances on this machine" },
+	{ "show-configuration", verb_show_configuration, "show paths and settings" },
+	{ "configure", verb_configure, "change trust and settings (--trust, --remove-trust, --listen, ...)" },
+	{ "list-trust", verb_list_trust, "list trusted server and recovery thumbprints" },
+	{ "new-certificate", verb_new_certificate, "generate a new certificate (replaces the current one)" },
+	{ "show-thumbprint", verb_show_thumbprint, "show the certificate's thumbprints and details" },
+	{ "export-certificate", verb_export_certificate, "export the certificate (PFX with key, or PEM)" },
+	{ "import-certificate", verb_import_certificate, "replace the certificate from a PFX or PEM file" },
+	{ "version", verb_version, "show the version" },
+	{ NULL, NULL, NULL }
+};
+
+static const cli_program program = {
+	"agent", "tether-agent", verbs, agent_schema, default_config
+};
+
+int main(int argc, char **argv)
+{
+	return cli_main(&program, argc, argv);
+}

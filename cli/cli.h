@@ -1,0 +1,89 @@
+/* Command-line framework shared by tether-agent and tether-server: a table
+ * of verbs, common options, opening the instance, config and provider. */
+#ifndef TETHER_CLI_H
+#define TETHER_CLI_H
+
+#include <getopt.h>
+#include <stdio.h>
+#include "conf.h"
+#include "error.h"
+#include "instance.h"
+#include "loader.h"
+
+#define EXIT_USAGE 2
+
+typedef struct cli_ctx cli_ctx;
+
+typedef struct cli_verb {
+	const char *name;
+	int (*fn)(cli_ctx *c, int argc, char **argv);
+	const char *summary;
+} cli_verb;
+
+typedef struct cli_program {
+	const char *program;                 /* "agent" / "server" */
+	const char *progname;                /* "tether-agent" */
+	const cli_verb *verbs;
+	const tether_config_key *schema;
+	const char *default_config;          /* template for create-instance */
+} cli_program;
+
+struct cli_ctx {
+	const cli_program *prog;
+	const char *verb;
+	const char *instance_name;           /* --instance */
+	const char *home;                    /* --home or $TETHER_HOME */
+	const char *provider;                /* --provider */
+	int json;                            /* --json */
+	tether_instance *inst;
+	tether_config *conf;
+	tether_prov *prov;
+	tether_error err;
+};
+
+/* Options common to every verb; verbs append their own. */
+enum { OPT_INSTANCE = 1000, OPT_HOME, OPT_JSON, OPT_PROVIDER, OPT_HELP, OPT__VERB_BASE = 1100 };
+
+typedef struct cli_opt {
+	const char *name;
+	int has_arg;            /* no_argument / required_argument */
+	int id;
+	const char *arg;        /* argument name for help, e.g. "FILE" */
+	const char *help;
+} cli_opt;
+
+/* Parse argv for verb with its options.  Calls on_opt(c, id, optarg, arg)
+ * for each verb option; common options are handled here.  Returns 0,
+ * 1 if --help was printed (the verb returns 0), or TETHER_ERR_USAGE
+ * (message already in c->err).  Positional arguments are left in
+ * argv[*optind_out..argc). */
+int cli_parse(cli_ctx *c, int argc, char **argv, const cli_opt *opts,
+              const char *usage, const char *description,
+              int (*on_opt)(cli_ctx *c, int id, const char *val, void *arg),
+              void *arg, int *optind_out);
+int cli_usage_error(cli_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Open the instance (must exist) and its config. */
+int cli_open_instance(cli_ctx *c);
+/* ...and load the provider. */
+int cli_open_provider(cli_ctx *c);
+
+int cli_main(const cli_program *prog, int argc, char **argv);
+
+/* Print a json value to stdout (then decref it). */
+struct json_t;
+void cli_print_json(struct json_t *v);
+
+/* Shared verbs. */
+int verb_create_instance(cli_ctx *c, int argc, char **argv);
+int verb_delete_instance(cli_ctx *c, int argc, char **argv);
+int verb_list_instances(cli_ctx *c, int argc, char **argv);
+int verb_show_configuration(cli_ctx *c, int argc, char **argv);
+int verb_version(cli_ctx *c, int argc, char **argv);
+int verb_new_certificate(cli_ctx *c, int argc, char **argv);
+int verb_show_thumbprint(cli_ctx *c, int argc, char **argv);
+int verb_export_certificate(cli_ctx *c, int argc, char **argv);
+int verb_import_certificate(cli_ctx *c, int argc, char **argv);
+int verb_use_staged_certificate(cli_ctx *c, int argc, char **argv);
+
+#endif

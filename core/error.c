@@ -1,0 +1,168 @@
+#include "config.h"
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include "error.h"
+
+static const char *const cat_names[TETHER_CAT__COUNT] = {
+	[TETHER_CAT_NONE] = "none",
+	[TETHER_CAT_PROTOCOL_VERSION] = "protocol_version",
+	[TETHER_CAT_NO_SHARED_CIPHER] = "no_shared_cipher",
+	[TETHER_CAT_NO_SHARED_GROUP] = "no_shared_group",
+	[TETHER_CAT_NO_SHARED_SIGALG] = "no_shared_sigalg",
+	[TETHER_CAT_PEER_NO_CERTIFICATE] = "peer_no_certificate",
+	[TETHER_CAT_UNTRUSTED] = "untrusted",
+	[TETHER_CAT_NOT_TLS] = "not_tls",
+	[TETHER_CAT_CONNECTION_REFUSED] = "connection_refused",
+	[TETHER_CAT_CONNECTION_RESET] = "connection_reset",
+	[TETHER_CAT_DNS_FAILURE] = "dns_failure",
+	[TETHER_CAT_TIMEOUT] = "timeout",
+	[TETHER_CAT_CLONED_IDENTITY] = "cloned_identity",
+	[TETHER_CAT_SHA1_REJECTED] = "sha1_rejected",
+	[TETHER_CAT_HANDSHAKE] = "handshake",
+	[TETHER_CAT_BAD_PASSWORD] = "bad_password",
+	[TETHER_CAT_KEY_NOT_EXPORTABLE] = "key_not_exportable",
+	[TETHER_CAT_BAD_INPUT] = "bad_input",
+	[TETHER_CAT_NOT_FOUND] = "not_found",
+	[TETHER_CAT_IO] = "io",
+	[TETHER_CAT_UNSUPPORTED] = "unsupported",
+	[TETHER_CAT_INTERNAL] = "internal",
+};
+
+#define TLS_REQ "tether requires TLS 1.2 or 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305 " \
+	"(TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256; " \
+	"ECDHE-RSA/ECDSA-AES128-GCM-SHA256, -AES256-GCM-SHA384, -CHACHA20-POLY1305)"
+
+static const char *const cat_hints[TETHER_CAT__COUNT] = {
+	[TETHER_CAT_NONE] = "no failure",
+	[TETHER_CAT_PROTOCOL_VERSION] =
+		"the two sides share no TLS version: " TLS_REQ "; on Linux check MinProtocol/MaxProtocol "
+		"in the system openssl.cnf of the side that refused, on Windows the Schannel protocol settings",
+	[TETHER_CAT_NO_SHARED_CIPHER] =
+		"the two sides share no cipher suite: " TLS_REQ "; on Linux check CipherString/Ciphersuites "
+		"in the system openssl.cnf, on Windows the cipher suite order policy",
+	[TETHER_CAT_NO_SHARED_GROUP] =
+		"the two sides share no key-exchange group: tether offers x25519, secp256r1 and secp384r1; "
+		"on Linux check Groups/Curves in the system openssl.cnf, on Windows the ECC curve order policy",
+	[TETHER_CAT_NO_SHARED_SIGALG] =
+		"the two sides share no signature scheme: tether accepts rsa_pss_rsae_sha256/384, "
+		"rsa_pkcs1_sha256/384, ecdsa_secp256r1_sha256, ecdsa_secp384r1_sha384; check SignatureAlgorithms "
+		"in the system openssl.cnf and the certificate's key type",
+	[TETHER_CAT_PEER_NO_CERTIFICATE] =
+		"the peer presented no certificate: the other side is not a tether peer, or has no identity "
+		"yet (run 'new-certificate' there)",
+	[TETHER_CAT_UNTRUSTED] =
+		"the presented certificate's SHA-256 thumbprint is not pinned: if it is the expected peer, "
+		"trust it (agent: 'tether-agent configure --trust THUMBPRINT'; server: 'tether-server target "
+		"set-thumbprint NAME THUMBPRINT'), otherwise something else answers at that address",
+	[TETHER_CAT_NOT_TLS] =
+		"the peer does not speak TLS (plain HTTP or another protocol at that port): check the host and "
+		"port, and that no proxy or load balancer terminates TLS in between",
+	[TETHER_CAT_CONNECTION_REFUSED] =
+		"nothing listens at that address: check the port, that the agent/server is running "
+		"('tether-agent run'), and the firewall",
+	[TETHER_CAT_CONNECTION_RESET] =
+		"the peer closed the connection during the handshake: look at the other side's log for why "
+		"(it usually names the refused thumbprint or TLS setting)",
+	[TETHER_CAT_DNS_FAILURE] =
+		"the host name does not resolve: check its spelling and the DNS/hosts configuration",
+	[TETHER_CAT_TIMEOUT] =
+		"the peer did not answer in time: check the network path (firewall dropping packets, proxy), "
+		"and that the peer is not overloaded",
+	[TETHER_CAT_CLONED_IDENTITY] =
+		"two agent processes present the same certificate (a cloned machine image): run "
+		"'tether-agent new-certificate' on the clone and register its new thumbprint",
+	[TETHER_CAT_SHA1_REJECTED] =
+		"a certificate signed with SHA-1 was refused by the peer: generate a new certificate "
+		"('new-certificate'), which is signed with SHA-256",
+	[TETHER_CAT_HANDSHAKE] =
+		"the TLS handshake failed: " TLS_REQ "; run 'tether-ping connect HOST:PORT' for the details",
+	[TETHER_CAT_BAD_PASSWORD] =
+		"the password is wrong: check the password file (no trailing spaces; one trailing newline is ignored)",
+	[TETHER_CAT_KEY_NOT_EXPORTABLE] =
+		"the private key cannot leave its store (HSM or non-exportable key): use 'new-certificate' "
+		"and 'use-staged-certificate' instead of export/import",
+	[TETHER_CAT_BAD_INPUT] =
+		"the file is not a valid certificate/key (truncated or corrupt?): export it again",
+	[TETHER_CAT_NOT_FOUND] = "check the name or path",
+	[TETHER_CAT_IO] = "check permissions and free space of the directory",
+	[TETHER_CAT_UNSUPPORTED] = "this provider cannot do that operation",
+	[TETHER_CAT_INTERNAL] = "this is a bug in tether: please report it with the log",
+};
+
+const char *tether_category_name(int category)
+{
+	if (category < 0 || category >= TETHER_CAT__COUNT || !cat_names[category])
+		return "internal";
+	return cat_names[category];
+}
+
+const char *tether_category_hint(int category)
+{
+	if (category < 0 || category >= TETHER_CAT__COUNT || !cat_hints[category])
+		return cat_hints[TETHER_CAT_INTERNAL];
+	return cat_hints[category];
+}
+
+const char *tether_err_str(int code)
+{
+	switch (code) {
+	case TETHER_OK: return "success";
+	case TETHER_ERR_INTERNAL: return "internal error";
+	case TETHER_ERR_NOMEM: return "out of memory";
+	case TETHER_ERR_INVALID: return "invalid input";
+	case TETHER_ERR_NOT_FOUND: return "not found";
+	case TETHER_ERR_IO: return "I/O error";
+	case TETHER_ERR_UNSUPPORTED: return "not supported";
+	case TETHER_ERR_CRYPTO: return "cryptographic failure";
+	case TETHER_ERR_TLS: return "TLS failure";
+	case TETHER_ERR_CLOSED: return "connection closed";
+	case TETHER_ERR_PASSWORD: return "wrong password";
+	case TETHER_ERR_ABI: return "ABI mismatch";
+	case TETHER_ERR_EXISTS: return "already exists";
+	case TETHER_ERR_PERMISSION: return "permission denied";
+	case TETHER_ERR_TIMEOUT: return "timed out";
+	case TETHER_ERR_UNTRUSTED: return "peer not trusted";
+	case TETHER_ERR_PROTOCOL: return "protocol error";
+	case TETHER_ERR_USAGE: return "usage error";
+	default: return "unknown error";
+	}
+}
+
+int tether_err_set(tether_error *err, int code, int category, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err)
+		return code;
+	err->code = code;
+	err->category = category;
+	va_start(ap, fmt);
+	vsnprintf(err->detail, sizeof(err->detail), fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+void tether_err_clear(tether_error *err)
+{
+	if (err)
+		memset(err, 0, sizeof(*err));
+}
+
+void tether_err_prefix(tether_error *err, const char *fmt, ...)
+{
+	char pre[TETHER_ERROR_DETAIL_MAX], old[TETHER_ERROR_DETAIL_MAX];
+	va_list ap;
+
+	if (!err)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(pre, sizeof(pre), fmt, ap);
+	va_end(ap);
+	memcpy(old, err->detail, sizeof(old));
+	old[sizeof(old) - 1] = '\0';
+	if (old[0])
+		snprintf(err->detail, sizeof(err->detail), "%s: %s", pre, old);
+	else
+		snprintf(err->detail, sizeof(err->detail), "%s", pre);
+}

@@ -1,0 +1,31 @@
+/* Files: atomic writes, secret files, reading with a bound, locks. */
+#ifndef TETHER_FSUTIL_H
+#define TETHER_FSUTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include "tether/provider.h"
+
+/* mkdir -p with mode for the directories created. */
+int tether_mkdirs(const char *path, mode_t mode, tether_error *err);
+/* Write data to path atomically: a temporary file in the same directory
+ * created O_EXCL|O_NOFOLLOW with mode (never wider, even for an instant),
+ * fsync, rename over path, fsync the directory. */
+int tether_write_atomic(const char *path, const void *data, size_t len,
+                        mode_t mode, tether_error *err);
+/* Read a whole file of at most max bytes.  *out is NUL-terminated
+ * (not counted in *len); free with free() or tether_free_wiped(). */
+int tether_read_file(const char *path, size_t max, unsigned char **out,
+                     size_t *len, tether_error *err);
+/* Exclusive advisory lock on path (created 0600 if absent).  Returns an
+ * fd >= 0 or a negative error. */
+int tether_lock(const char *path, tether_error *err);
+void tether_unlock(int fd);
+/* rm -rf of a directory we own.  Refuses "/" and "". */
+int tether_rmtree(const char *path);
+int tether_path_exists(const char *path);
+int tether_is_dir(const char *path);
+/* Checks that dir is writable by us (creating it if needed). */
+int tether_check_writable_dir(const char *dir, tether_error *err);
+
+#endif

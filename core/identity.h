@@ -1,0 +1,38 @@
+/* Identity summaries for the user: thumbprints and certificate fields of
+ * a provider's slots, as text and as JSON (DESIGN.md's names). */
+#ifndef TETHER_IDENTITY_H
+#define TETHER_IDENTITY_H
+
+#include <jansson.h>
+#include "loader.h"
+#include "thumbprint.h"
+
+typedef struct tether_id_summary {
+	int present;
+	char sha256[TETHER_THUMBPRINT_HEX];
+	char sha1[2 * TETHER_SHA1_LEN + 1];
+	tether_cert_info info;
+	char not_before[32];           /* ISO 8601 UTC */
+	char not_after[32];
+	int expired;
+} tether_id_summary;
+
+extern const char *const tether_slot_names[TETHER_SLOT__COUNT];
+extern const char *const tether_key_type_names[TETHER_KEY__COUNT];
+/* "rsa2048" -> TETHER_KEY_RSA2048; -1 if unknown. */
+int tether_key_type_parse(const char *s);
+
+/* SHA-256 thumbprint of a certificate's DER, through the provider. */
+int tether_thumbprint_of(tether_prov *p, const unsigned char *der, size_t len,
+                         tether_thumbprint *out, tether_error *err);
+/* Summary of a DER certificate. */
+int tether_cert_summary(tether_prov *p, const unsigned char *der, size_t len,
+                        tether_id_summary *out, tether_error *err);
+/* Summary of a slot; present = 0 if the slot is empty. */
+int tether_slot_summary(tether_prov *p, int slot, tether_id_summary *out,
+                        tether_error *err);
+json_t *tether_id_summary_json(const tether_id_summary *s);
+/* Human text, several lines, each prefixed by indent. */
+void tether_id_summary_print(FILE *f, const tether_id_summary *s, const char *indent);
+
+#endif

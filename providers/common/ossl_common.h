@@ -1,0 +1,80 @@
+/*
+ * Code shared by the providers built on OpenSSL 3 (openssl, pkcs11):
+ * the TLS session over memory, crypto helpers for the core, and error
+ * classification.  Linked into each provider as a convenience library;
+ * never copied.
+ *
+ * Prefix: ossl_ (shared) — the openssl provider's own files also use ossl_,
+ * the pkcs11 provider's use pk11_.
+ */
+#ifndef TETHER_OSSL_COMMON_H
+#define TETHER_OSSL_COMMON_H
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/evp.h>
+#include "tether/provider.h"
+
+/* A loaded identity.  Both OpenSSL-based providers fill it: the openssl
+ * provider with a key read from a PKCS#8 file, the pkcs11 provider with a
+ * key whose operations run on the token (fetched from its private
+ * OSSL_LIB_CTX).  The TLS code only uses cert and key. */
+struct tether_identity {
+	X509 *cert;
+	EVP_PKEY *key;
+	unsigned char *der;     /* cert DER, OPENSSL_malloc'd */
+	size_t der_len;
+	OSSL_LIB_CTX *libctx;   /* where key's operations live; NULL = default */
+	const char *propq;      /* property query for that libctx; may be NULL */
+};
+
+/* ---- ossl_identity_common.c (shared identity object helpers) ---- */
+/* Build an identity from cert and key (takes ownership of both). */
+int ossl_identity_wrap(X509 *cert, EVP_PKEY *key, OSSL_LIB_CTX *libctx,
+                       const char *propq, tether_identity **out,
+                       tether_error *err);
+int ossl_identity_cert_der(const tether_identity *id,
+                           const unsigned char **der, size_t *len);
+void ossl_identity_free(tether_identity *id);
+
+/* ---- ossl_crypto.c: crypto helpers for the core ---- */
+int ossl_digest(int alg, const void *data, size_t len, unsigned char *out,
+                size_t *out_len, tether_error *err);
+int ossl_digest_new(int alg, tether_digest_ctx **out, tether_error *err);
+int ossl_digest_update(tether_digest_ctx *d, const void *data, size_t len);
+int ossl_digest_final(tether_digest_ctx *d, unsigned char *out,
+                      size_t *out_len);
+void ossl_digest_free(tether_digest_ctx *d);
+int ossl_cert_info(const unsigned char *der, size_t len,
+                   tether_cert_info *out, tether_error *err);
+int ossl_random_bytes(void *buf, size_t len);
+
+/* ---- ossl_err.c: errors ---- */
+/* Set err: code, category, and detail = msg + the drained OpenSSL error
+ * queue.  Returns code. */
+int ossl_err_set(tether_error *err, int code, int category,
+                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* ---- ossl_tls.c: TLS over memory buffers ---- */
+int ossl_tls_ctx_new(const tether_host *host,
+                     const tether_tls_ctx_params *params,
+                     tether_tls_ctx **out, tether_error *err);
+void ossl_tls_ctx_free(tether_tls_ctx *c);
+int ossl_tls_new(tether_tls_ctx *c, const tether_tls_params *params,
+                 tether_tls **out, tether_error *err);
+int ossl_tls_handshake(tether_tls *t, tether_error *err);
+int ossl_tls_read(tether_tls *t, void *buf, size_t cap, size_t *n,
+                  tether_error *err);
+int ossl_tls_write(tether_tls *t, const void *buf, size_t len,
+                   tether_error *err);
+int ossl_tls_close(tether_tls *t);
+int ossl_tls_peer_cert(tether_tls *t, const unsigned char **der,
+                       size_t *len);
+int ossl_tls_info(tether_tls *t, tether_tls_info *out);
+int ossl_tls_pinned(tether_tls *t, tether_error *err);
+int ossl_tls_get_session(tether_tls *t, unsigned char **out,
+                         size_t *out_len);
+int ossl_tls_reject(tether_tls *t);
+void ossl_tls_free(tether_tls *t);
+
+#endif

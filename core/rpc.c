@@ -1,0 +1,348 @@
+/*
+ * RPC request/response envelopes: build and parse.  See rpc.h.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rpc.h"
+
+#define FAIL(code, cat, ...) tether_proto_fail(err, (code), (cat), __VA_ARGS__)
+#define BAD(...) FAIL(TETHER_ERR_PROTOCOL, TETHER_CAT_BAD_INPUT, __VA_ARGS__)
+#define MISUSE(...) FAIL(TETHER_ERR_INVALID, TETHER_CAT_INTERNAL, __VA_ARGS__)
+
+int
+tether_rpc_method_valid(const char *method)
+{
+	return tether_proto_is_token(method, TETHER_RPC_METHOD_MAX);
+}
+
+static int
+encode_envelope(int type, uint32_t id, json_t *o, size_t max_json,
+                unsigned char **out, size_t *out_len, tether_error *err)
+{
+	if (o == NULL)
+		return FAIL(TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL,
+		            "out of memory building %s %u",
+		            tether_frame_type_name(type), id);
+	return tether_frame_encode_json(type, id, o, max_json, out, out_len,
+	                                err);
+}
+
+int
+tether_rpc_request_encode(uint32_t id, const char *method, json_t *params,
+                          size_t max_json, unsigned char **out,
+                          size_t *out_len, tether_error *err)
+{
+	json_t *o = NULL;
+	int r;
+
+	if (id == 0) {
+		r = MISUSE("request id 0 is reserved");
+		goto out;
+	}
+	if (!tether_rpc_method_valid(method)) {
+		r = MISUSE("method name must be 1..%u characters [a-z0-9._-]",
+		           TETHER_RPC_METHOD_MAX);
+		goto out;
+	}
+	if (params != NULL && !json_is_object(params)) {
+		r = MISUSE("request %u (%s): params must be a JSON object", id,
+		           method);
+		goto out;
+	}
+	o = params != NULL
+	    ? json_pack("{s:I, s:s, s:O}", "id", (json_int_t)id, "method",
+	                method, "params", params)
+	    : json_pack("{s:I, s:s, s:{}}", "id", (json_int_t)id, "method",
+	                method, "params");
+	r = encode_envelope(TETHER_FRAME_REQUEST, id, o, max_json, out,
+	                    out_len, err);
+out:
+	json_decref(o);
+	return r;
+}
+
+int
+tether_rpc_result_encode(uint32_t id, json_t *result, size_t max_json,
+                         unsigned char **out, size_t *out_len,
+                         tether_error *err)
+{
+	json_t *o = NULL;
+	int r;
+
+	if (id == 0 || !json_is_object(result)) {
+		r = MISUSE("response %u: the id must not be 0 and the result "
+		           "must be a JSON object", id);
+		goto out;
+	}
+	o = json_pack("{s:I, s:O}", "id", (json_int_t)id, "result", result);
+	r = encode_envelope(TETHER_FRAME_RESPONSE, id, o, max_json, out,
+	                    out_len, err);
+out:
+	json_decref(o);
+	return r;
+}
+
+int
+tether_rpc_error_encode(uint32_t id, const char *code, const char *message,
+                        const char *category, unsigned char **out,
+                        size_t *out_len, tether_error *err)
+{
+	char msg[TETHER_PROTO_MESSAGE_MAX + 1];
+	json_t *o = NULL, *e = NULL;
+	size_t n, i;
+	int r;
+
+	if (id == 0 || !tether_proto_is_token(code, TETHER_PROTO_CODE_MAX)) {
+		r = MISUSE("response %u: the id must not be 0 and the error code "
+		           "must be 1..%u characters [a-z0-9._-]", id,
+		           TETHER_PROTO_CODE_MAX);
+		goto out;
+	}
+	if (category != NULL &&
+	    !tether_proto_is_token(category, TETHER_RPC_CATEGORY_MAX)) {
+		r = MISUSE("response %u: the category must be 1..%u characters "
+		           "[a-z0-9._-]", id, TETHER_RPC_CATEGORY_MAX);
+		goto out;
+	}
+	/* Cut at a UTF-8 boundary, control characters to spaces. */
+	n = message == NULL ? 0 : strlen(message);
+	if (n > TETHER_PROTO_MESSAGE_MAX) {
+		n = TETHER_PROTO_MESSAGE_MAX;
+		while (n > 0 && ((unsigned char)message[n] & 0xc0) == 0x80)
+			n--;
+	}
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)message[i];
+		msg[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+	}
+	msg[n] = '\0';
+
+	e = json_pack("{s:s, s:s}", "code", code, "message", msg);
+	if (e == NULL) {
+		r = MISUSE("response %u: the error message is not valid UTF-8",
+		           id);
+		goto out;
+	}
+	if (category != NULL &&
+	    json_object_set_new(e, "category", json_string(category)) < 0) {
+		r = FAIL(TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL,
+		         "out of memory building response %u", id);
+		goto out;
+	}
+	o = json_pack("{s:I, s:O}", "id", (json_int_t)id, "error", e);
+	r = encode_envelope(TETHER_FRAME_RESPONSE, id, o, 0, out, out_len, err);
+out:
+	json_decref(e);
+	json_decref(o);
+	return r;
+}
+
+/* "id": an integer 1..2^32-1 equal to the frame header's id. */
+static int
+check_id(json_t *o, uint32_t frame_id, const char *what, tether_error *err)
+{
+	json_t *v = json_object_get(o, "id");
+	json_int_t id;
+
+	if (!json_is_integer(v))
+		return BAD("%s %u: \"id\" must be an integer", what, frame_id);
+	id = json_integer_value(v);
+	if (id < 1 || id > (json_int_t)UINT32_MAX)
+		return BAD("%s %u: \"id\" %lld is out of range 1..4294967295",
+		           what, frame_id, (long long)id);
+	if ((uint32_t)id != frame_id)
+		return BAD("%s id %lld in the JSON does not match id %u in the "
+		           "frame header", what, (long long)id, frame_id);
+	return 0;
+}
+
+/* A string member, no embedded NUL, or NULL. */
+static const char *
+str_member(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (!json_is_string(v) ||
+	    strlen(json_string_value(v)) != json_string_length(v))
+		return NULL;
+	return json_string_value(v);
+}
+
+int
+tether_rpc_request_parse(uint32_t frame_id, const unsigned char *payload,
+                         size_t len, tether_rpc_request *out,
+                         tether_error *err)
+{
+	json_t *o = NULL, *params;
+	const char *method;
+	int r;
+
+	if (out == NULL) {
+		r = MISUSE("request parse: no output");
+		goto out;
+	}
+	if (frame_id == 0) {
+		r = BAD("a request must not have id 0");
+		goto out;
+	}
+	if (len > TETHER_FRAME_JSON_MAX_HARD) {
+		r = BAD("request %u is %zu bytes, more than the limit of %u",
+		        frame_id, len, TETHER_FRAME_JSON_MAX_HARD);
+		goto out;
+	}
+	r = tether_json_parse_object(payload, len, "request", &o, err);
+	if (r < 0)
+		goto out;
+	r = check_id(o, frame_id, "request", err);
+	if (r < 0)
+		goto out;
+	method = str_member(o, "method");
+	if (method == NULL || !tether_rpc_method_valid(method)) {
+		r = BAD("request %u: \"method\" must be a string of 1..%u "
+		        "characters [a-z0-9._-]", frame_id,
+		        TETHER_RPC_METHOD_MAX);
+		goto out;
+	}
+	params = json_object_get(o, "params");
+	if (params != NULL && !json_is_object(params)) {
+		r = BAD("request %u (%s): \"params\" must be a JSON object",
+		        frame_id, method);
+		goto out;
+	}
+	if (params != NULL)
+		json_incref(params);
+	else
+		params = json_object();
+	if (params == NULL) {
+		r = FAIL(TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL,
+		         "out of memory parsing request %u", frame_id);
+		goto out;
+	}
+	memset(out, 0, sizeof(*out));
+	out->id = frame_id;
+	snprintf(out->method, sizeof(out->method), "%s", method);
+	out->params = params;
+	r = 0;
+out:
+	json_decref(o);
+	return r;
+}
+
+int
+tether_rpc_response_parse(uint32_t frame_id, const unsigned char *payload,
+                          size_t len, tether_rpc_response *out,
+                          tether_error *err)
+{
+	tether_rpc_response *tmp = NULL;
+	json_t *o = NULL, *result, *e;
+	const char *code, *message, *category;
+	int r;
+
+	if (out == NULL) {
+		r = MISUSE("response parse: no output");
+		goto out;
+	}
+	if (frame_id == 0) {
+		r = BAD("a response must not have id 0");
+		goto out;
+	}
+	if (len > TETHER_FRAME_JSON_MAX_HARD) {
+		r = BAD("response %u is %zu bytes, more than the limit of %u",
+		        frame_id, len, TETHER_FRAME_JSON_MAX_HARD);
+		goto out;
+	}
+	tmp = calloc(1, sizeof(*tmp));
+	if (tmp == NULL) {
+		r = FAIL(TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL,
+		         "out of memory parsing response %u", frame_id);
+		goto out;
+	}
+	r = tether_json_parse_object(payload, len, "response", &o, err);
+	if (r < 0)
+		goto out;
+	r = check_id(o, frame_id, "response", err);
+	if (r < 0)
+		goto out;
+	result = json_object_get(o, "result");
+	e = json_object_get(o, "error");
+	if ((result == NULL) == (e == NULL)) {
+		r = BAD("response %u must have exactly one of \"result\" and "
+		        "\"error\"", frame_id);
+		goto out;
+	}
+	tmp->id = frame_id;
+	if (result != NULL) {
+		if (!json_is_object(result)) {
+			r = BAD("response %u: \"result\" must be a JSON object",
+			        frame_id);
+			goto out;
+		}
+		tmp->result = json_incref(result);
+	} else {
+		if (!json_is_object(e)) {
+			r = BAD("response %u: \"error\" must be a JSON object",
+			        frame_id);
+			goto out;
+		}
+		code = str_member(e, "code");
+		if (code == NULL ||
+		    !tether_proto_is_token(code, TETHER_PROTO_CODE_MAX)) {
+			r = BAD("response %u: error \"code\" must be a string of "
+			        "1..%u characters [a-z0-9._-]", frame_id,
+			        TETHER_PROTO_CODE_MAX);
+			goto out;
+		}
+		message = str_member(e, "message");
+		if (message == NULL ||
+		    !tether_proto_is_text(message, TETHER_PROTO_MESSAGE_MAX)) {
+			r = BAD("response %u: error \"message\" must be a string "
+			        "of at most %u bytes without control characters",
+			        frame_id, TETHER_PROTO_MESSAGE_MAX);
+			goto out;
+		}
+		category = NULL;
+		if (json_object_get(e, "category") != NULL) {
+			category = str_member(e, "category");
+			if (category == NULL ||
+			    !tether_proto_is_token(category,
+			                           TETHER_RPC_CATEGORY_MAX)) {
+				r = BAD("response %u: error \"category\" must be a "
+				        "string of 1..%u characters [a-z0-9._-]",
+				        frame_id, TETHER_RPC_CATEGORY_MAX);
+				goto out;
+			}
+		}
+		tmp->is_error = 1;
+		snprintf(tmp->code, sizeof(tmp->code), "%s", code);
+		snprintf(tmp->message, sizeof(tmp->message), "%s", message);
+		if (category != NULL)
+			snprintf(tmp->category, sizeof(tmp->category), "%s",
+			         category);
+	}
+	*out = *tmp;
+	r = 0;
+out:
+	json_decref(o);
+	free(tmp);
+	return r;
+}
+
+void
+tether_rpc_request_clear(tether_rpc_request *req)
+{
+	if (req == NULL)
+		return;
+	json_decref(req->params);
+	memset(req, 0, sizeof(*req));
+}
+
+void
+tether_rpc_response_clear(tether_rpc_response *resp)
+{
+	if (resp == NULL)
+		return;
+	json_decref(resp->result);
+	memset(resp, 0, sizeof(*resp));
+}

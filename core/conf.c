@@ -401,6 +401,8 @@ append:
 			insert_line(ls, n, *n, "", "");
 		insert_line(ls, n, *n, hdr, ed->section);
 		insert_line(ls, n, *n, newtext, ed->section);
+		snprintf((*ls)[*n - 1].key, sizeof((*ls)[*n - 1].key), "%s", ed->key);
+		snprintf((*ls)[*n - 1].value, sizeof((*ls)[*n - 1].value), "%s", ed->value);
 		free(hdr);
 	} else {
 		size_t at = (last_in_section == (size_t)-1 ? header : last_in_section) + 1;

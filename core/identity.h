@@ -25,6 +25,7 @@ int tether_key_type_parse(const char *s);
 /* SHA-256 thumbprint of a certificate's DER, through the provider. */
 int tether_thumbprint_of(tether_prov *p, const unsigned char *der, size_t len,
                          tether_thumbprint *out, tether_error *err);
+#define tether_thumbprint_of_der(p, der, len, out) tether_thumbprint_of((p), (der), (len), (out), NULL)
 /* Summary of a DER certificate. */
 int tether_cert_summary(tether_prov *p, const unsigned char *der, size_t len,
                         tether_id_summary *out, tether_error *err);

@@ -3,7 +3,7 @@
 #include "loader.h"
 #include "util.h"
 
-static char *mock(const char *name)
+static char *mock_path(const char *name)
 {
 	const char *b = getenv("TOP_BUILDDIR");
 	return tether_asprintf("%s/tests/unit/.libs/mock-%s.so", b ? b : ".", name);
@@ -11,7 +11,7 @@ static char *mock(const char *name)
 
 static void good(void **s)
 {
-	char *p = mock("good");
+	char *p = mock_path("good");
 	tether_prov *pv = NULL;
 	tether_error e;
 	unsigned char b[4];
@@ -28,7 +28,7 @@ static void good(void **s)
 
 static void bad_abi(void **s)
 {
-	char *p = mock("badabi");
+	char *p = mock_path("badabi");
 	tether_prov *pv = NULL;
 	tether_error e;
 	(void)s;
@@ -41,7 +41,7 @@ static void bad_abi(void **s)
 
 static void no_symbol(void **s)
 {
-	char *p = mock("nosym");
+	char *p = mock_path("nosym");
 	tether_prov *pv = NULL;
 	tether_error e;
 	(void)s;
@@ -52,7 +52,7 @@ static void no_symbol(void **s)
 
 static void short_table(void **s)
 {
-	char *p = mock("short");
+	char *p = mock_path("short");
 	tether_prov *pv = NULL;
 	tether_error e;
 	(void)s;

@@ -1,0 +1,1251 @@
+/*
+ * conn.c: one tether connection.
+ *
+ * States: CONNECTING (client: DNS + TCP) -> HANDSHAKE (TLS) -> pin check ->
+ * HELLO (the connecting side sends first) -> OPEN (frames) -> CLOSING.
+ * A server-role connection whose peer sent no certificate goes to LANDING
+ * instead: it may read one small HTTP request and gets a one-line page, or
+ * nothing, and is closed.  Nothing of the protocol is reachable there.
+ *
+ * Received ciphertext is not copied: libuv reads into a per-loop buffer,
+ * and the provider's BIO pulls from it during the pump; anything the TLS
+ * layer did not take is kept in a small per-connection carry buffer.
+ * Ciphertext the provider produces is appended to a write buffer, handed to
+ * uv_write in one piece after each pump.
+ */
+#include "config.h"
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include "conn.h"
+#include "error.h"
+#include "frame.h"
+#include "identity.h"
+#include "log.h"
+#include "util.h"
+
+#define READ_CHUNK (64 * 1024)
+#define LANDING_MAX 2048
+#define LANDING_WAIT_MS 3000
+#define CARRY_MAX (256 * 1024)
+#define MAX_PENDING_REQUESTS 1024
+
+enum conn_state {
+	ST_CONNECTING,
+	ST_HANDSHAKE,
+	ST_LANDING,
+	ST_HELLO,
+	ST_OPEN,
+	ST_CLOSING,
+	ST_CLOSED,
+};
+
+typedef struct pending_req {
+	struct pending_req *next;
+	uint32_t id;
+	uint64_t deadline;
+	tether_conn_response_cb cb;
+	void *arg;
+} pending_req;
+
+typedef struct write_req {
+	uv_write_t req;
+	uv_buf_t buf;
+} write_req;
+
+struct tether_conn {
+	uv_loop_t *loop;
+	uv_tcp_t tcp;
+	uv_timer_t timer;               /* handshake deadline, then keepalive tick */
+	uv_connect_t connect_req;
+	uv_getaddrinfo_t gai_req;
+	int handles_open;               /* tcp + timer, for the final free */
+	int tcp_inited, timer_inited;
+	enum conn_state state;
+	tether_conn_opts o;
+	char *server_name;
+	unsigned char *session;
+	size_t session_len;
+	char peer_addr[64];
+	char host[256];
+	int port;
+
+	tether_tls *tls;
+	/* input: the chunk being pumped, and carry-over */
+	const unsigned char *in;
+	size_t in_len, in_off;
+	unsigned char *carry;
+	size_t carry_len;
+	int eof;
+	/* output */
+	unsigned char *wbuf;
+	size_t wlen, wcap;
+
+	tether_thumbprint peer_tp;
+	int has_peer_tp;
+	int pinned;
+	tether_tls_info info;
+	tether_hello local_hello, peer_hello;
+	tether_frame_decoder dec;
+	int dec_inited;
+	unsigned char landing[LANDING_MAX];
+	size_t landing_len;
+
+	uint32_t next_id;
+	pending_req *pending;
+	size_t npending;
+	size_t inflight_in;             /* requests received, not yet answered */
+	uint64_t started_ms, last_rx_ms, last_activity_ms, ping_sent_ms;
+	int ping_outstanding;
+	uint64_t ping_seq;
+
+	tether_error close_err;
+	int close_reported;
+	void *data;
+};
+
+static uint64_t now_ms(void) { return tether_now_ms(); }
+
+/* ------------------------------------------------------------------ */
+/* Closing                                                             */
+/* ------------------------------------------------------------------ */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	tether_conn *c = h->data;
+
+	if (--c->handles_open > 0)
+		return;
+	if (c->tls)
+		c->o.prov->t->tls_free(c->tls);
+	if (c->dec_inited)
+		tether_frame_decoder_free(&c->dec);
+	free(c->wbuf);
+	free(c->carry);
+	free(c->server_name);
+	if (c->session)
+		tether_free_wiped(c->session, c->session_len);
+	free(c);
+}
+
+static void fail_pending(tether_conn *c, const tether_error *why)
+{
+	while (c->pending) {
+		pending_req *p = c->pending;
+		tether_error e = *why;
+		c->pending = p->next;
+		c->npending--;
+		if (!e.code)
+			tether_err_set(&e, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
+			               "the connection to %s closed before the answer came", c->peer_addr);
+		p->cb(p->arg, c, NULL, &e);
+		free(p);
+	}
+}
+
+static void report_close(tether_conn *c)
+{
+	if (c->close_reported)
+		return;
+	c->close_reported = 1;
+	fail_pending(c, &c->close_err);
+	if (c->o.cbs->on_close)
+		c->o.cbs->on_close(c->o.cb_arg, c, &c->close_err);
+}
+
+static void conn_destroy(tether_conn *c)
+{
+	if (c->state == ST_CLOSED)
+		return;
+	c->state = ST_CLOSED;
+	report_close(c);
+	c->handles_open = 0;
+	if (c->timer_inited)
+		c->handles_open++;
+	if (c->tcp_inited)
+		c->handles_open++;
+	if (c->handles_open == 0) {
+		c->handles_open = 1;
+		on_handle_closed((uv_handle_t *)&c->timer);
+		return;
+	}
+	if (c->timer_inited)
+		uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+	if (c->tcp_inited)
+		uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+static void set_close_err(tether_conn *c, int code, int category, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void set_close_err(tether_conn *c, int code, int category, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (c->close_err.code)
+		return; /* the first reason wins */
+	c->close_err.code = code;
+	c->close_err.category = category;
+	va_start(ap, fmt);
+	vsnprintf(c->close_err.detail, sizeof(c->close_err.detail), fmt, ap);
+	va_end(ap);
+}
+
+static void flush(tether_conn *c);
+
+static void after_shutdown(uv_shutdown_t *req, int status)
+{
+	tether_conn *c = req->data;
+	(void)status;
+	free(req);
+	conn_destroy(c);
+}
+
+/* Flush what is queued, then half-close and destroy. */
+static void close_after_flush(tether_conn *c)
+{
+	uv_shutdown_t *req;
+
+	if (c->state == ST_CLOSED)
+		return;
+	c->state = ST_CLOSING;
+	flush(c);
+	if (!c->tcp_inited || uv_is_closing((uv_handle_t *)&c->tcp)) {
+		conn_destroy(c);
+		return;
+	}
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	req = tether_xcalloc(1, sizeof(*req));
+	req->data = c;
+	if (uv_shutdown(req, (uv_stream_t *)&c->tcp, after_shutdown) < 0) {
+		free(req);
+		conn_destroy(c);
+	}
+}
+
+void tether_conn_abort(tether_conn *c, int category, const char *why)
+{
+	if (c->state == ST_CLOSED)
+		return;
+	set_close_err(c, TETHER_ERR_CLOSED, category, "%s", why ? why : "aborted");
+	conn_destroy(c);
+}
+
+static void send_frame(tether_conn *c, unsigned char *frame, size_t len);
+
+void tether_conn_close(tether_conn *c, const char *code, const char *message)
+{
+	if (c->state == ST_CLOSED || c->state == ST_CLOSING)
+		return;
+	if (c->state == ST_OPEN) {
+		unsigned char *f = NULL;
+		size_t fl = 0;
+		if (tether_frame_encode_goaway(c->next_id, code ? code : "normal",
+		                               message ? message : "closing", &f, &fl, NULL) == 0)
+			send_frame(c, f, fl);
+		free(f);
+	}
+	if (c->tls && c->state != ST_CONNECTING)
+		c->o.prov->t->tls_close(c->tls);
+	set_close_err(c, 0, TETHER_CAT_NONE, "closed locally");
+	c->close_err.code = 0;
+	close_after_flush(c);
+}
+
+/* A protocol violation by the peer: log it, tell the peer, close. */
+static void proto_fail(tether_conn *c, const char *code, const tether_error *e)
+{
+	log_warn("closing connection with %s: %s", c->peer_addr, e->detail);
+	set_close_err(c, TETHER_ERR_PROTOCOL, e->category ? e->category : TETHER_CAT_NONE,
+	              "%s", e->detail);
+	if (c->state == ST_OPEN) {
+		unsigned char *f = NULL;
+		size_t fl = 0;
+		if (tether_frame_encode_goaway(0, code, e->detail, &f, &fl, NULL) == 0)
+			send_frame(c, f, fl);
+		free(f);
+	}
+	if (c->tls)
+		c->o.prov->t->tls_close(c->tls);
+	close_after_flush(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Output                                                              */
+/* ------------------------------------------------------------------ */
+
+static int io_write(void *arg, const void *buf, size_t len)
+{
+	tether_conn *c = arg;
+
+	if (c->wlen + len > c->wcap) {
+		size_t ncap = c->wcap ? c->wcap : 4096;
+		while (ncap < c->wlen + len)
+			ncap *= 2;
+		c->wbuf = realloc(c->wbuf, ncap);
+		if (!c->wbuf)
+			abort();
+		c->wcap = ncap;
+	}
+	memcpy(c->wbuf + c->wlen, buf, len);
+	c->wlen += len;
+	return (int)len;
+}
+
+static void after_write(uv_write_t *req, int status)
+{
+	write_req *w = (write_req *)req;
+	tether_conn *c = req->data;
+
+	free(w->buf.base);
+	free(w);
+	if (status < 0 && c->state != ST_CLOSED) {
+		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET,
+		              "cannot send to %s: %s", c->peer_addr, uv_strerror(status));
+		conn_destroy(c);
+	}
+}
+
+static void flush(tether_conn *c)
+{
+	write_req *w;
+
+	if (!c->wlen || !c->tcp_inited || c->state == ST_CLOSED ||
+	    uv_is_closing((uv_handle_t *)&c->tcp))
+		return;
+	w = tether_xcalloc(1, sizeof(*w));
+	w->buf = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
+	w->req.data = c;
+	c->wbuf = NULL;
+	c->wlen = c->wcap = 0;
+	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, after_write) < 0) {
+		free(w->buf.base);
+		free(w);
+		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET, "cannot send to %s", c->peer_addr);
+		conn_destroy(c);
+	}
+}
+
+/* Encrypt and queue a whole frame. */
+static void send_frame(tether_conn *c, unsigned char *frame, size_t len)
+{
+	tether_error e;
+
+	if (c->state == ST_CLOSED || !c->tls)
+		return;
+	if (c->o.prov->t->tls_write(c->tls, frame, len, &e) < 0) {
+		set_close_err(c, e.code, e.category, "TLS write to %s failed: %s", c->peer_addr, e.detail);
+		conn_destroy(c);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Input                                                               */
+/* ------------------------------------------------------------------ */
+
+static int io_read(void *arg, void *buf, size_t len)
+{
+	tether_conn *c = arg;
+	size_t n;
+
+	if (c->carry_len) {
+		n = c->carry_len < len ? c->carry_len : len;
+		memcpy(buf, c->carry, n);
+		memmove(c->carry, c->carry + n, c->carry_len - n);
+		c->carry_len -= n;
+		return (int)n;
+	}
+	if (c->in_off < c->in_len) {
+		n = c->in_len - c->in_off;
+		if (n > len)
+			n = len;
+		memcpy(buf, c->in + c->in_off, n);
+		c->in_off += n;
+		return (int)n;
+	}
+	return c->eof ? -1 : 0;
+}
+
+/* Keep what the TLS layer did not take of the current chunk. */
+static int keep_rest(tether_conn *c)
+{
+	size_t rest = c->in_len - c->in_off;
+
+	if (rest) {
+		if (c->carry_len + rest > CARRY_MAX)
+			return -1;
+		c->carry = realloc(c->carry, c->carry_len + rest);
+		if (!c->carry)
+			abort();
+		memcpy(c->carry + c->carry_len, c->in + c->in_off, rest);
+		c->carry_len += rest;
+	}
+	c->in = NULL;
+	c->in_len = c->in_off = 0;
+	return 0;
+}
+
+static void arm_keepalive(tether_conn *c);
+static void on_timer(uv_timer_t *t);
+static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n);
+
+static int verify_cb(void *arg, const unsigned char *der, size_t len)
+{
+	tether_conn *c = arg;
+	tether_thumbprint tp;
+	char hex[TETHER_THUMBPRINT_HEX];
+
+	if (!len)
+		return 0; /* no certificate: decided after the handshake */
+	if (tether_thumbprint_of_der(c->o.prov, der, len, &tp) < 0)
+		return -1;
+	c->peer_tp = tp;
+	c->has_peer_tp = 1;
+	if (c->o.cbs->check_peer(c->o.cb_arg, c, &tp) < 0) {
+		tether_thumbprint_hex(&tp, hex);
+		tether_debug("tls", "pin check refused %s from %s in the handshake", hex, c->peer_addr);
+		return -1;
+	}
+	return 0;
+}
+
+static void send_hello(tether_conn *c)
+{
+	unsigned char *f = NULL;
+	size_t fl = 0;
+	tether_error e;
+
+	if (tether_hello_encode(&c->local_hello, &f, &fl, &e) < 0) {
+		proto_fail(c, "internal", &e);
+		return;
+	}
+	send_frame(c, f, fl);
+	free(f);
+}
+
+/* After the handshake: the pin decides, before any application data. */
+static void handshake_done(tether_conn *c)
+{
+	const unsigned char *der = NULL;
+	size_t len = 0;
+	char hex[TETHER_THUMBPRINT_HEX];
+	tether_error e;
+
+	c->o.prov->t->tls_info(c->tls, &c->info);
+	c->o.prov->t->tls_peer_cert(c->tls, &der, &len);
+	if (!len) {
+		if (c->o.tls_role == TETHER_TLS_SERVER) {
+			tether_debug("tls", "%s completed a handshake without a certificate", c->peer_addr);
+			if (!c->o.landing_page) {
+				set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_PEER_NO_CERTIFICATE,
+				              "%s presented no certificate", c->peer_addr);
+				c->o.prov->t->tls_close(c->tls);
+				close_after_flush(c);
+				return;
+			}
+			c->state = ST_LANDING;
+			uv_timer_start(&c->timer, on_timer, LANDING_WAIT_MS, 0);
+			return;
+		}
+		set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_PEER_NO_CERTIFICATE,
+		              "%s presented no certificate: it is not a tether peer", c->peer_addr);
+		log_warn("%s", c->close_err.detail);
+		c->o.prov->t->tls_close(c->tls);
+		close_after_flush(c);
+		return;
+	}
+	if (tether_thumbprint_of_der(c->o.prov, der, len, &c->peer_tp) < 0) {
+		set_close_err(c, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL, "cannot hash the peer certificate");
+		conn_destroy(c);
+		return;
+	}
+	c->has_peer_tp = 1;
+	tether_thumbprint_hex(&c->peer_tp, hex);
+	if (c->o.cbs->check_peer(c->o.cb_arg, c, &c->peer_tp) < 0) {
+		set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED,
+		              "%s presented certificate %s, which is not trusted here", c->peer_addr, hex);
+		c->o.prov->t->tls_reject(c->tls);
+		close_after_flush(c);
+		return;
+	}
+	c->pinned = 1;
+	if (c->o.prov->t->tls_pinned(c->tls, &e) < 0)
+		tether_debug("tls", "no session ticket for %s: %s", c->peer_addr, e.detail);
+	tether_debug("tls", "%s pinned %s (%s %s, %s%s)", c->peer_addr, hex, c->info.tls_version,
+	             c->info.cipher, c->info.group, c->info.resumed ? ", resumed" : "");
+	c->state = ST_HELLO;
+	if (c->o.tls_role == TETHER_TLS_CLIENT)
+		send_hello(c);
+}
+
+static void landing_input(tether_conn *c, const unsigned char *p, size_t n)
+{
+	static const char *methods[] = { "GET ", "HEAD ", "POST ", "PUT ", "OPTIONS ", NULL };
+	size_t room = LANDING_MAX - c->landing_len, i;
+	int is_http = 0;
+
+	if (n > room)
+		n = room;
+	memcpy(c->landing + c->landing_len, p, n);
+	c->landing_len += n;
+	for (i = 0; methods[i]; i++) {
+		size_t ml = strlen(methods[i]);
+		size_t cmp = c->landing_len < ml ? c->landing_len : ml;
+		if (!memcmp(c->landing, methods[i], cmp)) {
+			if (c->landing_len >= ml)
+				is_http = 1;
+			else
+				return; /* maybe, wait for more */
+		}
+	}
+	if (is_http) {
+		char resp[512];
+		const char *body = c->o.landing_text ? c->o.landing_text : "tether is listening";
+		int head = !memcmp(c->landing, "HEAD ", 5);
+		int l = snprintf(resp, sizeof(resp),
+		                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+		                 "Content-Length: %zu\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n%s",
+		                 strlen(body) + 1, head ? "" : body);
+		if (!head)
+			l += snprintf(resp + l, sizeof(resp) - (size_t)l, "\n");
+		c->o.prov->t->tls_write(c->tls, resp, (size_t)l, NULL);
+		tether_debug("tls", "served the landing page to %s", c->peer_addr);
+	} else {
+		tether_debug("tls", "%s sent non-HTTP data without a certificate: closing", c->peer_addr);
+	}
+	set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_PEER_NO_CERTIFICATE,
+	              "%s presented no certificate", c->peer_addr);
+	c->o.prov->t->tls_close(c->tls);
+	close_after_flush(c);
+}
+
+/* Drive TLS with whatever input is available. */
+static void pump(tether_conn *c)
+{
+	unsigned char buf[16384];
+	tether_error e;
+	int r;
+
+	if (c->state == ST_HANDSHAKE) {
+		memset(&e, 0, sizeof(e));
+		r = c->o.prov->t->tls_handshake(c->tls, &e);
+		if (r < 0) {
+			char hex[TETHER_THUMBPRINT_HEX] = "";
+			if (c->has_peer_tp)
+				tether_thumbprint_hex(&c->peer_tp, hex);
+			if (e.category == TETHER_CAT_UNTRUSTED && hex[0])
+				set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED,
+				              "%s presented certificate %s, which is not trusted here", c->peer_addr, hex);
+			else
+				set_close_err(c, TETHER_ERR_TLS, e.category ? e.category : TETHER_CAT_HANDSHAKE,
+				              "TLS handshake with %s failed (%s): %s", c->peer_addr,
+				              tether_category_name(e.category), e.detail);
+			flush(c);
+			conn_destroy(c);
+			return;
+		}
+		if (r == TETHER_TLS_WANT_READ)
+			goto out;
+		handshake_done(c);
+		if (c->state == ST_CLOSED || c->state == ST_CLOSING)
+			goto out;
+	}
+	while (c->state == ST_LANDING || c->state == ST_HELLO || c->state == ST_OPEN) {
+		size_t n = 0;
+		memset(&e, 0, sizeof(e));
+		r = c->o.prov->t->tls_read(c->tls, buf, sizeof(buf), &n, &e);
+		if (r < 0) {
+			set_close_err(c, e.code ? e.code : TETHER_ERR_TLS,
+			              e.category ? e.category : TETHER_CAT_CONNECTION_RESET,
+			              "connection with %s failed: %s", c->peer_addr, e.detail);
+			if (e.category == TETHER_CAT_UNTRUSTED || e.category == TETHER_CAT_PEER_NO_CERTIFICATE)
+				log_warn("%s", c->close_err.detail);
+			conn_destroy(c);
+			return;
+		}
+		if (r == TETHER_TLS_CLOSED) {
+			set_close_err(c, 0, TETHER_CAT_NONE, "%s closed the connection", c->peer_addr);
+			c->o.prov->t->tls_close(c->tls);
+			close_after_flush(c);
+			goto out;
+		}
+		if (r == TETHER_TLS_WANT_READ || n == 0)
+			break;
+		c->last_rx_ms = now_ms();
+		if (c->state == ST_LANDING) {
+			landing_input(c, buf, n);
+			continue;
+		}
+		if (process_plaintext(c, buf, n) < 0)
+			return;
+	}
+out:
+	if (c->state != ST_CLOSED)
+		flush(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	(void)suggested;
+	(void)h;
+	buf->base = tether_xmalloc(READ_CHUNK);
+	buf->len = READ_CHUNK;
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	tether_conn *c = s->data;
+
+	if (nread < 0) {
+		free(buf->base);
+		if (c->state == ST_CLOSED)
+			return;
+		c->eof = 1;
+		if (nread != UV_EOF) {
+			set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET,
+			              "connection with %s lost: %s", c->peer_addr, uv_strerror((int)nread));
+			conn_destroy(c);
+			return;
+		}
+		if (c->state == ST_HANDSHAKE)
+			set_close_err(c, TETHER_ERR_TLS, TETHER_CAT_CONNECTION_RESET,
+			              "%s closed the connection during the TLS handshake", c->peer_addr);
+		else if (c->state == ST_HELLO)
+			set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
+			              "%s closed the connection before the protocol greeting", c->peer_addr);
+		/* let TLS see the EOF (unexpected EOF vs close_notify) */
+		pump(c);
+		if (c->state != ST_CLOSED) {
+			set_close_err(c, 0, TETHER_CAT_NONE, "%s closed the connection", c->peer_addr);
+			conn_destroy(c);
+		}
+		return;
+	}
+	if (nread == 0 || c->state == ST_CLOSED || c->state == ST_CLOSING) {
+		free(buf->base);
+		return;
+	}
+	c->in = (const unsigned char *)buf->base;
+	c->in_len = (size_t)nread;
+	c->in_off = 0;
+	pump(c);
+	if (c->state != ST_CLOSED && keep_rest(c) < 0) {
+		set_close_err(c, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+		              "%s sent more than the TLS layer could take", c->peer_addr);
+		conn_destroy(c);
+	}
+	c->in = NULL;
+	c->in_len = c->in_off = 0;
+	free(buf->base);
+}
+
+/* ------------------------------------------------------------------ */
+/* Frames                                                              */
+/* ------------------------------------------------------------------ */
+
+static void handle_hello(tether_conn *c, const tether_frame *f)
+{
+	tether_hello_agreed ag;
+	char peer_code[TETHER_PROTO_CODE_MAX + 1] = "", peer_msg[512] = "";
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (tether_hello_parse(f->body, f->body_len, &c->peer_hello, &e) < 0) {
+		proto_fail(c, "bad_hello", &e);
+		return;
+	}
+	if (tether_hello_negotiate(&c->local_hello, &c->peer_hello, &ag, peer_code, peer_msg,
+	                           sizeof(peer_msg), &e) < 0) {
+		log_warn("refusing %s: %s", c->peer_addr, e.detail);
+		set_close_err(c, TETHER_ERR_PROTOCOL, e.category ? e.category : TETHER_CAT_PROTOCOL_VERSION,
+		              "%s", e.detail);
+		if (c->o.tls_role == TETHER_TLS_SERVER) {
+			unsigned char *out = NULL;
+			size_t ol = 0;
+			if (tether_hello_answer_encode(&c->local_hello, peer_code[0] ? peer_code : "refused",
+			                               peer_msg, &out, &ol, NULL) == 0)
+				send_frame(c, out, ol);
+			free(out);
+		}
+		c->o.prov->t->tls_close(c->tls);
+		close_after_flush(c);
+		return;
+	}
+	if (c->o.tls_role == TETHER_TLS_SERVER)
+		send_hello(c);
+	c->state = ST_OPEN;
+	c->last_activity_ms = now_ms();
+	uv_timer_stop(&c->timer);
+	arm_keepalive(c);
+	if (c->o.cbs->on_open)
+		c->o.cbs->on_open(c->o.cb_arg, c);
+}
+
+static void handle_request(tether_conn *c, const tether_frame *f)
+{
+	tether_rpc_request req;
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (tether_rpc_request_parse(f->id, f->body, f->body_len, &req, &e) < 0) {
+		proto_fail(c, "bad_request", &e);
+		return;
+	}
+	c->inflight_in++;
+	c->last_activity_ms = now_ms();
+	if (c->o.cbs->on_request)
+		c->o.cbs->on_request(c->o.cb_arg, c, req.id, req.method, req.params);
+	else
+		tether_conn_respond(c, req.id, NULL, TETHER_RPC_ERR_UNKNOWN_METHOD,
+		                    "this peer serves no requests", NULL);
+	tether_rpc_request_clear(&req);
+}
+
+static void handle_response(tether_conn *c, const tether_frame *f)
+{
+	tether_rpc_response resp;
+	pending_req **pp, *p;
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (tether_rpc_response_parse(f->id, f->body, f->body_len, &resp, &e) < 0) {
+		proto_fail(c, "bad_response", &e);
+		return;
+	}
+	for (pp = &c->pending; *pp && (*pp)->id != resp.id; pp = &(*pp)->next)
+		;
+	p = *pp;
+	if (!p) {
+		/* timed out already: ignore */
+		tether_debug("rpc", "late response %u from %s ignored", resp.id, c->peer_addr);
+		tether_rpc_response_clear(&resp);
+		return;
+	}
+	*pp = p->next;
+	c->npending--;
+	c->last_activity_ms = now_ms();
+	p->cb(p->arg, c, &resp, NULL);
+	free(p);
+	tether_rpc_response_clear(&resp);
+}
+
+static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n)
+{
+	while (n > 0 && c->state != ST_CLOSED && c->state != ST_CLOSING) {
+		tether_frame f;
+		size_t used = 0;
+		tether_error e;
+		int r;
+
+		memset(&e, 0, sizeof(e));
+		r = tether_frame_decode(&c->dec, p, n, &used, &f, &e);
+		if (r < 0) {
+			char msg[TETHER_ERROR_DETAIL_MAX];
+			snprintf(msg, sizeof(msg), "%s sent a malformed frame: %s", c->peer_addr, e.detail);
+			snprintf(e.detail, sizeof(e.detail), "%s", msg);
+			proto_fail(c, tether_proto_reason_name(tether_frame_decoder_reason(&c->dec)), &e);
+			return -1;
+		}
+		p += used;
+		n -= used;
+		if (r != TETHER_FRAME_READY)
+			continue;
+		if (c->state == ST_HELLO) {
+			if (f.type != TETHER_FRAME_HELLO) {
+				tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+				               "%s sent %s before the protocol greeting", c->peer_addr,
+				               tether_frame_type_name(f.type));
+				proto_fail(c, "hello_expected", &e);
+				return -1;
+			}
+			handle_hello(c, &f);
+			continue;
+		}
+		switch (f.type) {
+		case TETHER_FRAME_REQUEST:
+			handle_request(c, &f);
+			break;
+		case TETHER_FRAME_RESPONSE:
+			handle_response(c, &f);
+			break;
+		case TETHER_FRAME_PING: {
+			unsigned char out[TETHER_FRAME_PING_FRAME_LEN];
+			if (tether_frame_encode_ping(TETHER_FRAME_PONG, f.opaque, out, NULL) == 0)
+				send_frame(c, out, sizeof(out));
+			break;
+		}
+		case TETHER_FRAME_PONG:
+			c->ping_outstanding = 0;
+			break;
+		case TETHER_FRAME_GOAWAY: {
+			tether_proto_reason_msg rm;
+			memset(&rm, 0, sizeof(rm));
+			tether_frame_parse_reason(f.body, f.body_len, &rm, NULL);
+			tether_debug("rpc", "%s sent goaway (%s: %s)", c->peer_addr, rm.code, rm.message);
+			set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_NONE, "%s is closing the connection (%s: %s)",
+			              c->peer_addr, rm.code, rm.message);
+			c->o.prov->t->tls_close(c->tls);
+			close_after_flush(c);
+			return -1;
+		}
+		case TETHER_FRAME_STREAM_DATA:
+		case TETHER_FRAME_STREAM_END:
+		case TETHER_FRAME_STREAM_WINDOW:
+		case TETHER_FRAME_STREAM_RESET: {
+			/* no streams are opened by the services of this version */
+			tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+			               "%s sent %s for stream %u, which is not open", c->peer_addr,
+			               tether_frame_type_name(f.type), f.id);
+			proto_fail(c, "bad_frame_id", &e);
+			return -1;
+		}
+		default:
+			break;
+		}
+	}
+	return c->state == ST_CLOSED ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Timers                                                              */
+/* ------------------------------------------------------------------ */
+
+static void expire_requests(tether_conn *c, uint64_t now)
+{
+	pending_req **pp = &c->pending;
+
+	while (*pp) {
+		pending_req *p = *pp;
+		if (p->deadline && now >= p->deadline) {
+			tether_error e;
+			*pp = p->next;
+			c->npending--;
+			tether_err_set(&e, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
+			               "%s did not answer request %u in time", c->peer_addr, p->id);
+			p->cb(p->arg, c, NULL, &e);
+			free(p);
+			continue;
+		}
+		pp = &p->next;
+	}
+}
+
+static void on_timer(uv_timer_t *t)
+{
+	tether_conn *c = t->data;
+	uint64_t now = now_ms();
+
+	switch (c->state) {
+	case ST_CONNECTING:
+		set_close_err(c, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
+		              "connecting to %s timed out after %u ms", c->peer_addr, c->o.connect_ms);
+		conn_destroy(c);
+		return;
+	case ST_HANDSHAKE:
+	case ST_HELLO:
+		set_close_err(c, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
+		              "%s did not complete the %s within %u ms", c->peer_addr,
+		              c->state == ST_HANDSHAKE ? "TLS handshake" : "protocol greeting",
+		              c->o.handshake_ms);
+		tether_debug("tls", "%s", c->close_err.detail);
+		conn_destroy(c);
+		return;
+	case ST_LANDING:
+		set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_PEER_NO_CERTIFICATE,
+		              "%s presented no certificate and sent nothing", c->peer_addr);
+		c->o.prov->t->tls_close(c->tls);
+		close_after_flush(c);
+		return;
+	case ST_OPEN:
+		break;
+	default:
+		return;
+	}
+	expire_requests(c, now);
+	if (c->state != ST_OPEN)
+		return;
+	if (c->o.keepalive_ms) {
+		if (c->ping_outstanding && now - c->ping_sent_ms >= 2ull * c->o.keepalive_ms) {
+			set_close_err(c, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
+			              "%s stopped answering keepalive pings (nothing for %llu ms)",
+			              c->peer_addr, (unsigned long long)(now - c->last_rx_ms));
+			log_warn("%s", c->close_err.detail);
+			conn_destroy(c);
+			return;
+		}
+		if (!c->ping_outstanding && now - c->last_rx_ms >= c->o.keepalive_ms) {
+			unsigned char out[TETHER_FRAME_PING_FRAME_LEN], op[8];
+			uint64_t seq = ++c->ping_seq;
+			memcpy(op, &seq, 8);
+			if (tether_frame_encode_ping(TETHER_FRAME_PING, op, out, NULL) == 0) {
+				send_frame(c, out, sizeof(out));
+				flush(c);
+			}
+			c->ping_outstanding = 1;
+			c->ping_sent_ms = now;
+		}
+	}
+	if (c->o.idle_ms && !c->npending && !c->inflight_in &&
+	    now - c->last_activity_ms >= c->o.idle_ms) {
+		tether_debug("rpc", "closing idle connection with %s", c->peer_addr);
+		tether_conn_close(c, "idle", "idle timeout");
+	}
+}
+
+static void arm_keepalive(tether_conn *c)
+{
+	uint64_t tick = 1000;
+
+	if (c->o.keepalive_ms && c->o.keepalive_ms / 2 < tick)
+		tick = c->o.keepalive_ms / 2 ? c->o.keepalive_ms / 2 : 1;
+	uv_timer_start(&c->timer, on_timer, tick, tick);
+}
+
+/* ------------------------------------------------------------------ */
+/* Setup                                                               */
+/* ------------------------------------------------------------------ */
+
+static void set_sockopts(tether_conn *c)
+{
+	uv_os_fd_t fd;
+	unsigned ka = c->o.keepalive_ms ? (c->o.keepalive_ms + 999) / 1000 : 15;
+
+	uv_tcp_nodelay(&c->tcp, 1);
+	uv_tcp_keepalive(&c->tcp, 1, ka);
+	if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+		int cnt = 3, intvl = (int)ka;
+		unsigned int uto = (ka * 4) * 1000; /* data unacknowledged this long: dead */
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
+	}
+}
+
+static void fmt_addr(const struct sockaddr *sa, char *out, size_t cap)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+		uv_ip4_name(s4, ip, sizeof(ip));
+		port = ntohs(s4->sin_port);
+		snprintf(out, cap, "%s:%d", ip, port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		uv_ip6_name(s6, ip, sizeof(ip));
+		port = ntohs(s6->sin6_port);
+		snprintf(out, cap, "[%s]:%d", ip, port);
+	} else {
+		snprintf(out, cap, "unknown");
+	}
+}
+
+static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
+{
+	tether_conn *c = tether_xcalloc(1, sizeof(*c));
+
+	c->loop = loop;
+	c->o = *opts;
+	if (opts->server_name) {
+		c->server_name = tether_strdup(opts->server_name);
+		c->o.server_name = c->server_name;
+	}
+	if (opts->session && opts->session_len) {
+		c->session = tether_xmalloc(opts->session_len);
+		memcpy(c->session, opts->session, opts->session_len);
+		c->session_len = opts->session_len;
+	}
+	c->o.session = c->session;
+	/* request ids: odd from the server, even from the agent (docs/protocol.md) */
+	c->next_id = opts->local_role == TETHER_ROLE_SERVER ? 1 : 2;
+	c->started_ms = c->last_rx_ms = c->last_activity_ms = now_ms();
+	uv_timer_init(loop, &c->timer);
+	c->timer.data = c;
+	c->timer_inited = 1;
+	tether_frame_decoder_init(&c->dec, 0, NULL);
+	c->dec_inited = 1;
+	tether_hello_init(&c->local_hello, opts->local_role, opts->mode, PACKAGE_VERSION,
+	                  opts->instance_id, NULL);
+	return c;
+}
+
+static int start_tls(tether_conn *c, tether_error *err)
+{
+	tether_tls_params tp;
+	int r;
+
+	memset(&tp, 0, sizeof(tp));
+	tp.io.read = io_read;
+	tp.io.write = io_write;
+	tp.io.io_arg = c;
+	tp.verify = verify_cb;
+	tp.verify_arg = c;
+	tp.server_name = c->o.server_name;
+	tp.session = c->session;
+	tp.session_len = c->session_len;
+	tp.identity = c->o.identity;
+	r = c->o.prov->t->tls_new(c->o.tls_ctx, &tp, &c->tls, err);
+	if (r < 0)
+		return r;
+	c->state = ST_HANDSHAKE;
+	uv_timer_start(&c->timer, on_timer, c->o.handshake_ms ? c->o.handshake_ms : 10000, 0);
+	if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) < 0)
+		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, "cannot read from the socket");
+	if (c->o.tls_role == TETHER_TLS_CLIENT)
+		pump(c); /* ClientHello */
+	return 0;
+}
+
+int tether_conn_accept(uv_loop_t *loop, uv_stream_t *server,
+                       const tether_conn_opts *opts, tether_conn **out,
+                       tether_error *err)
+{
+	tether_conn *c = conn_new(loop, opts);
+	struct sockaddr_storage ss;
+	int len = sizeof(ss), r;
+
+	uv_tcp_init(loop, &c->tcp);
+	c->tcp.data = c;
+	c->tcp_inited = 1;
+	r = uv_accept(server, (uv_stream_t *)&c->tcp);
+	if (r < 0) {
+		tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, "accept failed: %s", uv_strerror(r));
+		c->close_reported = 1;
+		conn_destroy(c);
+		return TETHER_ERR_IO;
+	}
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+		fmt_addr((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
+	else
+		snprintf(c->peer_addr, sizeof(c->peer_addr), "unknown");
+	set_sockopts(c);
+	r = start_tls(c, err);
+	if (r < 0) {
+		c->close_reported = 1;
+		conn_destroy(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+	tether_conn *c = req->data;
+	tether_error e;
+
+	if (c->state == ST_CLOSED)
+		return;
+	if (status < 0) {
+		int cat = status == UV_ECONNREFUSED ? TETHER_CAT_CONNECTION_REFUSED :
+		          status == UV_ETIMEDOUT ? TETHER_CAT_TIMEOUT :
+		          status == UV_ECANCELED ? TETHER_CAT_TIMEOUT : TETHER_CAT_CONNECTION_RESET;
+		if (!c->close_err.code)
+			set_close_err(c, TETHER_ERR_IO, cat, "cannot connect to %s: %s", c->peer_addr,
+			              uv_strerror(status));
+		conn_destroy(c);
+		return;
+	}
+	set_sockopts(c);
+	uv_timer_stop(&c->timer);
+	memset(&e, 0, sizeof(e));
+	if (start_tls(c, &e) < 0) {
+		set_close_err(c, e.code, e.category, "%s", e.detail);
+		conn_destroy(c);
+	}
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	tether_conn *c = req->data;
+	int r;
+
+	if (c->state == ST_CLOSED) {
+		if (res)
+			uv_freeaddrinfo(res);
+		return;
+	}
+	if (status < 0 || !res) {
+		set_close_err(c, TETHER_ERR_NOT_FOUND, TETHER_CAT_DNS_FAILURE,
+		              "cannot resolve %s: %s", c->host, uv_strerror(status));
+		if (res)
+			uv_freeaddrinfo(res);
+		conn_destroy(c);
+		return;
+	}
+	fmt_addr(res->ai_addr, c->peer_addr, sizeof(c->peer_addr));
+	uv_tcp_init(c->loop, &c->tcp);
+	c->tcp.data = c;
+	c->tcp_inited = 1;
+	c->connect_req.data = c;
+	r = uv_tcp_connect(&c->connect_req, &c->tcp, res->ai_addr, on_connect);
+	uv_freeaddrinfo(res);
+	if (r < 0) {
+		set_close_err(c, TETHER_ERR_IO, r == UV_ECONNREFUSED ? TETHER_CAT_CONNECTION_REFUSED :
+		              TETHER_CAT_CONNECTION_RESET, "cannot connect to %s: %s", c->peer_addr,
+		              uv_strerror(r));
+		conn_destroy(c);
+	}
+}
+
+int tether_conn_connect(uv_loop_t *loop, const char *host, int port,
+                        const tether_conn_opts *opts, tether_conn **out,
+                        tether_error *err)
+{
+	tether_conn *c = conn_new(loop, opts);
+	struct addrinfo hints;
+	char portstr[16];
+	int r;
+
+	snprintf(c->host, sizeof(c->host), "%s", host);
+	c->port = port;
+	if (strchr(host, ':'))
+		snprintf(c->peer_addr, sizeof(c->peer_addr), "[%s]:%d", host, port);
+	else
+		snprintf(c->peer_addr, sizeof(c->peer_addr), "%s:%d", host, port);
+	c->state = ST_CONNECTING;
+	uv_timer_start(&c->timer, on_timer, opts->connect_ms ? opts->connect_ms : 10000, 0);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	c->gai_req.data = c;
+	r = uv_getaddrinfo(loop, &c->gai_req, on_resolved, host, portstr, &hints);
+	if (r < 0) {
+		tether_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_DNS_FAILURE, "cannot resolve %s: %s",
+		               host, uv_strerror(r));
+		c->close_reported = 1;
+		conn_destroy(c);
+		return TETHER_ERR_NOT_FOUND;
+	}
+	*out = c;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* RPC                                                                 */
+/* ------------------------------------------------------------------ */
+
+int tether_conn_request(tether_conn *c, const char *method, json_t *params,
+                        uint32_t timeout_ms, tether_conn_response_cb cb, void *arg,
+                        tether_error *err)
+{
+	unsigned char *f = NULL;
+	size_t fl = 0;
+	pending_req *p;
+	uint32_t id;
+	int r;
+
+	if (c->state != ST_OPEN) {
+		json_decref(params);
+		return tether_err_set(err, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
+		                      "the connection to %s is not open", c->peer_addr);
+	}
+	if (c->npending >= MAX_PENDING_REQUESTS) {
+		json_decref(params);
+		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_NONE,
+		                      "too many requests in flight to %s", c->peer_addr);
+	}
+	id = c->next_id;
+	c->next_id += 2;
+	if (c->next_id < 3) {
+		json_decref(params);
+		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_NONE,
+		                      "request ids exhausted on the connection to %s", c->peer_addr);
+	}
+	r = tether_rpc_request_encode(id, method, params, 0, &f, &fl, err);
+	json_decref(params);
+	if (r < 0)
+		return r;
+	p = tether_xcalloc(1, sizeof(*p));
+	p->id = id;
+	p->cb = cb;
+	p->arg = arg;
+	p->deadline = timeout_ms ? now_ms() + timeout_ms : 0;
+	p->next = c->pending;
+	c->pending = p;
+	c->npending++;
+	c->last_activity_ms = now_ms();
+	send_frame(c, f, fl);
+	free(f);
+	flush(c);
+	return 0;
+}
+
+int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
+                        const char *code, const char *message, const char *category)
+{
+	unsigned char *f = NULL;
+	size_t fl = 0;
+	tether_error e;
+	int r;
+
+	if (c->inflight_in)
+		c->inflight_in--;
+	c->last_activity_ms = now_ms();
+	if (c->state != ST_OPEN) {
+		json_decref(result);
+		return TETHER_ERR_CLOSED;
+	}
+	if (result) {
+		r = tether_rpc_result_encode(id, result, 0, &f, &fl, &e);
+		json_decref(result);
+		if (r < 0) {
+			log_error("cannot encode the answer to request %u: %s", id, e.detail);
+			r = tether_rpc_error_encode(id, TETHER_RPC_ERR_INTERNAL, "the answer could not be encoded",
+			                            NULL, &f, &fl, &e);
+		}
+	} else {
+		r = tether_rpc_error_encode(id, code ? code : TETHER_RPC_ERR_INTERNAL,
+		                            message ? message : "failed", category, &f, &fl, &e);
+	}
+	if (r < 0)
+		return r;
+	send_frame(c, f, fl);
+	free(f);
+	flush(c);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Accessors                                                           */
+/* ------------------------------------------------------------------ */
+
+int tether_conn_is_open(const tether_conn *c) { return c->state == ST_OPEN; }
+const char *tether_conn_peer_addr(const tether_conn *c) { return c->peer_addr; }
+const tether_tls_info *tether_conn_tls_info(const tether_conn *c) { return &c->info; }
+const tether_hello *tether_conn_peer_hello(const tether_conn *c) { return &c->peer_hello; }
+void tether_conn_set_data(tether_conn *c, void *data) { c->data = data; }
+void *tether_conn_get_data(const tether_conn *c) { return c->data; }
+uint64_t tether_conn_rtt_start(const tether_conn *c) { return c->started_ms; }
+
+int tether_conn_peer_tp(const tether_conn *c, tether_thumbprint *out)
+{
+	if (!c->has_peer_tp)
+		return TETHER_ERR_NOT_FOUND;
+	*out = c->peer_tp;
+	return 0;
+}
+
+int tether_conn_session(tether_conn *c, unsigned char **out, size_t *len)
+{
+	if (!c->tls || !c->pinned || !c->o.prov->t->tls_get_session)
+		return TETHER_ERR_NOT_FOUND;
+	return c->o.prov->t->tls_get_session(c->tls, out, len);
+}
+
+const char *tether_process_instance_id(tether_prov *prov)
+{
+	static char id[TETHER_HELLO_INSTANCE_ID_LEN + 1];
+	unsigned char r[16];
+
+	if (!id[0]) {
+		prov->t->random_bytes(r, sizeof(r));
+		tether_hex(r, sizeof(r), id);
+	}
+	return id;
+}

@@ -1,0 +1,96 @@
+/* One tether connection: TCP on libuv, TLS through the provider's
+ * memory-buffer session, the pin check, HELLO, frames and RPC, keepalive
+ * and timeouts.  Every callback runs on the connection's loop thread. */
+#ifndef TETHER_CONN_H
+#define TETHER_CONN_H
+
+#include <stdint.h>
+#include <uv.h>
+#include <jansson.h>
+#include "hello.h"
+#include "loader.h"
+#include "rpc.h"
+#include "thumbprint.h"
+
+typedef struct tether_conn tether_conn;
+
+typedef struct tether_conn_cbs {
+	/* The pin check: 0 if tp is trusted for this connection, negative
+	 * otherwise.  Called inside the handshake where the provider allows
+	 * it, and again after every handshake, full or resumed. */
+	int (*check_peer)(void *arg, tether_conn *c, const tether_thumbprint *tp);
+	/* HELLO exchanged: requests may flow. */
+	void (*on_open)(void *arg, tether_conn *c);
+	/* An incoming request.  The callee answers with tether_conn_respond
+	 * (now or later) and owns nothing: params is borrowed for the call. */
+	void (*on_request)(void *arg, tether_conn *c, uint32_t id, const char *method,
+	                   json_t *params);
+	/* The connection is gone (before or after on_open).  why says why
+	 * (code 0 for an orderly close).  c must not be used afterwards. */
+	void (*on_close)(void *arg, tether_conn *c, const tether_error *why);
+} tether_conn_cbs;
+
+typedef struct tether_conn_opts {
+	int tls_role;                   /* TETHER_TLS_CLIENT / TETHER_TLS_SERVER */
+	int local_role;                 /* TETHER_ROLE_AGENT / TETHER_ROLE_SERVER */
+	int mode;                       /* TETHER_MODE_LISTENING / POLLING */
+	tether_prov *prov;
+	tether_tls_ctx *tls_ctx;        /* borrowed: outlives the connection */
+	tether_identity *identity;      /* client role: present this one (NULL: ctx's) */
+	const char *server_name;        /* client role: SNI / pin hint */
+	const unsigned char *session;   /* client role: resume this session */
+	size_t session_len;
+	uint32_t connect_ms;
+	uint32_t handshake_ms;          /* handshake + HELLO */
+	uint32_t idle_ms;               /* 0: never */
+	uint32_t keepalive_ms;          /* ping interval on a quiet connection; 0: off */
+	int landing_page;               /* server role: answer certless HTTP callers */
+	const char *landing_text;       /* e.g. "tether-agent is listening" */
+	const char *instance_id;        /* our per-process random id (hex) */
+	const tether_conn_cbs *cbs;
+	void *cb_arg;
+} tether_conn_opts;
+
+/* Accept a connection from a listening stream. */
+int tether_conn_accept(uv_loop_t *loop, uv_stream_t *server,
+                       const tether_conn_opts *opts, tether_conn **out,
+                       tether_error *err);
+/* Connect out (DNS, TCP, TLS, HELLO); progress is reported through the
+ * callbacks (on_close with a category for failures). */
+int tether_conn_connect(uv_loop_t *loop, const char *host, int port,
+                        const tether_conn_opts *opts, tether_conn **out,
+                        tether_error *err);
+
+/* Client side of a request.  params is stolen.  cb gets the response (or
+ * NULL and err on failure: timeout, connection closed).  */
+typedef void (*tether_conn_response_cb)(void *arg, tether_conn *c,
+                                        const tether_rpc_response *resp,
+                                        const tether_error *err);
+int tether_conn_request(tether_conn *c, const char *method, json_t *params,
+                        uint32_t timeout_ms, tether_conn_response_cb cb, void *arg,
+                        tether_error *err);
+/* Answer a request: result (stolen) or an error code and message. */
+int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
+                        const char *code, const char *message, const char *category);
+
+/* Orderly close: GOAWAY, close_notify, then close.  Idempotent. */
+void tether_conn_close(tether_conn *c, const char *code, const char *message);
+/* Close at once. */
+void tether_conn_abort(tether_conn *c, int category, const char *why);
+
+int tether_conn_is_open(const tether_conn *c);
+const char *tether_conn_peer_addr(const tether_conn *c);     /* "1.2.3.4:5" */
+/* The thumbprint the peer presented (valid once has_peer_tp is set). */
+int tether_conn_peer_tp(const tether_conn *c, tether_thumbprint *out);
+const tether_tls_info *tether_conn_tls_info(const tether_conn *c);
+const tether_hello *tether_conn_peer_hello(const tether_conn *c);
+/* Client role: the session to resume next time (malloc'd) or NULL. */
+int tether_conn_session(tether_conn *c, unsigned char **out, size_t *len);
+void tether_conn_set_data(tether_conn *c, void *data);
+void *tether_conn_get_data(const tether_conn *c);
+uint64_t tether_conn_rtt_start(const tether_conn *c); /* ms when connect began */
+
+/* Random per-process instance id (32 hex digits). */
+const char *tether_process_instance_id(tether_prov *prov);
+
+#endif

@@ -40,6 +40,7 @@ static const cli_verb verbs[] = {
 	{ "show-thumbprint", verb_show_thumbprint, "show the certificate's thumbprints and details" },
 	{ "export-certificate", verb_export_certificate, "export the certificate (PFX with key, or PEM)" },
 	{ "import-certificate", verb_import_certificate, "replace the certificate from a PFX or PEM file" },
+	{ "service", verb_service, "install, remove, start, stop or query the systemd service" },
 	{ "version", verb_version, "show the version" },
 	{ NULL, NULL, NULL }
 };

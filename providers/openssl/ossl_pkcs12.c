@@ -111,23 +111,33 @@ enum {
 	Q_ANY = 1 << 4,             /* the queue was not empty */
 };
 
-/* Classify the queue and leave it as it was (for ossl_err_set's detail). */
+/* Classify the queue and leave it as it was (for ossl_err_set's detail).
+ * The strings an entry points to die with it, so they are copied. */
 static int queue_scan(void)
 {
 	struct ent {
 		unsigned long e;
-		const char *file, *func, *data;
-		int line, flags;
+		int has_data;
+		char data[160];
 	} ents[16];
-	int n = 0, i, q = 0;
+	int n = 0, i, q = 0, flags;
+	const char *data;
 	unsigned long e;
 
-	while (n < 16 && (e = ERR_get_error_all(&ents[n].file, &ents[n].line,
-	                                        &ents[n].func, &ents[n].data,
-	                                        &ents[n].flags)) != 0) {
+	while (n < 16 && (e = ERR_get_error_all(NULL, NULL, NULL, &data,
+	                                        &flags)) != 0) {
 		int lib = ERR_GET_LIB(e), reason = ERR_GET_REASON(e);
 
 		ents[n].e = e;
+		ents[n].has_data = (flags & ERR_TXT_STRING) && data != NULL;
+		if (ents[n].has_data) {
+			size_t l = strlen(data);
+
+			if (l >= sizeof(ents[n].data))
+				l = sizeof(ents[n].data) - 1;
+			memcpy(ents[n].data, data, l);
+			ents[n].data[l] = '\0';
+		}
 		q |= Q_ANY;
 		if (reason == ERR_R_UNSUPPORTED || reason == ERR_R_FETCH_FAILED ||
 		    (lib == ERR_LIB_EVP &&
@@ -151,8 +161,7 @@ static int queue_scan(void)
 	ERR_clear_error();      /* anything beyond 16 */
 	for (i = 0; i < n; i++) {
 		ERR_new();
-		ERR_set_debug(ents[i].file, ents[i].line, ents[i].func);
-		if ((ents[i].flags & ERR_TXT_STRING) && ents[i].data != NULL)
+		if (ents[i].has_data)
 			ERR_set_error(ERR_GET_LIB(ents[i].e), ERR_GET_REASON(ents[i].e),
 			              "%s", ents[i].data);
 		else

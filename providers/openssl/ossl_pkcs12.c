@@ -559,34 +559,24 @@ static const void *find_bytes(const unsigned char *h, size_t hl,
 	return NULL;
 }
 
-int ossl_prov_identity_import(tether_provider_ctx *p, int slot,
-                              const unsigned char *data, size_t len,
-                              const char *password, tether_error *err)
+/* Parse a PKCS#12 or PEM identity and check it completely: the key matches
+ * the certificate and is of a usable type.  Stores nothing. */
+static int parse_identity(tether_provider_ctx *p, const unsigned char *data, size_t len,
+                          const char *password, X509 **cert_out, EVP_PKEY **key_out,
+                          tether_error *err)
 {
 	X509 *cert = NULL;
 	EVP_PKEY *key = NULL;
 	size_t i = 0;
 	int r;
 
-	if (ossl_slot_name(slot) == NULL)
-		return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_INTERNAL,
-		                    "unknown identity slot %d", slot);
 	if (data == NULL || len == 0)
 		return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                    "nothing to import: the file is empty");
 	if (len > IMPORT_MAX)
 		return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                    "the file to import is too large (%zu bytes)", len);
-	/* Fail early when the slot is taken (checked again under the lock). */
-	r = ossl_prov_identity_exists(p, slot, err);
-	if (r < 0)
-		return r;
-	if (r == 1)
-		return ossl_err_set(err, TETHER_ERR_EXISTS, TETHER_CAT_NONE,
-		                    "the %s identity slot is in use: remove or promote it first",
-		                    ossl_slot_name(slot));
 	ERR_clear_error();
-
 	while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\r' ||
 	                   data[i] == '\n'))
 		i++;
@@ -599,7 +589,6 @@ int ossl_prov_identity_import(tether_provider_ctx *p, int slot,
 		                 "the file is neither PKCS#12 (.pfx/.p12) nor PEM");
 	if (r < 0)
 		goto out;
-
 	if (X509_check_private_key(cert, key) != 1) {
 		r = ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                 "the private key does not match the certificate");
@@ -608,11 +597,76 @@ int ossl_prov_identity_import(tether_provider_ctx *p, int slot,
 	r = key_usable(key, err);
 	if (r < 0)
 		goto out;
+	*cert_out = cert;
+	*key_out = key;
+	cert = NULL;
+	key = NULL;
+out:
+	X509_free(cert);
+	EVP_PKEY_free(key);
+	return r;
+}
+
+int ossl_prov_identity_peek(tether_provider_ctx *p, const unsigned char *data, size_t len,
+                            const char *password, unsigned char **der, size_t *der_len,
+                            tether_error *err)
+{
+	X509 *cert = NULL;
+	EVP_PKEY *key = NULL;
+	unsigned char *buf = NULL, *q;
+	int r, n;
+
+	r = parse_identity(p, data, len, password, &cert, &key, err);
+	if (r < 0)
+		return r;
+	n = i2d_X509(cert, NULL);
+	if (n <= 0) {
+		r = ossl_err_set(err, TETHER_ERR_CRYPTO, TETHER_CAT_BAD_INPUT,
+		                 "cannot encode the certificate");
+		goto out;
+	}
+	buf = malloc((size_t)n);
+	if (buf == NULL) {
+		r = ossl_err_set(err, TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL, "out of memory");
+		goto out;
+	}
+	q = buf;
+	i2d_X509(cert, &q);
+	*der = buf;
+	*der_len = (size_t)n;
+	r = 0;
+out:
+	X509_free(cert);
+	EVP_PKEY_free(key);
+	return r;
+}
+
+int ossl_prov_identity_import(tether_provider_ctx *p, int slot,
+                              const unsigned char *data, size_t len,
+                              const char *password, tether_error *err)
+{
+	X509 *cert = NULL;
+	EVP_PKEY *key = NULL;
+	int r;
+
+	if (ossl_slot_name(slot) == NULL)
+		return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_INTERNAL,
+		                    "unknown identity slot %d", slot);
+	/* Fail early when the slot is taken (checked again under the lock). */
+	r = ossl_prov_identity_exists(p, slot, err);
+	if (r < 0)
+		return r;
+	if (r == 1)
+		return ossl_err_set(err, TETHER_ERR_EXISTS, TETHER_CAT_NONE,
+		                    "the %s identity slot is in use: remove or promote it first",
+		                    ossl_slot_name(slot));
+	r = parse_identity(p, data, len, password, &cert, &key, err);
+	if (r < 0)
+		return r;
 	r = ossl_slot_store(p, slot, cert, key, NULL, err);
 	if (r == 0)
 		ossl_log(p, TETHER_LOG_INFO, "prov", "imported an identity into the %s slot",
 		         ossl_slot_name(slot));
-out:
 	X509_free(cert);
 	EVP_PKEY_free(key);
 	return r;

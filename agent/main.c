@@ -12,6 +12,7 @@ const tether_config_key agent_schema[] = {
 	{ "timeouts", "idle", tether_validate_uint, 0, "600", "seconds before an idle connection is closed" },
 	{ "timeouts", "keepalive", tether_validate_uint, 0, "15", "seconds between keepalive pings on an idle connection" },
 	{ "timeouts", "request", tether_validate_uint, 0, "3600", "seconds a request may run" },
+	{ "engine", "loops", tether_validate_uint, 0, "0", "event loops (threads); 0: one per CPU" },
 	{ "openssl", "key-passphrase-file", NULL, 0, NULL, "file with the passphrase that encrypts the private key" },
 	{ NULL, NULL, NULL, 0, NULL, NULL }
 };
@@ -34,6 +35,7 @@ static const cli_verb verbs[] = {
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },
 	{ "show-configuration", verb_show_configuration, "show paths and settings" },
+	{ "run", verb_run, "run the agent in the foreground (listening mode)" },
 	{ "configure", verb_configure, "change trust and settings (--trust, --remove-trust, --listen, ...)" },
 	{ "list-trust", verb_list_trust, "list trusted server and recovery thumbprints" },
 	{ "new-certificate", verb_new_certificate, "generate a new certificate (replaces the current one)" },

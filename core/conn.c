@@ -103,6 +103,8 @@ struct tether_conn {
 	int ping_outstanding;
 	uint64_t ping_seq;
 
+	struct sockaddr_storage peer_sa;
+	int has_peer_sa;
 	tether_error close_err;
 	int close_reported;
 	void *data;
@@ -950,6 +952,7 @@ static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
 
 	c->loop = loop;
 	c->o = *opts;
+	c->data = opts->data;
 	if (opts->server_name) {
 		c->server_name = tether_strdup(opts->server_name);
 		c->o.server_name = c->server_name;
@@ -970,6 +973,8 @@ static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
 	c->dec_inited = 1;
 	tether_hello_init(&c->local_hello, opts->local_role, opts->mode, PACKAGE_VERSION,
 	                  opts->instance_id, NULL);
+	if (opts->local_role == TETHER_ROLE_AGENT)
+		tether_hello_add_capability(&c->local_hello, "health", NULL);
 	return c;
 }
 
@@ -1014,18 +1019,21 @@ int tether_conn_accept(uv_loop_t *loop, uv_stream_t *server,
 	r = uv_accept(server, (uv_stream_t *)&c->tcp);
 	if (r < 0) {
 		tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, "accept failed: %s", uv_strerror(r));
-		c->close_reported = 1;
+		c->close_err = *err;
 		conn_destroy(c);
 		return TETHER_ERR_IO;
 	}
-	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
 		fmt_addr((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
+		c->peer_sa = ss;
+		c->has_peer_sa = 1;
+	}
 	else
 		snprintf(c->peer_addr, sizeof(c->peer_addr), "unknown");
 	set_sockopts(c);
 	r = start_tls(c, err);
 	if (r < 0) {
-		c->close_reported = 1;
+		c->close_err = *err;
 		conn_destroy(c);
 		return r;
 	}
@@ -1228,6 +1236,14 @@ int tether_conn_peer_tp(const tether_conn *c, tether_thumbprint *out)
 	if (!c->has_peer_tp)
 		return TETHER_ERR_NOT_FOUND;
 	*out = c->peer_tp;
+	return 0;
+}
+
+int tether_conn_peer_sockaddr(const tether_conn *c, struct sockaddr_storage *out)
+{
+	if (!c->has_peer_sa)
+		return TETHER_ERR_NOT_FOUND;
+	*out = c->peer_sa;
 	return 0;
 }
 

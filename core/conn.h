@@ -5,6 +5,7 @@
 #define TETHER_CONN_H
 
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 #include <jansson.h>
 #include "hello.h"
@@ -49,9 +50,11 @@ typedef struct tether_conn_opts {
 	const char *instance_id;        /* our per-process random id (hex) */
 	const tether_conn_cbs *cbs;
 	void *cb_arg;
+	void *data;                     /* initial tether_conn_get_data() */
 } tether_conn_opts;
 
-/* Accept a connection from a listening stream. */
+/* Accept a connection from a listening stream.  On failure on_close has
+ * been called (and an error is returned). */
 int tether_conn_accept(uv_loop_t *loop, uv_stream_t *server,
                        const tether_conn_opts *opts, tether_conn **out,
                        tether_error *err);
@@ -87,6 +90,8 @@ const tether_hello *tether_conn_peer_hello(const tether_conn *c);
 /* Client role: the session to resume next time (malloc'd) or NULL. */
 int tether_conn_session(tether_conn *c, unsigned char **out, size_t *len);
 void tether_conn_set_data(tether_conn *c, void *data);
+/* The peer's socket address (0, or NOT_FOUND before connect). */
+int tether_conn_peer_sockaddr(const tether_conn *c, struct sockaddr_storage *out);
 void *tether_conn_get_data(const tether_conn *c);
 uint64_t tether_conn_rtt_start(const tether_conn *c); /* ms when connect began */
 

@@ -1,0 +1,644 @@
+/*
+ * tether-agent run: the listening agent.
+ *
+ * The main thread owns signals, the trust file watch and reloads; N worker
+ * threads each run a loop with their own listening socket (SO_REUSEPORT)
+ * and the connections it accepted.  The trust set and the TLS context are
+ * shared under a mutex; a trust change is pushed to every worker, which
+ * closes at once the connections whose thumbprint is no longer trusted.
+ */
+#include "config.h"
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+#include <jansson.h>
+#include <uv.h>
+#include "agent.h"
+#include "audit.h"
+#include "conn.h"
+#include "fsutil.h"
+#include "identity.h"
+#include "log.h"
+#include "ratelimit.h"
+#include "trust.h"
+#include "util.h"
+#include "workers.h"
+
+#define TICKET_KEY_LEN 80
+#define TICKET_MAX_AGE_S (12 * 3600)
+
+typedef struct tlsref {
+	tether_tls_ctx *ctx;
+	tether_identity *id;
+	tether_id_summary summary;
+	int refs;                       /* under agent.lock */
+} tlsref;
+
+typedef struct agent_conn {
+	struct agent_conn *prev, *next;
+	tether_conn *c;
+	struct sockaddr_storage sa;
+	tlsref *tls;
+	int counted;                    /* holds a rate-limit slot */
+	int open;
+	tether_thumbprint tp;
+	struct worker_data *owner;
+} agent_conn;
+
+typedef struct worker_data {
+	agent_conn *conns;
+	size_t nconns;
+} worker_data;
+
+typedef struct agent {
+	cli_ctx *c;
+	tether_prov *prov;
+	pthread_mutex_t lock;
+	tether_trust *trust;
+	uint64_t trust_gen;
+	tlsref *tls;
+	tether_ratelimit *rl;
+	tether_workers *ws;
+	tether_audit *audit;
+	uv_loop_t *loop;
+	uv_signal_t sigterm, sigint, sighup;
+	uv_fs_event_t watch;
+	uv_timer_t poll_timer, drain_timer;
+	struct timespec trust_mtime;
+	time_t started;
+	int stopping;
+	uint32_t handshake_ms, idle_ms, keepalive_ms, request_ms;
+	int landing;
+	char listen_addr[300];
+	char os[256];
+} agent;
+
+/* ------------------------------------------------------------------ */
+/* TLS context and identity                                            */
+/* ------------------------------------------------------------------ */
+
+static void tlsref_release(agent *a, tlsref *t)
+{
+	int last;
+
+	if (!t)
+		return;
+	pthread_mutex_lock(&a->lock);
+	last = --t->refs == 0;
+	pthread_mutex_unlock(&a->lock);
+	if (!last)
+		return;
+	a->prov->t->tls_ctx_free(t->ctx);
+	a->prov->t->identity_free(t->id);
+	free(t);
+}
+
+static tlsref *tlsref_get(agent *a)
+{
+	tlsref *t;
+
+	pthread_mutex_lock(&a->lock);
+	t = a->tls;
+	if (t)
+		t->refs++;
+	pthread_mutex_unlock(&a->lock);
+	return t;
+}
+
+/* The ticket key: <state>/ticket.key = 80 key bytes + the SHA-256 of the
+ * identity it belongs to.  A new identity, or an old key, gets a new one. */
+static int ticket_key(agent *a, const tether_id_summary *s, unsigned char key[TICKET_KEY_LEN],
+                      tether_error *err)
+{
+	char *path = tether_asprintf("%s/ticket.key", a->c->inst->state_dir);
+	unsigned char *buf = NULL, out[TICKET_KEY_LEN + 64];
+	size_t len = 0;
+	struct stat st;
+	int r = 0;
+
+	if (tether_read_file(path, 4096, &buf, &len, NULL) == 0 && len == TICKET_KEY_LEN + 64 &&
+	    !memcmp(buf + TICKET_KEY_LEN, s->sha256, 64) && stat(path, &st) == 0 &&
+	    time(NULL) - st.st_mtime < TICKET_MAX_AGE_S) {
+		memcpy(key, buf, TICKET_KEY_LEN);
+		goto out;
+	}
+	a->prov->t->random_bytes(key, TICKET_KEY_LEN);
+	memcpy(out, key, TICKET_KEY_LEN);
+	memcpy(out + TICKET_KEY_LEN, s->sha256, 64);
+	r = tether_write_atomic(path, out, sizeof(out), 0600, err);
+	tether_wipe(out, sizeof(out));
+	if (r == 0)
+		tether_debug("tls", "new session ticket key");
+out:
+	if (buf)
+		tether_free_wiped(buf, len);
+	free(path);
+	return r;
+}
+
+static int build_tls(agent *a, tlsref **out, tether_error *err)
+{
+	tether_tls_ctx_params tp;
+	unsigned char key[TICKET_KEY_LEN];
+	const unsigned char *der;
+	size_t len;
+	tlsref *t = tether_xcalloc(1, sizeof(*t));
+	int r;
+
+	r = a->prov->t->identity_load(a->prov->ctx, TETHER_SLOT_CURRENT, &t->id, err);
+	if (r == TETHER_ERR_NOT_FOUND) {
+		r = tether_err_set(err, r, TETHER_CAT_NOT_FOUND,
+		                   "the agent has no certificate yet: run 'tether-agent new-certificate%s%s' first",
+		                   a->c->instance_name ? " --instance " : "",
+		                   a->c->instance_name ? a->c->instance_name : "");
+		goto fail;
+	}
+	if (r < 0)
+		goto fail;
+	a->prov->t->identity_cert_der(t->id, &der, &len);
+	r = tether_cert_summary(a->prov, der, len, &t->summary, err);
+	if (r < 0)
+		goto fail;
+	r = ticket_key(a, &t->summary, key, err);
+	if (r < 0)
+		goto fail;
+	memset(&tp, 0, sizeof(tp));
+	tp.role = TETHER_TLS_SERVER;
+	tp.policy = TETHER_TLS_POLICY_RESUMPTION;
+	tp.identity = t->id;
+	tp.ticket_key = key;
+	tp.ticket_key_len = sizeof(key);
+	r = a->prov->t->tls_ctx_new(a->prov->ctx, &tp, &t->ctx, err);
+	tether_wipe(key, sizeof(key));
+	if (r < 0)
+		goto fail;
+	t->refs = 1;
+	*out = t;
+	return 0;
+fail:
+	if (t->id)
+		a->prov->t->identity_free(t->id);
+	free(t);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Trust                                                               */
+/* ------------------------------------------------------------------ */
+
+static int trusted(agent *a, const tether_thumbprint *tp)
+{
+	int ok;
+	pthread_mutex_lock(&a->lock);
+	ok = tether_trust_is_trusted(a->trust, tp);
+	pthread_mutex_unlock(&a->lock);
+	return ok;
+}
+
+static void recheck_fn(tether_worker *w, void *arg)
+{
+	worker_data *wd = w->user;
+	agent *a = arg;
+	agent_conn *ac, *next;
+
+	for (ac = wd->conns; ac; ac = next) {
+		next = ac->next;
+		if (ac->open && !trusted(a, &ac->tp)) {
+			char hex[TETHER_THUMBPRINT_HEX], why[200];
+			tether_thumbprint_hex(&ac->tp, hex);
+			log_info("trust in %s was removed: closing its connection from %s", hex,
+			         tether_conn_peer_addr(ac->c));
+			snprintf(why, sizeof(why), "trust in %s was removed", hex);
+			tether_conn_abort(ac->c, TETHER_CAT_UNTRUSTED, why);
+		}
+	}
+}
+
+static void reload_trust(agent *a, int force)
+{
+	char *path = tether_trust_path(a->c->inst->state_dir);
+	tether_trust *t;
+	tether_error e;
+	struct stat st;
+
+	memset(&st, 0, sizeof(st));
+	stat(path, &st);
+	free(path);
+	if (!force && st.st_mtim.tv_sec == a->trust_mtime.tv_sec &&
+	    st.st_mtim.tv_nsec == a->trust_mtime.tv_nsec)
+		return;
+	a->trust_mtime = st.st_mtim;
+	t = tether_xcalloc(1, sizeof(*t));
+	if (tether_trust_load(a->c->inst->state_dir, t, &e) < 0) {
+		log_error("cannot reload trust, keeping the previous set: %s", e.detail);
+		free(t);
+		return;
+	}
+	pthread_mutex_lock(&a->lock);
+	if (a->trust && t->generation == a->trust->generation && !force) {
+		pthread_mutex_unlock(&a->lock);
+		free(t);
+		return;
+	}
+	free(a->trust);
+	a->trust = t;
+	a->trust_gen++;
+	pthread_mutex_unlock(&a->lock);
+	log_info("trust loaded: %zu trusted server%s, %zu recovery thumbprint%s", t->ntrusted,
+	         t->ntrusted == 1 ? "" : "s", t->nrecovery, t->nrecovery == 1 ? "" : "s");
+	if (a->ws)
+		tether_workers_broadcast(a->ws, recheck_fn, a);
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+	agent *a = h->data;
+	(void)events;
+	(void)status;
+	if (!filename || !strcmp(filename, "trust.json"))
+		reload_trust(a, 0);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+	reload_trust(t->data, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Services                                                            */
+/* ------------------------------------------------------------------ */
+
+static void service_health(agent *a, agent_conn *ac, uint32_t id)
+{
+	tlsref *t = ac->tls;
+	json_t *cert, *res;
+	size_t ntrusted;
+
+	pthread_mutex_lock(&a->lock);
+	ntrusted = a->trust->ntrusted;
+	pthread_mutex_unlock(&a->lock);
+	cert = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "sha256", t->summary.sha256,
+	                 "cert_signature_algorithm", t->summary.info.cert_signature_algorithm,
+	                 "key_type", t->summary.info.key_type, "key_bits", t->summary.info.key_bits,
+	                 "not_before", t->summary.not_before, "not_after", t->summary.not_after);
+	res = json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:s}", "version", PACKAGE_VERSION,
+	                "os", a->os, "provider", a->prov->t->name,
+	                "provider_version", a->prov->t->version ? a->prov->t->version : "",
+	                "certificate", cert, "uptime_s", (json_int_t)(time(NULL) - a->started),
+	                "trusted_servers", (json_int_t)ntrusted, "mode", "listening");
+	tether_conn_respond(ac->c, id, res, NULL, NULL, NULL);
+}
+
+static void on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
+{
+	agent_conn *ac = tether_conn_get_data(c);
+	agent *a = arg;
+	char hex[TETHER_THUMBPRINT_HEX];
+
+	char who[TETHER_THUMBPRINT_HEX + 16];
+
+	(void)params;
+	tether_thumbprint_hex(&ac->tp, hex);
+	snprintf(who, sizeof(who), "server:%s", hex);
+	if (!strcmp(method, "health")) {
+		service_health(a, ac, id);
+		tether_debug("rpc", "served health to %s (%s)", hex, tether_conn_peer_addr(c));
+		tether_audit_write(a->audit, who, method, tether_conn_peer_addr(c), "ok", NULL, NULL, NULL);
+		return;
+	}
+	tether_conn_respond(c, id, NULL, TETHER_RPC_ERR_UNKNOWN_METHOD,
+	                    "this agent does not know that method", NULL);
+	tether_audit_write(a->audit, who, method, tether_conn_peer_addr(c), "failed", NULL,
+	                   "unknown method", NULL);
+	log_warn("server %s asked for unknown method '%s'", hex, method);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connections                                                         */
+/* ------------------------------------------------------------------ */
+
+static int check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
+{
+	agent_conn *ac = tether_conn_get_data(c);
+	agent *a = arg;
+
+	if (trusted(a, tp)) {
+		ac->tp = *tp;
+		return 0;
+	}
+	return -1;
+}
+
+static void on_open(void *arg, tether_conn *c)
+{
+	agent_conn *ac = tether_conn_get_data(c);
+	agent *a = arg;
+	const tether_tls_info *ti = tether_conn_tls_info(c);
+	char hex[TETHER_THUMBPRINT_HEX];
+
+	ac->open = 1;
+	if (ac->counted) {
+		tether_ratelimit_done(a->rl, (struct sockaddr *)&ac->sa, 1);
+		ac->counted = 0;
+	}
+	tether_thumbprint_hex(&ac->tp, hex);
+	log_info("server %s connected from %s (%s, %s%s)", hex, tether_conn_peer_addr(c),
+	         ti->tls_version, ti->cipher, ti->resumed ? ", resumed" : "");
+}
+
+static void on_close(void *arg, tether_conn *c, const tether_error *why)
+{
+	agent_conn *ac = tether_conn_get_data(c);
+	agent *a = arg;
+	if (!ac)
+		return;
+	if (ac->counted)
+		tether_ratelimit_done(a->rl, (struct sockaddr *)&ac->sa, 0);
+	if (why->code && why->category == TETHER_CAT_UNTRUSTED) {
+		tether_thumbprint tp;
+		char hex[TETHER_THUMBPRINT_HEX];
+		if (tether_conn_peer_tp(c, &tp) == 0) {
+			tether_thumbprint_hex(&tp, hex);
+			log_warn("refused %s: certificate %s is not trusted by this agent; if this is your "
+			         "server, run 'tether-agent configure --trust %s%s%s'", tether_conn_peer_addr(c),
+			         hex, hex, a->c->instance_name ? " --instance " : "",
+			         a->c->instance_name ? a->c->instance_name : "");
+		}
+	} else if (why->code && why->category != TETHER_CAT_PEER_NO_CERTIFICATE && !ac->open) {
+		log_info("handshake with %s failed (%s): %s", tether_conn_peer_addr(c),
+		         tether_category_name(why->category), why->detail);
+	} else if (ac->open) {
+		log_info("connection from %s closed%s%s", tether_conn_peer_addr(c),
+		         why->code ? ": " : "", why->code ? why->detail : "");
+	}
+	tlsref_release(a, ac->tls);
+	ac->tls = NULL;
+	if (ac->prev)
+		ac->prev->next = ac->next;
+	if (ac->next)
+		ac->next->prev = ac->prev;
+	if (ac->owner->conns == ac)
+		ac->owner->conns = ac->next;
+	ac->owner->nconns--;
+	free(ac);
+}
+
+static const tether_conn_cbs agent_cbs = { check_peer, on_open, on_request, on_close };
+
+static void on_accept(void *arg, tether_worker *w, uv_stream_t *server)
+{
+	agent *a = arg;
+	worker_data *wd = w->user;
+	agent_conn *ac;
+	tether_conn_opts o;
+	tether_conn *c = NULL;
+	tether_error e;
+	const char *why = NULL;
+	uv_tcp_t *probe;
+
+	ac = tether_xcalloc(1, sizeof(*ac));
+	ac->owner = wd;
+	if (a->stopping) {
+		probe = tether_xcalloc(1, sizeof(*probe));
+		uv_tcp_init(&w->loop, probe);
+		uv_accept(server, (uv_stream_t *)probe);
+		uv_close((uv_handle_t *)probe, (uv_close_cb)free);
+		free(ac);
+		return;
+	}
+	ac->tls = tlsref_get(a);
+	memset(&o, 0, sizeof(o));
+	o.tls_role = TETHER_TLS_SERVER;
+	o.local_role = TETHER_ROLE_AGENT;
+	o.mode = TETHER_MODE_LISTENING;
+	o.prov = a->prov;
+	o.tls_ctx = ac->tls->ctx;
+	o.handshake_ms = a->handshake_ms;
+	o.idle_ms = a->idle_ms;
+	o.keepalive_ms = a->keepalive_ms;
+	o.landing_page = a->landing;
+	o.landing_text = "tether-agent is listening";
+	o.instance_id = tether_process_instance_id(a->prov);
+	o.cbs = &agent_cbs;
+	o.cb_arg = a;
+	o.data = ac;
+	/* link first: callbacks may fire during accept */
+	ac->next = wd->conns;
+	if (wd->conns)
+		wd->conns->prev = ac;
+	wd->conns = ac;
+	wd->nconns++;
+	if (tether_conn_accept(&w->loop, server, &o, &c, &e) < 0) {
+		tether_debug("tls", "accept failed: %s", e.detail);
+		return; /* on_close already unlinked and freed ac */
+	}
+	ac->c = c;
+	if (tether_conn_peer_sockaddr(c, &ac->sa) == 0) {
+		if (!tether_ratelimit_admit(a->rl, (struct sockaddr *)&ac->sa, &why)) {
+			tether_debug("tls", "dropping %s: %s", tether_conn_peer_addr(c), why);
+			tether_conn_abort(c, TETHER_CAT_NONE, why);
+			return;
+		}
+		ac->counted = 1;
+	}
+}
+
+static void worker_init_fn(tether_worker *w, void *arg)
+{
+	(void)arg;
+	if (!w->user)
+		w->user = tether_xcalloc(1, sizeof(worker_data));
+}
+
+static void close_all_fn(tether_worker *w, void *arg)
+{
+	worker_data *wd = w->user;
+	agent_conn *ac, *next;
+	(void)arg;
+
+	if (!wd)
+		return;
+	for (ac = wd->conns; ac; ac = next) {
+		next = ac->next;
+		if (ac->c)
+			tether_conn_close(ac->c, "shutting_down", "the agent is stopping");
+	}
+}
+
+static void abort_all_fn(tether_worker *w, void *arg)
+{
+	worker_data *wd = w->user;
+	agent_conn *ac, *next;
+	(void)arg;
+
+	if (!wd)
+		return;
+	for (ac = wd->conns; ac; ac = next) {
+		next = ac->next;
+		if (ac->c)
+			tether_conn_abort(ac->c, TETHER_CAT_NONE, "the agent is stopping");
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Main loop                                                           */
+/* ------------------------------------------------------------------ */
+
+static void on_drained(uv_timer_t *t)
+{
+	agent *a = t->data;
+
+	tether_workers_broadcast(a->ws, abort_all_fn, a);
+	uv_fs_event_stop(&a->watch);
+	uv_close((uv_handle_t *)&a->sigterm, NULL);
+	uv_close((uv_handle_t *)&a->sigint, NULL);
+	uv_close((uv_handle_t *)&a->sighup, NULL);
+	uv_close((uv_handle_t *)&a->watch, NULL);
+	uv_close((uv_handle_t *)&a->poll_timer, NULL);
+	uv_close((uv_handle_t *)&a->drain_timer, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+	agent *a = s->data;
+
+	if (signum == SIGHUP) {
+		tlsref *t = NULL, *old;
+		tether_error e;
+		log_info("SIGHUP: reloading identity and trust");
+		reload_trust(a, 1);
+		if (build_tls(a, &t, &e) < 0) {
+			log_error("cannot reload the identity, keeping the current one: %s", e.detail);
+			return;
+		}
+		pthread_mutex_lock(&a->lock);
+		old = a->tls;
+		a->tls = t;
+		pthread_mutex_unlock(&a->lock);
+		log_info("identity %s loaded; existing connections drain on the old one", t->summary.sha256);
+		tlsref_release(a, old);
+		return;
+	}
+	if (a->stopping)
+		return;
+	a->stopping = 1;
+	log_info("stopping: no new connections, closing the open ones");
+	tether_workers_stop_listening(a->ws);
+	tether_workers_broadcast(a->ws, close_all_fn, a);
+	uv_timer_start(&a->drain_timer, on_drained, 500, 0);
+}
+
+static uint32_t conf_ms(cli_ctx *c, const char *key, const char *def)
+{
+	return (uint32_t)strtoul(tether_config_get(c->conf, "timeouts", key, def), NULL, 10) * 1000u;
+}
+
+int verb_run(cli_ctx *c, int argc, char **argv)
+{
+	agent a;
+	tether_error e;
+	struct utsname un;
+	const char *level, *logfile;
+	int oi, r, nloops;
+
+	r = cli_parse(c, argc, argv, NULL, "",
+	              "Run the agent in the foreground (logs to stderr; systemd-friendly). It listens on\n"
+	              "[listen] address for servers it trusts. SIGTERM drains and exits; SIGHUP reloads the\n"
+	              "identity and trust. Trust changes made with 'configure' apply at once.",
+	              NULL, NULL, &oi);
+	if (r)
+		return r > 0 ? 0 : r;
+	if (oi < argc)
+		return cli_usage_error(c, "unexpected argument '%s'", argv[oi]);
+	r = cli_open_provider(c);
+	if (r < 0)
+		return r;
+	memset(&a, 0, sizeof(a));
+	a.c = c;
+	a.prov = c->prov;
+	pthread_mutex_init(&a.lock, NULL);
+	a.started = time(NULL);
+	level = tether_config_get(c->conf, "log", "level", "info");
+	tether_log_set_level(!strcmp(level, "error") ? TETHER_LOG_ERROR : !strcmp(level, "warning") ?
+	                     TETHER_LOG_WARN : !strcmp(level, "debug") ? TETHER_LOG_DEBUG : TETHER_LOG_INFO);
+	logfile = tether_config_get(c->conf, "log", "file", NULL);
+	if (logfile && tether_log_set_file(logfile) < 0)
+		log_warn("cannot open log file %s: %s (logging to stderr only)", logfile, strerror(errno));
+	a.handshake_ms = conf_ms(c, "handshake", "10");
+	a.idle_ms = conf_ms(c, "idle", "600");
+	a.keepalive_ms = conf_ms(c, "keepalive", "15");
+	a.request_ms = conf_ms(c, "request", "3600");
+	a.landing = tether_config_bool(tether_config_get(c->conf, "listen", "landing-page", "on")) != 0;
+	snprintf(a.listen_addr, sizeof(a.listen_addr), "%s",
+	         tether_config_get(c->conf, "listen", "address", "0.0.0.0:10933"));
+	nloops = (int)strtol(tether_config_get(c->conf, "engine", "loops", "0"), NULL, 10);
+	if (nloops <= 0)
+		nloops = tether_default_loops();
+	if (uname(&un) == 0)
+		snprintf(a.os, sizeof(a.os), "%s %s %s", un.sysname, un.release, un.machine);
+	a.trust = tether_xcalloc(1, sizeof(*a.trust));
+	reload_trust(&a, 1);
+	r = build_tls(&a, &a.tls, &e);
+	if (r < 0) {
+		c->err = e;
+		return r;
+	}
+	{
+		char *ap = tether_asprintf("%s/audit.log", c->inst->state_dir);
+		r = tether_audit_open(ap, &a.audit, &c->err);
+		free(ap);
+		if (r < 0)
+			return r;
+	}
+	a.rl = tether_ratelimit_new(20.0, 40.0, 256);
+	r = tether_workers_start(a.listen_addr, nloops, on_accept, &a, &a.ws, &c->err);
+	if (r < 0)
+		return r;
+	tether_workers_broadcast(a.ws, worker_init_fn, NULL);
+	log_info("tether-agent %s listening on %s (port %d, %d loop%s), certificate %s, provider %s",
+	         PACKAGE_VERSION, a.listen_addr, tether_workers_port(a.ws), nloops, nloops == 1 ? "" : "s",
+	         a.tls->summary.sha256, a.prov->t->name);
+	if (!a.trust->ntrusted)
+		log_warn("no server is trusted yet: run 'tether-agent configure --trust THUMBPRINT'");
+	if (a.tls->summary.expired)
+		log_warn("this agent's certificate expired on %s: it still works (the pin is the trust), "
+		         "but renew it with 'new-certificate'", a.tls->summary.not_after);
+
+	a.loop = uv_default_loop();
+	uv_signal_init(a.loop, &a.sigterm);
+	uv_signal_init(a.loop, &a.sigint);
+	uv_signal_init(a.loop, &a.sighup);
+	a.sigterm.data = a.sigint.data = a.sighup.data = &a;
+	uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+	uv_signal_start(&a.sigint, on_signal, SIGINT);
+	uv_signal_start(&a.sighup, on_signal, SIGHUP);
+	uv_fs_event_init(a.loop, &a.watch);
+	a.watch.data = &a;
+	if (uv_fs_event_start(&a.watch, on_fs_event, c->inst->state_dir, 0) < 0)
+		log_warn("cannot watch %s; trust changes are polled every 2 s", c->inst->state_dir);
+	uv_timer_init(a.loop, &a.poll_timer);
+	a.poll_timer.data = &a;
+	uv_timer_start(&a.poll_timer, on_poll, 2000, 2000);
+	uv_timer_init(a.loop, &a.drain_timer);
+	a.drain_timer.data = &a;
+	signal(SIGPIPE, SIG_IGN);
+
+	uv_run(a.loop, UV_RUN_DEFAULT);
+
+	tether_workers_join(a.ws);
+	tlsref_release(&a, a.tls);
+	tether_ratelimit_free(a.rl);
+	tether_audit_close(a.audit);
+	free(a.trust);
+	pthread_mutex_destroy(&a.lock);
+	uv_loop_close(a.loop);
+	log_info("stopped");
+	return 0;
+}

@@ -6,4 +6,7 @@
 
 extern const tether_config_key server_schema[];
 
+/* cli_target.c: target add | list | show | remove | set-thumbprint */
+int verb_target(cli_ctx *c, int argc, char **argv);
+
 #endif

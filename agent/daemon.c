@@ -371,6 +371,8 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 			         hex, hex, a->c->instance_name ? " --instance " : "",
 			         a->c->instance_name ? a->c->instance_name : "");
 		}
+	} else if (why->code == TETHER_ERR_CLOSED && !ac->open) {
+		tether_debug("tls", "%s", why->detail); /* port probes, load balancer checks */
 	} else if (why->code && why->category != TETHER_CAT_PEER_NO_CERTIFICATE && !ac->open) {
 		log_info("handshake with %s failed (%s): %s", tether_conn_peer_addr(c),
 		         tether_category_name(why->category), why->detail);

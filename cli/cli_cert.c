@@ -193,7 +193,7 @@ int verb_new_certificate(cli_ctx *c, int argc, char **argv)
 		printf("Current certificate (in use): %s\n", cur.sha256);
 		printf("New certificate (staged):     %s\n", neu.sha256);
 		printf("Next: on each agent 'tether-agent configure --trust %s', then\n"
-		       "'tether-server use-staged-certificate' (or 'rotate-certificate' to do it all automatically).\n",
+		       "'tether-server use-staged-certificate' (or 'import-certificate' of the exported PFX).\n",
 		       neu.sha256);
 	} else {
 		printf("Old thumbprint: %s\n", cur.present ? cur.sha256 : "(none)");

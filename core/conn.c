@@ -81,6 +81,7 @@ struct tether_conn {
 	unsigned char *carry;
 	size_t carry_len;
 	int eof;
+	uint64_t rx_bytes;
 	/* output */
 	unsigned char *wbuf;
 	size_t wlen, wcap;
@@ -612,7 +613,10 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 			conn_destroy(c);
 			return;
 		}
-		if (c->state == ST_HANDSHAKE)
+		if (c->state == ST_HANDSHAKE && c->rx_bytes == 0)
+			set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
+			              "%s closed the connection without sending anything", c->peer_addr);
+		else if (c->state == ST_HANDSHAKE)
 			set_close_err(c, TETHER_ERR_TLS, TETHER_CAT_CONNECTION_RESET,
 			              "%s closed the connection during the TLS handshake", c->peer_addr);
 		else if (c->state == ST_HELLO)
@@ -630,6 +634,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		free(buf->base);
 		return;
 	}
+	c->rx_bytes += (uint64_t)nread;
 	c->in = (const unsigned char *)buf->base;
 	c->in_len = (size_t)nread;
 	c->in_off = 0;

@@ -30,6 +30,8 @@ static const char default_config[] =
 	"; level = info\n";
 
 static const cli_verb verbs[] = {
+	{ "run", verb_server_run, "run the server daemon in the foreground" },
+	{ "health", verb_health, "check targets' health (NAME..., --all or --tag TAG)" },
 	{ "create-instance", verb_create_instance, "create an instance (config and state directory)" },
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },

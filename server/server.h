@@ -8,5 +8,9 @@ extern const tether_config_key server_schema[];
 
 /* cli_target.c: target add | list | show | remove | set-thumbprint */
 int verb_target(cli_ctx *c, int argc, char **argv);
+/* daemon.c */
+int verb_server_run(cli_ctx *c, int argc, char **argv);
+/* cli_health.c */
+int verb_health(cli_ctx *c, int argc, char **argv);
 
 #endif

@@ -1,0 +1,689 @@
+/*
+ * tether-server run: the server daemon.
+ *
+ * One loop owns the admin socket (CLI verbs), the SQLite registry, and the
+ * connections to listening agents, which are held open and reused.  A
+ * health check of many targets runs concurrently with a bound; all results
+ * are recorded in one transaction.
+ */
+#include "config.h"
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <jansson.h>
+#include <uv.h>
+#include "admin.h"
+#include "admin_targets.h"
+#include "audit.h"
+#include "conn.h"
+#include "fsutil.h"
+#include "identity.h"
+#include "log.h"
+#include "registry.h"
+#include "server.h"
+#include "util.h"
+
+#define HEALTH_CONCURRENCY 64
+#define HEALTH_TIMEOUT_MS 30000
+
+typedef struct waiter {
+	struct waiter *next;
+	void (*ready)(void *arg, tether_conn *c, const tether_error *err);
+	void *arg;
+} waiter;
+
+/* A listening target's connection, held open and reused. */
+typedef struct held {
+	struct held *next;
+	char name[REG_NAME_MAX + 1];
+	char host[256];
+	int port;
+	tether_thumbprint pin;
+	tether_conn *c;
+	int open;
+	int refused_by_us;              /* our pin check refused the agent */
+	waiter *waiters;
+	unsigned char *session;         /* to resume next time */
+	size_t session_len;
+	struct srv *s;
+} held;
+
+typedef struct srv {
+	cli_ctx *c;
+	tether_prov *prov;
+	uv_loop_t *loop;
+	registry *reg;
+	tether_audit *audit;
+	admin_server *admin;
+	tether_identity *id;
+	tether_id_summary summary;
+	tether_tls_ctx *tls;
+	held *held;
+	uv_signal_t sigterm, sigint, sighup;
+	int stopping;
+	uint32_t connect_ms, handshake_ms, idle_ms, keepalive_ms, request_ms;
+} srv;
+
+/* ------------------------------------------------------------------ */
+/* Held connections                                                    */
+/* ------------------------------------------------------------------ */
+
+static held *held_find(srv *s, const char *name)
+{
+	held *h;
+	for (h = s->held; h; h = h->next)
+		if (!strcmp(h->name, name))
+			return h;
+	return NULL;
+}
+
+static void held_notify(held *h, tether_conn *c, const tether_error *err)
+{
+	waiter *w = h->waiters;
+
+	h->waiters = NULL;
+	while (w) {
+		waiter *next = w->next;
+		w->ready(w->arg, c, err);
+		free(w);
+		w = next;
+	}
+}
+
+static int srv_check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
+{
+	held *h = arg;
+	(void)c;
+	if (tether_thumbprint_equal(tp, &h->pin))
+		return 0;
+	h->refused_by_us = 1;
+	return -1;
+}
+
+static void srv_on_open(void *arg, tether_conn *c)
+{
+	held *h = arg;
+	unsigned char *sess = NULL;
+	size_t sl = 0;
+
+	h->open = 1;
+	if (tether_conn_session(c, &sess, &sl) == 0) {
+		if (h->session)
+			tether_free_wiped(h->session, h->session_len);
+		h->session = sess;
+		h->session_len = sl;
+	}
+	held_notify(h, c, NULL);
+}
+
+static void srv_on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
+{
+	(void)arg;
+	(void)params;
+	(void)method;
+	tether_conn_respond(c, id, NULL, TETHER_RPC_ERR_UNKNOWN_METHOD,
+	                    "the server serves no requests on this connection", NULL);
+}
+
+static void srv_on_close(void *arg, tether_conn *c, const tether_error *why)
+{
+	held *h = arg;
+	tether_error e = *why;
+	(void)c;
+
+	if (h->refused_by_us || e.category == TETHER_CAT_UNTRUSTED) {
+		/* a client whose pin check fails drops its cached session */
+		if (h->session) {
+			tether_free_wiped(h->session, h->session_len);
+			h->session = NULL;
+			h->session_len = 0;
+		}
+	}
+	h->c = NULL;
+	h->open = 0;
+	if (!e.code && h->waiters)
+		tether_err_set(&e, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
+		               "the connection closed before the protocol greeting: %s", why->detail);
+	held_notify(h, NULL, &e);
+}
+
+static const tether_conn_cbs srv_cbs = { srv_check_peer, srv_on_open, srv_on_request, srv_on_close };
+
+/* Get an open connection to a target (connecting if needed); ready() is
+ * called once, with the connection or an error. */
+static void held_get(srv *s, const reg_target *t, void (*ready)(void *, tether_conn *, const tether_error *),
+                     void *arg)
+{
+	held *h = held_find(s, t->name);
+	tether_thumbprint pin;
+	tether_error e;
+	waiter *w;
+
+	memset(&e, 0, sizeof(e));
+	if (tether_thumbprint_parse(t->sha256, &pin, &e) < 0) {
+		ready(arg, NULL, &e);
+		return;
+	}
+	if (h && (strcmp(h->host, t->host ? t->host : "") || h->port != t->port ||
+	          !tether_thumbprint_equal(&h->pin, &pin))) {
+		/* the target changed (set-thumbprint, new address): start over */
+		if (h->c)
+			tether_conn_close(h->c, "reconfigured", "the target was changed on the server");
+		h->pin = pin;
+		snprintf(h->host, sizeof(h->host), "%s", t->host ? t->host : "");
+		h->port = t->port;
+		if (h->session) {
+			tether_free_wiped(h->session, h->session_len);
+			h->session = NULL;
+			h->session_len = 0;
+		}
+	}
+	if (!h) {
+		h = tether_xcalloc(1, sizeof(*h));
+		snprintf(h->name, sizeof(h->name), "%s", t->name);
+		snprintf(h->host, sizeof(h->host), "%s", t->host ? t->host : "");
+		h->port = t->port;
+		h->pin = pin;
+		h->s = s;
+		h->next = s->held;
+		s->held = h;
+	}
+	if (h->c && h->open) {
+		ready(arg, h->c, NULL);
+		return;
+	}
+	w = tether_xcalloc(1, sizeof(*w));
+	w->ready = ready;
+	w->arg = arg;
+	w->next = h->waiters;
+	h->waiters = w;
+	if (!h->c) {
+		tether_conn_opts o;
+		memset(&o, 0, sizeof(o));
+		o.tls_role = TETHER_TLS_CLIENT;
+		o.local_role = TETHER_ROLE_SERVER;
+		o.mode = TETHER_MODE_LISTENING;
+		o.prov = s->prov;
+		o.tls_ctx = s->tls;
+		o.session = h->session;
+		o.session_len = h->session_len;
+		o.connect_ms = s->connect_ms;
+		o.handshake_ms = s->handshake_ms;
+		o.idle_ms = s->idle_ms;
+		o.keepalive_ms = s->keepalive_ms;
+		o.instance_id = tether_process_instance_id(s->prov);
+		o.cbs = &srv_cbs;
+		o.cb_arg = h;
+		h->refused_by_us = 0;
+		if (tether_conn_connect(s->loop, h->host, h->port, &o, &h->c, &e) < 0) {
+			h->c = NULL;
+			held_notify(h, NULL, &e);
+		}
+	}
+}
+
+static void held_free_all(srv *s)
+{
+	while (s->held) {
+		held *h = s->held;
+		s->held = h->next;
+		if (h->session)
+			tether_free_wiped(h->session, h->session_len);
+		free(h);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Health                                                              */
+/* ------------------------------------------------------------------ */
+
+typedef struct health_job health_job;
+
+typedef struct health_item {
+	health_job *job;
+	reg_target t;
+	uint64_t t0;
+	int done;
+	json_t *result;                 /* the row for this target */
+	char state[24], category[32], error[TETHER_ERROR_DETAIL_MAX];
+	char tls_version[16], cipher[64], peer_sha256[65], sig_alg[64];
+	int64_t rtt_ms;
+} health_item;
+
+struct health_job {
+	srv *s;
+	admin_call *call;
+	health_item *items;
+	size_t n, next, running, finished;
+	char who[128];
+};
+
+static void health_start_more(health_job *j);
+
+static const char *state_of(int category, int refused_by_us)
+{
+	(void)refused_by_us;
+	switch (category) {
+	case TETHER_CAT_CONNECTION_REFUSED:
+	case TETHER_CAT_DNS_FAILURE:
+		return "unreachable";
+	case TETHER_CAT_TIMEOUT:
+		return "timeout";
+	case TETHER_CAT_UNTRUSTED:
+		return "untrusted";
+	case TETHER_CAT_CONNECTION_RESET:
+		return "unreachable";
+	default:
+		return "handshake_failed";
+	}
+}
+
+static void health_finish(health_job *j)
+{
+	srv *s = j->s;
+	reg_health *rh = tether_xcalloc(j->n ? j->n : 1, sizeof(*rh));
+	json_t *arr = json_array();
+	tether_error e;
+	size_t i;
+	int all_ok = 1;
+	char summary[64];
+
+	for (i = 0; i < j->n; i++) {
+		health_item *it = &j->items[i];
+		json_t *row = json_object();
+		rh[i].name = it->t.name;
+		rh[i].state = it->state;
+		rh[i].category = it->category[0] ? it->category : NULL;
+		rh[i].error = it->error[0] ? it->error : NULL;
+		rh[i].checked = (int64_t)time(NULL);
+		rh[i].rtt_ms = it->rtt_ms;
+		rh[i].tls_version = it->tls_version[0] ? it->tls_version : NULL;
+		rh[i].cipher = it->cipher[0] ? it->cipher : NULL;
+		rh[i].peer_sha256 = it->peer_sha256[0] ? it->peer_sha256 : NULL;
+		rh[i].cert_signature_algorithm = it->sig_alg[0] ? it->sig_alg : NULL;
+		json_object_set_new(row, "target", json_string(it->t.name));
+		json_object_set_new(row, "state", json_string(it->state));
+		if (it->category[0])
+			json_object_set_new(row, "category", json_string(it->category));
+		if (it->error[0])
+			json_object_set_new(row, "error", json_string(it->error));
+		json_object_set_new(row, "rtt_ms", it->rtt_ms >= 0 ? json_integer(it->rtt_ms) : json_null());
+		json_object_set_new(row, "tls_version", it->tls_version[0] ? json_string(it->tls_version) : json_null());
+		json_object_set_new(row, "cipher", it->cipher[0] ? json_string(it->cipher) : json_null());
+		json_object_set_new(row, "peer_sha256", it->peer_sha256[0] ? json_string(it->peer_sha256) : json_null());
+		json_object_set_new(row, "cert_signature_algorithm",
+		                    it->sig_alg[0] ? json_string(it->sig_alg) : json_null());
+		if (it->result)
+			json_object_set(row, "agent", it->result);
+		json_array_append_new(arr, row);
+		if (strcmp(it->state, "healthy"))
+			all_ok = 0;
+	}
+	if (j->n && registry_record_health(s->reg, rh, j->n, &e) < 0)
+		log_error("cannot record health results: %s", e.detail);
+	snprintf(summary, sizeof(summary), "%zu target%s, %s", j->n, j->n == 1 ? "" : "s",
+	         all_ok ? "all healthy" : "not all healthy");
+	tether_audit_write(s->audit, j->who, "health", NULL, all_ok ? "ok" : "error", NULL, summary, NULL);
+	admin_reply(j->call, arr);
+	for (i = 0; i < j->n; i++) {
+		reg_target_clear(&j->items[i].t);
+		json_decref(j->items[i].result);
+	}
+	free(rh);
+	free(j->items);
+	free(j);
+}
+
+static void item_done(health_item *it)
+{
+	health_job *j = it->job;
+
+	if (it->done)
+		return;
+	it->done = 1;
+	j->running--;
+	j->finished++;
+	if (j->finished == j->n)
+		health_finish(j);
+	else
+		health_start_more(j);
+}
+
+static void item_fail(health_item *it, tether_conn *c, const tether_error *e)
+{
+	held *h = held_find(it->job->s, it->t.name);
+	tether_thumbprint tp;
+	int cat = e->category;
+
+	snprintf(it->category, sizeof(it->category), "%s", tether_category_name(cat ? cat : TETHER_CAT_HANDSHAKE));
+	snprintf(it->state, sizeof(it->state), "%s", state_of(cat, h && h->refused_by_us));
+	if (c && tether_conn_peer_tp(c, &tp) == 0)
+		tether_thumbprint_hex(&tp, it->peer_sha256);
+	if (cat == TETHER_CAT_UNTRUSTED && h && h->refused_by_us)
+		snprintf(it->error, sizeof(it->error),
+		         "untrusted certificate: the agent presented %s but %s is pinned; if the agent got a new "
+		         "certificate, run 'tether-server target set-thumbprint %s %s'",
+		         it->peer_sha256[0] ? it->peer_sha256 : "another certificate", it->t.sha256, it->t.name,
+		         it->peer_sha256[0] ? it->peer_sha256 : "NEW");
+	else if (cat == TETHER_CAT_UNTRUSTED)
+		snprintf(it->error, sizeof(it->error),
+		         "the agent does not trust this server's certificate %s: run 'tether-agent configure "
+		         "--trust %s' on the agent", it->job->s->summary.sha256, it->job->s->summary.sha256);
+	else
+		snprintf(it->error, sizeof(it->error), "%s", e->detail);
+	it->rtt_ms = -1;
+	item_done(it);
+}
+
+static void on_health_response(void *arg, tether_conn *c, const tether_rpc_response *resp,
+                               const tether_error *err)
+{
+	health_item *it = arg;
+	const tether_tls_info *ti;
+
+	if (!resp) {
+		item_fail(it, c, err);
+		return;
+	}
+	it->rtt_ms = (int64_t)(tether_now_ms() - it->t0);
+	ti = tether_conn_tls_info(c);
+	snprintf(it->tls_version, sizeof(it->tls_version), "%s", ti->tls_version);
+	snprintf(it->cipher, sizeof(it->cipher), "%s", ti->cipher);
+	{
+		tether_thumbprint tp;
+		if (tether_conn_peer_tp(c, &tp) == 0)
+			tether_thumbprint_hex(&tp, it->peer_sha256);
+	}
+	if (resp->is_error) {
+		snprintf(it->state, sizeof(it->state), "handshake_failed");
+		snprintf(it->category, sizeof(it->category), "%s", resp->category[0] ? resp->category : "internal");
+		snprintf(it->error, sizeof(it->error), "the agent answered health with an error: %s: %s",
+		         resp->code, resp->message);
+	} else {
+		const char *alg = json_string_value(json_object_get(json_object_get(resp->result, "certificate"),
+		                                                    "cert_signature_algorithm"));
+		snprintf(it->state, sizeof(it->state), "healthy");
+		snprintf(it->sig_alg, sizeof(it->sig_alg), "%s", alg ? alg : "");
+		it->result = json_incref(resp->result);
+	}
+	item_done(it);
+}
+
+static void on_health_conn(void *arg, tether_conn *c, const tether_error *err)
+{
+	health_item *it = arg;
+	tether_error e;
+
+	if (!c) {
+		item_fail(it, NULL, err);
+		return;
+	}
+	memset(&e, 0, sizeof(e));
+	if (tether_conn_request(c, "health", json_object(), it->job->s->request_ms ? it->job->s->request_ms :
+	                        HEALTH_TIMEOUT_MS, on_health_response, it, &e) < 0)
+		item_fail(it, c, &e);
+}
+
+static void health_start_more(health_job *j)
+{
+	while (j->running < HEALTH_CONCURRENCY && j->next < j->n) {
+		health_item *it = &j->items[j->next++];
+		j->running++;
+		it->t0 = tether_now_ms();
+		it->rtt_ms = -1;
+		if (!it->t.host || strcmp(it->t.mode, "listening")) {
+			tether_error e;
+			tether_err_set(&e, TETHER_ERR_UNSUPPORTED, TETHER_CAT_CONNECTION_REFUSED,
+			               "target %s is a polling target: polling mode is not available in this version",
+			               it->t.name);
+			item_fail(it, NULL, &e);
+			continue;
+		}
+		held_get(j->s, &it->t, on_health_conn, it);
+	}
+}
+
+static void do_health(srv *s, admin_call *call, json_t *params)
+{
+	json_t *names = json_object_get(params, "targets");
+	const char *tag = json_string_value(json_object_get(params, "tag"));
+	int all = json_is_true(json_object_get(params, "all"));
+	health_job *j;
+	reg_target *list = NULL;
+	size_t n = 0, i;
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	j = tether_xcalloc(1, sizeof(*j));
+	j->s = s;
+	j->call = call;
+	snprintf(j->who, sizeof(j->who), "%s", admin_call_user(call));
+	if (json_is_array(names) && json_array_size(names) > 0) {
+		json_t *v;
+		j->items = tether_xcalloc(json_array_size(names), sizeof(*j->items));
+		json_array_foreach(names, i, v) {
+			const char *name = json_string_value(v);
+			if (!name || registry_target_get(s->reg, name, &j->items[j->n].t, &e) < 0) {
+				size_t k;
+				admin_reply_error(call, name ? e.detail : "target names must be strings",
+				                  tether_category_name(e.category ? e.category : TETHER_CAT_BAD_INPUT));
+				for (k = 0; k < j->n; k++)
+					reg_target_clear(&j->items[k].t);
+				free(j->items);
+				free(j);
+				return;
+			}
+			j->items[j->n].job = j;
+			j->n++;
+		}
+	} else if (all || tag) {
+		if (registry_target_list(s->reg, tag, &list, &n, &e) < 0) {
+			admin_reply_error(call, e.detail, tether_category_name(e.category));
+			free(j);
+			return;
+		}
+		j->items = tether_xcalloc(n ? n : 1, sizeof(*j->items));
+		for (i = 0; i < n; i++) {
+			j->items[i].t = list[i];
+			j->items[i].job = j;
+		}
+		free(list); /* the items own the strings now */
+		j->n = n;
+	} else {
+		admin_reply_error(call, "name the targets to check, or give --all or --tag TAG", "bad_input");
+		free(j);
+		return;
+	}
+	if (j->n == 0) {
+		health_finish(j);
+		return;
+	}
+	health_start_more(j);
+}
+
+/* ------------------------------------------------------------------ */
+/* Admin dispatch                                                      */
+/* ------------------------------------------------------------------ */
+
+static void close_held_of(srv *s, const char *name)
+{
+	held *h = held_find(s, name);
+	if (h && h->c)
+		tether_conn_close(h->c, "reconfigured", "the target was changed on the server");
+}
+
+static void on_admin(void *arg, admin_call *call, const char *method, json_t *params)
+{
+	srv *s = arg;
+
+	if (!strcmp(method, "health")) {
+		do_health(s, call, params);
+		return;
+	}
+	if (!strcmp(method, "target.remove") || !strcmp(method, "target.set-thumbprint")) {
+		const char *name = json_string_value(json_object_get(params, "name"));
+		if (name)
+			close_held_of(s, name);
+	}
+	if (admin_targets_dispatch(s->reg, s->audit, call, method, params))
+		return;
+	if (!strcmp(method, "server.status")) {
+		admin_reply(call, json_pack("{s:s, s:s, s:s}", "version", PACKAGE_VERSION, "sha256",
+		                            s->summary.sha256, "provider", s->prov->t->name));
+		return;
+	}
+	admin_reply_error(call, "unknown admin method: this tether-server daemon may be older than the CLI",
+	                  "unsupported");
+}
+
+/* ------------------------------------------------------------------ */
+/* Lifecycle                                                           */
+/* ------------------------------------------------------------------ */
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+	(void)arg;
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+	srv *s = sig->data;
+	held *h;
+
+	if (signum == SIGHUP) {
+		log_info("SIGHUP: the identity is reloaded on restart in this version; trust lives in the registry");
+		return;
+	}
+	if (s->stopping)
+		return;
+	s->stopping = 1;
+	log_info("stopping");
+	for (h = s->held; h; h = h->next)
+		if (h->c)
+			tether_conn_close(h->c, "shutting_down", "the server is stopping");
+	if (s->admin)
+		admin_server_stop(s->admin);
+	s->admin = NULL;
+	uv_close((uv_handle_t *)&s->sigterm, NULL);
+	uv_close((uv_handle_t *)&s->sigint, NULL);
+	uv_close((uv_handle_t *)&s->sighup, NULL);
+}
+
+static uint32_t conf_ms(cli_ctx *c, const char *key, const char *def)
+{
+	return (uint32_t)strtoul(tether_config_get(c->conf, "timeouts", key, def), NULL, 10) * 1000u;
+}
+
+int verb_server_run(cli_ctx *c, int argc, char **argv)
+{
+	srv s;
+	tether_tls_ctx_params tp;
+	const unsigned char *der;
+	size_t len;
+	char *dbpath = NULL, *auditpath = NULL;
+	const char *level, *logfile;
+	int oi, r;
+
+	r = cli_parse(c, argc, argv, NULL, "",
+	              "Run the server daemon in the foreground (logs to stderr; systemd-friendly). It holds the\n"
+	              "server identity, the target registry and the admin socket the other verbs talk to.\n"
+	              "SIGTERM stops it.",
+	              NULL, NULL, &oi);
+	if (r)
+		return r > 0 ? 0 : r;
+	if (oi < argc)
+		return cli_usage_error(c, "unexpected argument '%s'", argv[oi]);
+	r = cli_open_provider(c);
+	if (r < 0)
+		return r;
+	memset(&s, 0, sizeof(s));
+	s.c = c;
+	s.prov = c->prov;
+	level = tether_config_get(c->conf, "log", "level", "info");
+	tether_log_set_level(!strcmp(level, "error") ? TETHER_LOG_ERROR : !strcmp(level, "warning") ?
+	                     TETHER_LOG_WARN : !strcmp(level, "debug") ? TETHER_LOG_DEBUG : TETHER_LOG_INFO);
+	logfile = tether_config_get(c->conf, "log", "file", NULL);
+	if (logfile && tether_log_set_file(logfile) < 0)
+		log_warn("cannot open log file %s: %s (logging to stderr only)", logfile, strerror(errno));
+	s.connect_ms = conf_ms(c, "connect", "10");
+	s.handshake_ms = conf_ms(c, "handshake", "10");
+	s.idle_ms = conf_ms(c, "idle", "600");
+	s.keepalive_ms = conf_ms(c, "keepalive", "15");
+	s.request_ms = conf_ms(c, "request", "3600");
+	if (s.request_ms > HEALTH_TIMEOUT_MS)
+		s.request_ms = HEALTH_TIMEOUT_MS;
+
+	r = s.prov->t->identity_load(s.prov->ctx, TETHER_SLOT_CURRENT, &s.id, &c->err);
+	if (r == TETHER_ERR_NOT_FOUND) {
+		r = tether_err_set(&c->err, r, TETHER_CAT_NOT_FOUND,
+		                   "the server has no certificate yet: run 'tether-server new-certificate%s%s' first",
+		                   c->instance_name ? " --instance " : "", c->instance_name ? c->instance_name : "");
+		goto out;
+	}
+	if (r < 0)
+		goto out;
+	s.prov->t->identity_cert_der(s.id, &der, &len);
+	r = tether_cert_summary(s.prov, der, len, &s.summary, &c->err);
+	if (r < 0)
+		goto out;
+	memset(&tp, 0, sizeof(tp));
+	tp.role = TETHER_TLS_CLIENT;
+	tp.policy = TETHER_TLS_POLICY_RESUMPTION;
+	tp.identity = s.id;
+	r = s.prov->t->tls_ctx_new(s.prov->ctx, &tp, &s.tls, &c->err);
+	if (r < 0)
+		goto out;
+	dbpath = tether_asprintf("%s/registry.db", c->inst->state_dir);
+	r = registry_open(dbpath, &s.reg, &c->err);
+	if (r < 0)
+		goto out;
+	auditpath = tether_asprintf("%s/audit.log", c->inst->state_dir);
+	r = tether_audit_open(auditpath, &s.audit, &c->err);
+	if (r < 0)
+		goto out;
+	s.loop = uv_default_loop();
+	r = admin_server_start(s.loop, c->inst->run_dir, tether_config_get(c->conf, "admin", "group", NULL),
+	                       on_admin, &s, &s.admin, &c->err);
+	if (r < 0)
+		goto out;
+	admin_server_set_audit(s.admin, s.audit);
+	uv_signal_init(s.loop, &s.sigterm);
+	uv_signal_init(s.loop, &s.sigint);
+	uv_signal_init(s.loop, &s.sighup);
+	s.sigterm.data = s.sigint.data = s.sighup.data = &s;
+	uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+	uv_signal_start(&s.sigint, on_signal, SIGINT);
+	uv_signal_start(&s.sighup, on_signal, SIGHUP);
+	signal(SIGPIPE, SIG_IGN);
+	log_info("tether-server %s running, certificate %s, provider %s, admin socket in %s", PACKAGE_VERSION,
+	         s.summary.sha256, s.prov->t->name, c->inst->run_dir);
+	if (s.summary.expired)
+		log_warn("this server's certificate expired on %s: agents that pin it still connect, but renew it",
+		         s.summary.not_after);
+	uv_run(s.loop, UV_RUN_DEFAULT);
+	uv_walk(s.loop, close_walk, NULL);
+	uv_run(s.loop, UV_RUN_DEFAULT);
+	uv_loop_close(s.loop);
+	log_info("stopped");
+	r = 0;
+out:
+	held_free_all(&s);
+	if (s.admin)
+		admin_server_stop(s.admin);
+	if (s.tls)
+		s.prov->t->tls_ctx_free(s.tls);
+	if (s.id)
+		s.prov->t->identity_free(s.id);
+	if (s.reg)
+		registry_close(s.reg);
+	if (s.audit)
+		tether_audit_close(s.audit);
+	free(dbpath);
+	free(auditpath);
+	return r;
+}

@@ -54,10 +54,10 @@ int cli_parse(cli_ctx *c, int argc, char **argv, const cli_opt *opts,
 		lo[n] = (struct option){ common_opts[i].name, common_opts[i].has_arg, NULL, common_opts[i].id };
 	lo[n] = (struct option){ NULL, 0, NULL, 0 };
 
-	optind = 1;
+	optind = 0; /* full re-initialisation (GNU) */
 	opterr = 0;
 	for (;;) {
-		int li = -1, o = getopt_long(argc, argv, "+:", lo, &li);
+		int li = -1, o = getopt_long(argc, argv, ":", lo, &li);
 		if (o == -1)
 			break;
 		switch (o) {

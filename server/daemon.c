@@ -45,6 +45,7 @@ typedef struct held {
 	tether_conn *c;
 	int open;
 	int refused_by_us;              /* our pin check refused the agent */
+	char presented[TETHER_THUMBPRINT_HEX]; /* what it presented then */
 	waiter *waiters;
 	unsigned char *session;         /* to resume next time */
 	size_t session_len;
@@ -100,6 +101,7 @@ static int srv_check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp
 	if (tether_thumbprint_equal(tp, &h->pin))
 		return 0;
 	h->refused_by_us = 1;
+	tether_thumbprint_hex(tp, h->presented);
 	return -1;
 }
 
@@ -218,6 +220,7 @@ static void held_get(srv *s, const reg_target *t, void (*ready)(void *, tether_c
 		o.cbs = &srv_cbs;
 		o.cb_arg = h;
 		h->refused_by_us = 0;
+		h->presented[0] = '\0';
 		if (tether_conn_connect(s->loop, h->host, h->port, &o, &h->c, &e) < 0) {
 			h->c = NULL;
 			held_notify(h, NULL, &e);
@@ -362,6 +365,8 @@ static void item_fail(health_item *it, tether_conn *c, const tether_error *e)
 	snprintf(it->state, sizeof(it->state), "%s", state_of(cat, h && h->refused_by_us));
 	if (c && tether_conn_peer_tp(c, &tp) == 0)
 		tether_thumbprint_hex(&tp, it->peer_sha256);
+	else if (h && h->refused_by_us && h->presented[0])
+		snprintf(it->peer_sha256, sizeof(it->peer_sha256), "%s", h->presented);
 	if (cat == TETHER_CAT_UNTRUSTED && h && h->refused_by_us)
 		snprintf(it->error, sizeof(it->error),
 		         "untrusted certificate: the agent presented %s but %s is pinned; if the agent got a new "

@@ -37,6 +37,23 @@ int ossl_identity_cert_der(const tether_identity *id,
                            const unsigned char **der, size_t *len);
 void ossl_identity_free(tether_identity *id);
 
+/* ---- ossl_import.c: parse an identity to import ---- */
+/* Parse a PKCS#12 or PEM identity (any form, including legacy RC2/3DES
+ * PKCS#12; key possibly encrypted with password) and check it completely:
+ * the key matches the certificate and is RSA >= 2048 or EC P-256/P-384.
+ * The results live in the default library context.  host may be NULL. */
+int ossl_parse_identity(const tether_host *host, const unsigned char *data,
+                        size_t len, const char *password, X509 **cert,
+                        EVP_PKEY **key, tether_error *err);
+/* Password callback for PEM reads: never prompts.  u is a
+ * struct ossl_pw *. */
+struct ossl_pw {
+	const char *pw;            /* NULL: none available */
+	int asked;                 /* set when the callback was called */
+	int too_long;
+};
+int ossl_pw_cb(char *buf, int size, int rwflag, void *u);
+
 /* ---- ossl_crypto.c: crypto helpers for the core ---- */
 int ossl_digest(int alg, const void *data, size_t len, unsigned char *out,
                 size_t *out_len, tether_error *err);

@@ -82,26 +82,6 @@ static int check_slot(tether_provider_ctx *p, int slot, tether_error *err)
 	return 0;
 }
 
-int ossl_pw_cb(char *buf, int size, int rwflag, void *u)
-{
-	struct ossl_pw *pw = u;
-	size_t n;
-
-	(void)rwflag;
-	if (pw == NULL)
-		return -1;
-	pw->asked = 1;
-	if (pw->pw == NULL || size <= 0)
-		return -1;
-	n = strlen(pw->pw);
-	if (n > (size_t)size) {
-		pw->too_long = 1;
-		return -1;
-	}
-	memcpy(buf, pw->pw, n);
-	return (int)n;
-}
-
 /* ------------------------------------------------------------------ */
 /* Passphrase policy                                                   */
 /* ------------------------------------------------------------------ */

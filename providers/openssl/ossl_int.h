@@ -63,15 +63,6 @@ int ossl_slot_store(tether_provider_ctx *p, int slot, X509 *cert,
                     EVP_PKEY *key, const char *passphrase, tether_error *err);
 const char *ossl_slot_name(int slot);
 
-/* Password callback for PEM reads: never prompts.  u is a
- * struct ossl_pw *. */
-struct ossl_pw {
-	const char *pw;            /* NULL: none available */
-	int asked;                 /* set when the callback was called */
-	int too_long;
-};
-int ossl_pw_cb(char *buf, int size, int rwflag, void *u);
-
 /* ---- ossl_pkcs12.c ---- */
 int ossl_prov_identity_export_pkcs12(tether_provider_ctx *p, int slot,
                                      const char *password, int legacy,

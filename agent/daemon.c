@@ -22,6 +22,7 @@
 #include <uv.h>
 #include "agent.h"
 #include "audit.h"
+#include "service.h"
 #include "conn.h"
 #include "fsutil.h"
 #include "identity.h"
@@ -49,7 +50,10 @@ typedef struct agent_conn {
 	int counted;                    /* holds a rate-limit slot */
 	int open;
 	tether_thumbprint tp;
+	char tphex[TETHER_THUMBPRINT_HEX];
 	struct worker_data *owner;
+	uv_loop_t *loop;
+	struct agent_req *reqs;         /* requests not answered yet */
 } agent_conn;
 
 typedef struct worker_data {
@@ -78,7 +82,28 @@ typedef struct agent {
 	int landing;
 	char listen_addr[300];
 	char os[256];
+	agent_env env;
+	char *work_dir;
+	char **roots;
 } agent;
+
+struct agent_req {
+	struct agent_req *next;
+	agent *a;
+	agent_conn *ac;                 /* NULL once the connection closed */
+	uint32_t id;
+	char method[TETHER_RPC_METHOD_MAX + 1];
+	json_t *params;
+	char server[TETHER_THUMBPRINT_HEX];
+	char peer[64];
+	uv_loop_t *loop;
+	void *data;
+	const agent_stream_ops *in_ops, *out_ops;
+	int streaming;
+};
+
+/* The services this agent offers (agent/services.c). */
+extern const agent_service *const agent_services[];
 
 /* ------------------------------------------------------------------ */
 /* TLS context and identity                                            */
@@ -275,7 +300,7 @@ static void on_poll(uv_timer_t *t)
 /* Services                                                            */
 /* ------------------------------------------------------------------ */
 
-static void service_health(agent *a, agent_conn *ac, uint32_t id)
+static void service_health(agent *a, agent_conn *ac, agent_req *r)
 {
 	tlsref *t = ac->tls;
 	json_t *cert, *res;
@@ -293,31 +318,197 @@ static void service_health(agent *a, agent_conn *ac, uint32_t id)
 	                "provider_version", a->prov->t->version ? a->prov->t->version : "",
 	                "certificate", cert, "uptime_s", (json_int_t)(time(NULL) - a->started),
 	                "trusted_servers", (json_int_t)ntrusted, "mode", "listening");
-	tether_conn_respond(ac->c, id, res, NULL, NULL, NULL);
+	json_object_set_new(res, "services", json_pack("{s:b, s:b}", "script", a->env.script_enabled,
+	                                               "file", a->env.file_enabled));
+	agent_req_reply(r, res);
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests handed to services (agent/service.h)                       */
+/* ------------------------------------------------------------------ */
+
+const char *agent_req_method(const agent_req *r) { return r->method; }
+json_t *agent_req_params(const agent_req *r) { return r->params; }
+const char *agent_req_server(const agent_req *r) { return r->server; }
+const char *agent_req_peer_addr(const agent_req *r) { return r->peer; }
+uv_loop_t *agent_req_loop(const agent_req *r) { return r->loop; }
+int agent_req_alive(const agent_req *r) { return r->ac != NULL && tether_conn_is_open(r->ac->c); }
+void agent_req_set_data(agent_req *r, void *data) { r->data = data; }
+void *agent_req_get_data(const agent_req *r) { return r->data; }
+
+static void req_unlink(agent_req *r)
+{
+	agent_req **pp;
+
+	if (!r->ac)
+		return;
+	for (pp = &r->ac->reqs; *pp; pp = &(*pp)->next)
+		if (*pp == r) {
+			*pp = r->next;
+			break;
+		}
+}
+
+static void req_free(agent_req *r)
+{
+	if (r->ac && r->streaming)
+		tether_conn_stream_release(r->ac->c, r->id);
+	req_unlink(r);
+	json_decref(r->params);
+	free(r);
+}
+
+static void req_audit(agent_req *r, const char *result, const char *category, const char *message)
+{
+	char who[TETHER_THUMBPRINT_HEX + 16];
+	snprintf(who, sizeof(who), "server:%s", r->server);
+	tether_audit_write(r->a->audit, who, r->method, r->peer, result, category, message, NULL);
+}
+
+void agent_req_reply(agent_req *r, json_t *result)
+{
+	if (r->ac)
+		tether_conn_respond(r->ac->c, r->id, result, NULL, NULL, NULL);
+	else
+		json_decref(result);
+	req_audit(r, "ok", NULL, NULL);
+	req_free(r);
+}
+
+void agent_req_error(agent_req *r, const char *code, const char *message, const char *category)
+{
+	if (r->ac)
+		tether_conn_respond(r->ac->c, r->id, NULL, code, message, category);
+	req_audit(r, "error", category ? category : code, message);
+	req_free(r);
+}
+
+static int rs_data(void *arg, tether_conn *c, uint32_t id, const unsigned char *d, size_t n)
+{
+	agent_req *r = arg;
+	(void)c; (void)id;
+	return r->in_ops && r->in_ops->on_data ? r->in_ops->on_data(r, d, n) : -1;
+}
+
+static void rs_end(void *arg, tether_conn *c, uint32_t id, const unsigned char sha[32], json_t *t)
+{
+	agent_req *r = arg;
+	(void)c; (void)id;
+	if (r->in_ops && r->in_ops->on_end)
+		r->in_ops->on_end(r, sha, t);
+}
+
+static void rs_reset(void *arg, tether_conn *c, uint32_t id, const char *code, const char *msg)
+{
+	agent_req *r = arg;
+	const agent_stream_ops *ops = r->in_ops ? r->in_ops : r->out_ops;
+	(void)c; (void)id;
+	if (ops && ops->on_reset)
+		ops->on_reset(r, code, msg);
+}
+
+static void rs_writable(void *arg, tether_conn *c, uint32_t id)
+{
+	agent_req *r = arg;
+	(void)c; (void)id;
+	if (r->out_ops && r->out_ops->on_writable)
+		r->out_ops->on_writable(r);
+}
+
+static void rs_closed(void *arg, tether_conn *c, uint32_t id)
+{
+	agent_req *r = arg;
+	const agent_stream_ops *ops = r->in_ops ? r->in_ops : r->out_ops;
+	(void)c; (void)id;
+	r->streaming = 0;
+	if (ops && ops->on_closed)
+		ops->on_closed(r);
+}
+
+static const tether_stream_handler req_stream_handler = { rs_data, rs_end, rs_reset, rs_writable, rs_closed };
+
+int agent_req_accept_stream(agent_req *r, const agent_stream_ops *ops)
+{
+	int rc;
+	if (!r->ac)
+		return TETHER_ERR_CLOSED;
+	r->in_ops = ops;
+	rc = tether_conn_stream_accept(r->ac->c, r->id, &req_stream_handler, r);
+	if (rc == 0)
+		r->streaming = 1;
+	return rc;
+}
+
+void agent_req_consumed(agent_req *r, size_t n)
+{
+	if (r->ac)
+		tether_conn_stream_consumed(r->ac->c, r->id, n);
+}
+
+int agent_req_open_stream(agent_req *r, const agent_stream_ops *ops)
+{
+	int rc;
+	if (!r->ac)
+		return TETHER_ERR_CLOSED;
+	r->out_ops = ops;
+	rc = tether_conn_stream_open(r->ac->c, r->id, &req_stream_handler, r);
+	if (rc == 0)
+		r->streaming = 1;
+	return rc;
+}
+
+ssize_t agent_req_send(agent_req *r, const void *data, size_t len)
+{
+	if (!r->ac)
+		return TETHER_ERR_CLOSED;
+	return (ssize_t)tether_conn_stream_send(r->ac->c, r->id, data, len);
+}
+
+int agent_req_end_stream(agent_req *r, const unsigned char sha256[32], json_t *trailer)
+{
+	if (!r->ac)
+		return TETHER_ERR_CLOSED;
+	return tether_conn_stream_end(r->ac->c, r->id, sha256, trailer);
+}
+
+int agent_req_reset_stream(agent_req *r, const char *code, const char *message)
+{
+	if (!r->ac)
+		return TETHER_ERR_CLOSED;
+	return tether_conn_stream_reset(r->ac->c, r->id, code, message);
 }
 
 static void on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
 {
 	agent_conn *ac = tether_conn_get_data(c);
 	agent *a = arg;
-	char hex[TETHER_THUMBPRINT_HEX];
+	agent_req *r;
+	size_t i;
 
-	char who[TETHER_THUMBPRINT_HEX + 16];
-
-	(void)params;
-	tether_thumbprint_hex(&ac->tp, hex);
-	snprintf(who, sizeof(who), "server:%s", hex);
+	r = tether_xcalloc(1, sizeof(*r));
+	r->a = a;
+	r->ac = ac;
+	r->id = id;
+	snprintf(r->method, sizeof(r->method), "%s", method);
+	r->params = json_incref(params);
+	snprintf(r->server, sizeof(r->server), "%s", ac->tphex);
+	snprintf(r->peer, sizeof(r->peer), "%s", tether_conn_peer_addr(c));
+	r->loop = ac->loop;
+	r->next = ac->reqs;
+	ac->reqs = r;
 	if (!strcmp(method, "health")) {
-		service_health(a, ac, id);
-		tether_debug("rpc", "served health to %s (%s)", hex, tether_conn_peer_addr(c));
-		tether_audit_write(a->audit, who, method, tether_conn_peer_addr(c), "ok", NULL, NULL, NULL);
+		service_health(a, ac, r);
 		return;
 	}
-	tether_conn_respond(c, id, NULL, TETHER_RPC_ERR_UNKNOWN_METHOD,
-	                    "this agent does not know that method", NULL);
-	tether_audit_write(a->audit, who, method, tether_conn_peer_addr(c), "failed", NULL,
-	                   "unknown method", NULL);
-	log_warn("server %s asked for unknown method '%s'", hex, method);
+	for (i = 0; agent_services[i]; i++) {
+		const agent_service *svc = agent_services[i];
+		if (!strncmp(method, svc->prefix, strlen(svc->prefix))) {
+			svc->handle(r);
+			return;
+		}
+	}
+	log_warn("server %s asked for unknown method '%s'", ac->tphex, method);
+	agent_req_error(r, TETHER_RPC_ERR_UNKNOWN_METHOD, "this agent does not know that method", NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -331,6 +522,7 @@ static int check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
 
 	if (trusted(a, tp)) {
 		ac->tp = *tp;
+		tether_thumbprint_hex(tp, ac->tphex);
 		return 0;
 	}
 	return -1;
@@ -380,6 +572,12 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 		log_info("connection from %s closed%s%s", tether_conn_peer_addr(c),
 		         why->code ? ": " : "", why->code ? why->detail : "");
 	}
+	while (ac->reqs) {
+		agent_req *r = ac->reqs;
+		ac->reqs = r->next;
+		r->ac = NULL;
+		r->streaming = 0;
+	}
 	tlsref_release(a, ac->tls);
 	ac->tls = NULL;
 	if (ac->prev)
@@ -407,6 +605,7 @@ static void on_accept(void *arg, tether_worker *w, uv_stream_t *server)
 
 	ac = tether_xcalloc(1, sizeof(*ac));
 	ac->owner = wd;
+	ac->loop = &w->loop;
 	if (a->stopping) {
 		probe = tether_xcalloc(1, sizeof(*probe));
 		uv_tcp_init(&w->loop, probe);
@@ -537,6 +736,63 @@ static void on_signal(uv_signal_t *s, int signum)
 	uv_timer_start(&a->drain_timer, on_drained, 500, 0);
 }
 
+/* The services' environment: work directory, file roots, switches. */
+static int setup_env(agent *a, tether_error *err)
+{
+	cli_ctx *c = a->c;
+	const char *roots = tether_config_get(c->conf, "files", "roots", NULL);
+	size_t n = 0, i;
+	int r;
+
+	a->work_dir = tether_asprintf("%s/work", c->inst->state_dir);
+	r = tether_mkdirs(a->work_dir, 0700, err);
+	if (r < 0)
+		return r;
+	a->roots = tether_xcalloc(33, sizeof(char *));
+	if (roots && *roots) {
+		char *copy = tether_strdup(roots), *save = NULL, *tok;
+		for (tok = strtok_r(copy, ",", &save); tok && n < 32; tok = strtok_r(NULL, ",", &save)) {
+			while (*tok == ' ' || *tok == '\t')
+				tok++;
+			for (i = strlen(tok); i > 0 && (tok[i - 1] == ' ' || tok[i - 1] == '\t'); i--)
+				tok[i - 1] = '\0';
+			if (*tok)
+				a->roots[n++] = tether_strdup(tok);
+		}
+		free(copy);
+	}
+	if (n == 0)
+		a->roots[n++] = tether_strdup(a->work_dir);
+	a->env.prov = a->prov;
+	a->env.state_dir = c->inst->state_dir;
+	a->env.work_dir = a->work_dir;
+	a->env.file_roots = (const char *const *)a->roots;
+	a->env.script_enabled = tether_config_bool(tether_config_get(c->conf, "services", "script", "on")) != 0;
+	a->env.file_enabled = tether_config_bool(tether_config_get(c->conf, "services", "file", "on")) != 0;
+	a->env.script_retention_s = (uint32_t)strtoul(tether_config_get(c->conf, "scripts", "retention",
+	                                                                  "604800"), NULL, 10);
+	for (i = 0; agent_services[i]; i++) {
+		if (agent_services[i]->init && (r = agent_services[i]->init(&a->env)) < 0)
+			return tether_err_set(err, r, TETHER_CAT_INTERNAL,
+			                      "the %s service could not start (see the log above)",
+			                      agent_services[i]->prefix);
+	}
+	return 0;
+}
+
+static void free_env(agent *a)
+{
+	size_t i;
+
+	for (i = 0; agent_services[i]; i++)
+		if (agent_services[i]->shutdown)
+			agent_services[i]->shutdown();
+	for (i = 0; a->roots && a->roots[i]; i++)
+		free(a->roots[i]);
+	free(a->roots);
+	free(a->work_dir);
+}
+
 static uint32_t conf_ms(cli_ctx *c, const char *key, const char *def)
 {
 	return (uint32_t)strtoul(tether_config_get(c->conf, "timeouts", key, def), NULL, 10) * 1000u;
@@ -585,6 +841,9 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 		nloops = tether_default_loops();
 	if (uname(&un) == 0)
 		snprintf(a.os, sizeof(a.os), "%s %s %s", un.sysname, un.release, un.machine);
+	r = setup_env(&a, &c->err);
+	if (r < 0)
+		return r;
 	a.trust = tether_xcalloc(1, sizeof(*a.trust));
 	reload_trust(&a, 1);
 	r = build_tls(&a, &a.tls, &e);
@@ -635,6 +894,7 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	uv_run(a.loop, UV_RUN_DEFAULT);
 
 	tether_workers_join(a.ws);
+	free_env(&a);
 	tlsref_release(&a, a.tls);
 	tether_ratelimit_free(a.rl);
 	tether_audit_close(a.audit);

@@ -12,6 +12,10 @@ const tether_config_key agent_schema[] = {
 	{ "timeouts", "idle", tether_validate_uint, 0, "600", "seconds before an idle connection is closed" },
 	{ "timeouts", "keepalive", tether_validate_uint, 0, "15", "seconds between keepalive pings on an idle connection" },
 	{ "timeouts", "request", tether_validate_uint, 0, "3600", "seconds a request may run" },
+	{ "services", "script", tether_validate_bool, 0, "on", "serve script.* requests (run scripts)" },
+	{ "services", "file", tether_validate_bool, 0, "on", "serve file.* requests (upload, download)" },
+	{ "files", "roots", NULL, 0, NULL, "comma-separated directories files may be read and written in (default: the work directory)" },
+	{ "scripts", "retention", tether_validate_uint, 0, "604800", "seconds an uncompleted script's work directory is kept" },
 	{ "engine", "loops", tether_validate_uint, 0, "0", "event loops (threads); 0: one per CPU" },
 	{ "openssl", "key-passphrase-file", NULL, 0, NULL, "file with the passphrase that encrypts the private key" },
 	{ NULL, NULL, NULL, 0, NULL, NULL }

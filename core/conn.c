@@ -52,6 +52,27 @@ typedef struct pending_req {
 	void *arg;
 } pending_req;
 
+#define SEND_QUEUE_HIGH (4u << 20)  /* stop taking stream data above this */
+#define GRANT_BATCH (256u << 10)     /* send WINDOW once this much is consumed */
+#define DEAD_IDS 64
+
+typedef struct stream {
+	struct stream *next;
+	uint32_t id;
+	/* incoming */
+	const tether_stream_handler *ih;
+	void *iarg;
+	int in_open;
+	uint32_t recv_window;           /* credit the peer still has */
+	size_t consumed_pending;        /* consumed, not yet granted back */
+	/* outgoing */
+	const tether_stream_handler *oh;
+	void *oarg;
+	int out_open;
+	uint32_t send_window;
+	int want_writable;
+} stream;
+
 typedef struct write_req {
 	uv_write_t req;
 	uv_buf_t buf;
@@ -97,6 +118,9 @@ struct tether_conn {
 	size_t landing_len;
 
 	uint32_t next_id;
+	stream *streams;
+	uint32_t dead_ids[DEAD_IDS];
+	unsigned dead_pos;
 	pending_req *pending;
 	size_t npending;
 	size_t inflight_in;             /* requests received, not yet answered */
@@ -123,6 +147,11 @@ static void on_handle_closed(uv_handle_t *h)
 
 	if (--c->handles_open > 0)
 		return;
+	while (c->streams) {
+		stream *st = c->streams;
+		c->streams = st->next;
+		free(st);
+	}
 	if (c->tls)
 		c->o.prov->t->tls_free(c->tls);
 	if (c->dec_inited)
@@ -150,11 +179,25 @@ static void fail_pending(tether_conn *c, const tether_error *why)
 	}
 }
 
+static void close_streams(tether_conn *c)
+{
+	while (c->streams) {
+		stream *st = c->streams;
+		c->streams = st->next;
+		if (st->in_open && st->ih && st->ih->on_closed)
+			st->ih->on_closed(st->iarg, c, st->id);
+		else if (st->out_open && st->oh && st->oh->on_closed)
+			st->oh->on_closed(st->oarg, c, st->id);
+		free(st);
+	}
+}
+
 static void report_close(tether_conn *c)
 {
 	if (c->close_reported)
 		return;
 	c->close_reported = 1;
+	close_streams(c);
 	fail_pending(c, &c->close_err);
 	if (c->o.cbs->on_close)
 		c->o.cbs->on_close(c->o.cb_arg, c, &c->close_err);
@@ -298,6 +341,29 @@ static int io_write(void *arg, const void *buf, size_t len)
 	return (int)len;
 }
 
+static size_t send_queue(tether_conn *c)
+{
+	if (!c->tcp_inited)
+		return 0;
+	return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->wlen;
+}
+
+static void notify_writable(tether_conn *c)
+{
+	stream *st, *next;
+
+	if (send_queue(c) >= SEND_QUEUE_HIGH / 2)
+		return;
+	for (st = c->streams; st && c->state == ST_OPEN; st = next) {
+		next = st->next;
+		if (st->out_open && st->want_writable && st->send_window > 0) {
+			st->want_writable = 0;
+			if (st->oh && st->oh->on_writable)
+				st->oh->on_writable(st->oarg, c, st->id);
+		}
+	}
+}
+
 static void after_write(uv_write_t *req, int status)
 {
 	write_req *w = (write_req *)req;
@@ -309,7 +375,10 @@ static void after_write(uv_write_t *req, int status)
 		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET,
 		              "cannot send to %s: %s", c->peer_addr, uv_strerror(status));
 		conn_destroy(c);
+		return;
 	}
+	if (c->state == ST_OPEN && c->streams)
+		notify_writable(c);
 }
 
 static void flush(tether_conn *c)
@@ -739,6 +808,129 @@ static void handle_response(tether_conn *c, const tether_frame *f)
 	tether_rpc_response_clear(&resp);
 }
 
+static stream *stream_find(tether_conn *c, uint32_t id)
+{
+	stream *st;
+	for (st = c->streams; st; st = st->next)
+		if (st->id == id)
+			return st;
+	return NULL;
+}
+
+static int id_is_dead(tether_conn *c, uint32_t id)
+{
+	unsigned i;
+	for (i = 0; i < DEAD_IDS; i++)
+		if (c->dead_ids[i] == id)
+			return 1;
+	return 0;
+}
+
+static void stream_free_if_done(tether_conn *c, stream *st)
+{
+	stream **pp;
+
+	if (st->in_open || st->out_open)
+		return;
+	for (pp = &c->streams; *pp; pp = &(*pp)->next)
+		if (*pp == st) {
+			*pp = st->next;
+			break;
+		}
+	c->dead_ids[c->dead_pos++ % DEAD_IDS] = st->id;
+	free(st);
+}
+
+static int handle_stream_frame(tether_conn *c, const tether_frame *f)
+{
+	stream *st = stream_find(c, f->id);
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (!st) {
+		if (id_is_dead(c, f->id))
+			return 0; /* in flight when the stream ended: drop */
+		tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+		               "%s sent %s for stream %u, which is not open", c->peer_addr,
+		               tether_frame_type_name(f->type), f->id);
+		proto_fail(c, "bad_frame_id", &e);
+		return -1;
+	}
+	switch (f->type) {
+	case TETHER_FRAME_STREAM_DATA:
+		if (!st->in_open) {
+			if (st->ih == NULL)
+				return 0; /* we reset it: drop what was in flight */
+			tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+			               "%s sent data on stream %u after its end", c->peer_addr, f->id);
+			proto_fail(c, "flow_control", &e);
+			return -1;
+		}
+		if (tether_window_consume(&st->recv_window, f->length, &e) < 0) {
+			char msg[TETHER_ERROR_DETAIL_MAX];
+			snprintf(msg, sizeof(msg), "%s overran the flow-control window of stream %u: %s",
+			         c->peer_addr, f->id, e.detail);
+			snprintf(e.detail, sizeof(e.detail), "%s", msg);
+			proto_fail(c, "flow_control", &e);
+			return -1;
+		}
+		if (st->ih->on_data(st->iarg, c, f->id, f->payload, f->length) < 0) {
+			if (c->state == ST_OPEN)
+				tether_conn_stream_reset(c, f->id, "refused", "the receiver stopped the transfer");
+		}
+		return 0;
+	case TETHER_FRAME_STREAM_END: {
+		json_t *trailer = NULL;
+		if (!st->in_open) {
+			if (st->ih == NULL)
+				return 0;
+			tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+			               "%s ended stream %u twice", c->peer_addr, f->id);
+			proto_fail(c, "flow_control", &e);
+			return -1;
+		}
+		if (f->body_len && tether_json_parse_object(f->body, f->body_len, "stream trailer",
+		                                            &trailer, &e) < 0) {
+			proto_fail(c, "bad_json", &e);
+			return -1;
+		}
+		st->in_open = 0;
+		st->ih->on_end(st->iarg, c, f->id, f->sha256, trailer);
+		json_decref(trailer);
+		st = stream_find(c, f->id);
+		if (st)
+			stream_free_if_done(c, st);
+		return 0;
+	}
+	case TETHER_FRAME_STREAM_WINDOW:
+		if (!st->out_open)
+			return 0; /* late credit for a finished stream */
+		if (tether_window_grant(&st->send_window, f->value, &e) < 0) {
+			proto_fail(c, "bad_window", &e);
+			return -1;
+		}
+		if (st->want_writable)
+			notify_writable(c);
+		return 0;
+	case TETHER_FRAME_STREAM_RESET: {
+		tether_proto_reason_msg rm;
+		int was_in = st->in_open, was_out = st->out_open;
+		const tether_stream_handler *h = was_in ? st->ih : st->oh;
+		void *arg = was_in ? st->iarg : st->oarg;
+		memset(&rm, 0, sizeof(rm));
+		tether_frame_parse_reason(f->body, f->body_len, &rm, NULL);
+		st->in_open = st->out_open = 0;
+		if ((was_in || was_out) && h && h->on_reset)
+			h->on_reset(arg, c, f->id, rm.code, rm.message);
+		st = stream_find(c, f->id);
+		if (st)
+			stream_free_if_done(c, st);
+		return 0;
+	}
+	}
+	return 0;
+}
+
 static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n)
 {
 	while (n > 0 && c->state != ST_CLOSED && c->state != ST_CLOSING) {
@@ -801,14 +993,10 @@ static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n)
 		case TETHER_FRAME_STREAM_DATA:
 		case TETHER_FRAME_STREAM_END:
 		case TETHER_FRAME_STREAM_WINDOW:
-		case TETHER_FRAME_STREAM_RESET: {
-			/* no streams are opened by the services of this version */
-			tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
-			               "%s sent %s for stream %u, which is not open", c->peer_addr,
-			               tether_frame_type_name(f.type), f.id);
-			proto_fail(c, "bad_frame_id", &e);
-			return -1;
-		}
+		case TETHER_FRAME_STREAM_RESET:
+			if (handle_stream_frame(c, &f) < 0)
+				return -1;
+			break;
 		default:
 			break;
 		}
@@ -1147,6 +1335,13 @@ int tether_conn_request(tether_conn *c, const char *method, json_t *params,
                         uint32_t timeout_ms, tether_conn_response_cb cb, void *arg,
                         tether_error *err)
 {
+	return tether_conn_request_id(c, method, params, timeout_ms, cb, arg, NULL, err);
+}
+
+int tether_conn_request_id(tether_conn *c, const char *method, json_t *params,
+                           uint32_t timeout_ms, tether_conn_response_cb cb, void *arg,
+                           uint32_t *id_out, tether_error *err)
+{
 	unsigned char *f = NULL;
 	size_t fl = 0;
 	pending_req *p;
@@ -1183,6 +1378,8 @@ int tether_conn_request(tether_conn *c, const char *method, json_t *params,
 	c->pending = p;
 	c->npending++;
 	c->last_activity_ms = now_ms();
+	if (id_out)
+		*id_out = id;
 	send_frame(c, f, fl);
 	free(f);
 	flush(c);
@@ -1222,6 +1419,161 @@ int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
 	free(f);
 	flush(c);
 	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Streams                                                             */
+/* ------------------------------------------------------------------ */
+
+static stream *stream_get(tether_conn *c, uint32_t id)
+{
+	stream *st = stream_find(c, id);
+	if (!st) {
+		st = tether_xcalloc(1, sizeof(*st));
+		st->id = id;
+		st->next = c->streams;
+		c->streams = st;
+	}
+	return st;
+}
+
+int tether_conn_stream_accept(tether_conn *c, uint32_t id, const tether_stream_handler *h, void *arg)
+{
+	stream *st;
+
+	if (c->state != ST_OPEN)
+		return TETHER_ERR_CLOSED;
+	st = stream_get(c, id);
+	if (st->in_open)
+		return TETHER_ERR_EXISTS;
+	st->ih = h;
+	st->iarg = arg;
+	st->in_open = 1;
+	st->recv_window = TETHER_STREAM_WINDOW_INITIAL;
+	return 0;
+}
+
+void tether_conn_stream_consumed(tether_conn *c, uint32_t id, size_t n)
+{
+	stream *st = stream_find(c, id);
+	unsigned char f[TETHER_FRAME_WINDOW_FRAME_LEN];
+
+	if (!st || !st->in_open || c->state != ST_OPEN)
+		return;
+	st->consumed_pending += n;
+	if (st->consumed_pending < GRANT_BATCH && st->recv_window >= GRANT_BATCH)
+		return;
+	if (tether_frame_encode_window(id, (uint32_t)st->consumed_pending, f, NULL) == 0) {
+		st->recv_window += (uint32_t)st->consumed_pending;
+		st->consumed_pending = 0;
+		send_frame(c, f, sizeof(f));
+		flush(c);
+	}
+}
+
+int tether_conn_stream_open(tether_conn *c, uint32_t id, const tether_stream_handler *h, void *arg)
+{
+	stream *st;
+
+	if (c->state != ST_OPEN)
+		return TETHER_ERR_CLOSED;
+	st = stream_get(c, id);
+	if (st->out_open)
+		return TETHER_ERR_EXISTS;
+	st->oh = h;
+	st->oarg = arg;
+	st->out_open = 1;
+	st->send_window = TETHER_STREAM_WINDOW_INITIAL;
+	return 0;
+}
+
+long tether_conn_stream_send(tether_conn *c, uint32_t id, const void *data, size_t len)
+{
+	stream *st = stream_find(c, id);
+	unsigned char hdr[TETHER_FRAME_HEADER_LEN];
+	size_t n = len;
+	tether_error e;
+
+	if (c->state != ST_OPEN || !st || !st->out_open)
+		return TETHER_ERR_CLOSED;
+	if (n > st->send_window)
+		n = st->send_window;
+	if (n > TETHER_FRAME_DATA_MAX)
+		n = TETHER_FRAME_DATA_MAX;
+	if (n == 0 || send_queue(c) >= SEND_QUEUE_HIGH) {
+		st->want_writable = 1;
+		return 0;
+	}
+	if (tether_frame_header_write(TETHER_FRAME_STREAM_DATA, id, (uint32_t)n, hdr, NULL) < 0)
+		return TETHER_ERR_INTERNAL;
+	st->send_window -= (uint32_t)n;
+	{
+		/* header and payload in one write, so TLS makes full records */
+		unsigned char *buf = tether_xmalloc(sizeof(hdr) + n);
+		int r;
+		memcpy(buf, hdr, sizeof(hdr));
+		memcpy(buf + sizeof(hdr), data, n);
+		r = c->o.prov->t->tls_write(c->tls, buf, sizeof(hdr) + n, &e);
+		free(buf);
+		if (r < 0) {
+			set_close_err(c, e.code, e.category, "TLS write to %s failed: %s", c->peer_addr, e.detail);
+			conn_destroy(c);
+			return TETHER_ERR_CLOSED;
+		}
+	}
+	flush(c);
+	if (st->send_window == 0 || send_queue(c) >= SEND_QUEUE_HIGH)
+		st->want_writable = 1;
+	return (long)n;
+}
+
+int tether_conn_stream_end(tether_conn *c, uint32_t id, const unsigned char sha256[32], json_t *trailer)
+{
+	stream *st = stream_find(c, id);
+	unsigned char *f = NULL;
+	size_t fl = 0;
+	int r;
+
+	if (c->state != ST_OPEN || !st || !st->out_open)
+		return TETHER_ERR_CLOSED;
+	r = tether_frame_encode_stream_end(id, sha256, trailer, &f, &fl, NULL);
+	if (r < 0)
+		return r;
+	send_frame(c, f, fl);
+	free(f);
+	flush(c);
+	st->out_open = 0;
+	stream_free_if_done(c, st);
+	return 0;
+}
+
+int tether_conn_stream_reset(tether_conn *c, uint32_t id, const char *code, const char *message)
+{
+	stream *st = stream_find(c, id);
+	unsigned char *f = NULL;
+	size_t fl = 0;
+
+	if (!st)
+		return TETHER_ERR_NOT_FOUND;
+	if (c->state == ST_OPEN && tether_frame_encode_reset(id, code ? code : "cancelled",
+	                                                     message ? message : "reset", &f, &fl, NULL) == 0) {
+		send_frame(c, f, fl);
+		flush(c);
+	}
+	free(f);
+	st->in_open = st->out_open = 0;
+	stream_free_if_done(c, st);
+	return 0;
+}
+
+void tether_conn_stream_release(tether_conn *c, uint32_t id)
+{
+	stream *st = stream_find(c, id);
+
+	if (!st)
+		return;
+	st->in_open = st->out_open = 0;
+	stream_free_if_done(c, st);
 }
 
 /* ------------------------------------------------------------------ */

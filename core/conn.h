@@ -31,6 +31,19 @@ typedef struct tether_conn_cbs {
 	void (*on_close)(void *arg, tether_conn *c, const tether_error *why);
 } tether_conn_cbs;
 
+/* Stream events for one request id (docs/protocol.md, section 5). */
+typedef struct tether_stream_handler {
+	/* incoming data: return 0, or negative to reset the stream */
+	int (*on_data)(void *arg, tether_conn *c, uint32_t id, const unsigned char *data, size_t len);
+	void (*on_end)(void *arg, tether_conn *c, uint32_t id, const unsigned char sha256[32],
+	               json_t *trailer);
+	void (*on_reset)(void *arg, tether_conn *c, uint32_t id, const char *code, const char *message);
+	/* outgoing: more may be sent now */
+	void (*on_writable)(void *arg, tether_conn *c, uint32_t id);
+	/* the connection is gone while the stream was open */
+	void (*on_closed)(void *arg, tether_conn *c, uint32_t id);
+} tether_stream_handler;
+
 typedef struct tether_conn_opts {
 	int tls_role;                   /* TETHER_TLS_CLIENT / TETHER_TLS_SERVER */
 	int local_role;                 /* TETHER_ROLE_AGENT / TETHER_ROLE_SERVER */
@@ -72,6 +85,28 @@ typedef void (*tether_conn_response_cb)(void *arg, tether_conn *c,
 int tether_conn_request(tether_conn *c, const char *method, json_t *params,
                         uint32_t timeout_ms, tether_conn_response_cb cb, void *arg,
                         tether_error *err);
+/* Same, giving the request id (to attach streams to it). */
+int tether_conn_request_id(tether_conn *c, const char *method, json_t *params,
+                           uint32_t timeout_ms, tether_conn_response_cb cb, void *arg,
+                           uint32_t *id_out, tether_error *err);
+
+/* Streams.  Incoming: accept the stream of request id (call it before
+ * returning from on_request, or right after sending the request); report
+ * consumed bytes to open the sender's window again.  Outgoing: open, send
+ * while it accepts bytes (0: wait for on_writable), end with the SHA-256
+ * of everything sent.  Either side may reset.  A stream is released when
+ * it ended or was reset in both directions it was used. */
+int tether_conn_stream_accept(tether_conn *c, uint32_t id, const tether_stream_handler *h, void *arg);
+void tether_conn_stream_consumed(tether_conn *c, uint32_t id, size_t n);
+int tether_conn_stream_open(tether_conn *c, uint32_t id, const tether_stream_handler *h, void *arg);
+/* Bytes taken (0: window closed or send queue full), negative if gone. */
+long tether_conn_stream_send(tether_conn *c, uint32_t id, const void *data, size_t len);
+int tether_conn_stream_end(tether_conn *c, uint32_t id, const unsigned char sha256[32], json_t *trailer);
+int tether_conn_stream_reset(tether_conn *c, uint32_t id, const char *code, const char *message);
+/* Forget the handlers of id (the owner is going away); later frames for
+ * it are dropped. */
+void tether_conn_stream_release(tether_conn *c, uint32_t id);
+
 /* Answer a request: result (stolen) or an error code and message. */
 int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
                         const char *code, const char *message, const char *category);

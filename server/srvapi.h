@@ -1,0 +1,59 @@
+/*
+ * What the server daemon offers its modules (tasks, transfers): calling a
+ * target, whatever its mode.  Everything runs on the daemon's single loop.
+ *
+ * A listening target is connected to on demand (the connection is held and
+ * reused); a polling target is reached over the connection it holds open:
+ * if it is not connected the call waits up to [polling] wait seconds for it,
+ * then fails with "not connected since ...".
+ */
+#ifndef TETHER_SRVAPI_H
+#define TETHER_SRVAPI_H
+
+#include <stdint.h>
+#include <jansson.h>
+#include <uv.h>
+#include "audit.h"
+#include "conn.h"
+#include "registry.h"
+
+typedef struct srv srv;
+
+uv_loop_t *srv_loop(srv *s);
+registry *srv_registry(srv *s);
+tether_audit *srv_audit(srv *s);
+tether_prov *srv_prov(srv *s);
+const char *srv_state_dir(srv *s);
+/* This server's own SHA-256 thumbprint (hex). */
+const char *srv_sha256(srv *s);
+
+/* Answer of a call: resp (NULL on failure, then err says why, with a
+ * category).  resp is valid only during the callback. */
+typedef void (*srv_reply_fn)(void *arg, const tether_rpc_response *resp, const tether_error *err);
+/* Call method on target; params is stolen.  timeout_ms 0: the default
+ * ([timeouts] request). */
+int srv_target_call(srv *s, const char *target, const char *method, json_t *params,
+                    uint32_t timeout_ms, srv_reply_fn cb, void *arg);
+
+/* Get an open connection to target (for streams); ready() is called once
+ * with the connection or NULL and an error.  The connection is the daemon's:
+ * don't close it. */
+typedef void (*srv_conn_fn)(void *arg, tether_conn *c, const tether_error *err);
+void srv_target_conn(srv *s, const char *target, srv_conn_fn ready, void *arg);
+
+/* Modules hook into the admin socket: return 1 if method was handled. */
+struct admin_call;
+typedef int (*srv_admin_fn)(srv *s, struct admin_call *call, const char *method, json_t *params);
+/* Modules hook into start-up (after the registry is open and before the
+ * admin socket accepts) and shutdown. */
+typedef struct srv_module {
+	const char *name;
+	int (*start)(srv *s, tether_error *err);
+	srv_admin_fn admin;
+	void (*stop)(srv *s);
+} srv_module;
+
+extern const srv_module srv_module_tasks;      /* server/tasks.c: exec, run-script, task */
+extern const srv_module srv_module_transfer;   /* server/transfer.c: upload, download */
+
+#endif

@@ -34,6 +34,19 @@ static int name_ok(const char *name)
 	return 1;
 }
 
+#ifdef _WIN32
+/* Windows: providers are DLLs beside the .exe; PATH-like lists use ';'. */
+#define DL_SUFFIX ".dll"
+#define PATH_LIST_SEP ";"
+#define IS_PATH(n) (strchr((n), '/') || strchr((n), '\\'))
+static int running_from_build_tree(void)
+{
+	return 0;       /* the build directory holds the .exe and the DLLs together */
+}
+#else
+#define DL_SUFFIX ".so"
+#define PATH_LIST_SEP ":"
+#define IS_PATH(n) (strchr((n), '/') != NULL)
 /* Is the running program inside the build tree? */
 static int running_from_build_tree(void)
 {
@@ -46,6 +59,7 @@ static int running_from_build_tree(void)
 	exe[n] = '\0';
 	return strncmp(exe, TETHER_BUILD_DIR, bl) == 0 && exe[bl] == '/';
 }
+#endif
 
 static void append(char *buf, size_t cap, const char *s)
 {
@@ -69,7 +83,7 @@ int tether_provider_load(const char *name, const tether_prov_opts *opts,
 
 	if (!name || !*name)
 		name = "openssl";
-	if (strchr(name, '/')) {
+	if (IS_PATH(name)) {
 		cands[nc++] = tether_strdup(name);
 	} else {
 		const char *env = getenv("TETHER_PROVIDER_PATH");
@@ -78,14 +92,19 @@ int tether_provider_load(const char *name, const tether_prov_opts *opts,
 			                      "'%s' is not a provider name (expected e.g. openssl or pkcs11)", name);
 		if (env && *env) {
 			char *e = tether_strdup(env), *save = NULL, *dir;
-			for (dir = strtok_r(e, ":", &save); dir && nc < 12; dir = strtok_r(NULL, ":", &save))
-				cands[nc++] = tether_asprintf("%s/tether-%s.so", dir, name);
+			for (dir = strtok_r(e, PATH_LIST_SEP, &save); dir && nc < 12;
+			     dir = strtok_r(NULL, PATH_LIST_SEP, &save))
+				cands[nc++] = tether_asprintf("%s/tether-%s" DL_SUFFIX, dir, name);
 			free(e);
 		}
 		if (running_from_build_tree())
 			cands[nc++] = tether_asprintf("%s/providers/%s/.libs/tether-%s.so",
 			                              TETHER_BUILD_DIR, name, name);
+#ifdef _WIN32
+		cands[nc++] = tether_asprintf("%s\\tether-%s" DL_SUFFIX, tether_win_exe_dir(), name);
+#else
 		cands[nc++] = tether_asprintf("%s/tether-%s.so", TETHER_PROVIDER_DIR, name);
+#endif
 	}
 	for (i = 0; i < nc && !dl; i++) {
 		if (searched[0])
@@ -106,7 +125,7 @@ int tether_provider_load(const char *name, const tether_prov_opts *opts,
 	if (!dl) {
 		r = tether_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
 		                   "provider '%s' not found (searched: %s): install it, or set "
-		                   "TETHER_PROVIDER_PATH to the directory that holds tether-%s.so",
+		                   "TETHER_PROVIDER_PATH to the directory that holds tether-%s" DL_SUFFIX,
 		                   name, searched, name);
 		goto out;
 	}
@@ -123,7 +142,7 @@ int tether_provider_load(const char *name, const tether_prov_opts *opts,
 	p->dl = dl;
 	p->path = path;
 	path = NULL;
-	p->name = tether_strdup(strchr(name, '/') ? "provider" : name);
+	p->name = tether_strdup(IS_PATH(name) ? "provider" : name);
 	p->state_dir = tether_strdup(opts && opts->state_dir ? opts->state_dir : ".");
 	p->instance = tether_strdup(opts && opts->instance ? opts->instance : "default");
 	p->program = tether_strdup(opts && opts->program ? opts->program : "tether");

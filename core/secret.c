@@ -37,6 +37,20 @@ int tether_secret_from_file(const char *path, char **out, tether_error *err)
 	return 0;
 }
 
+#ifdef _WIN32
+/* The console, without echo (CONIN$/CONOUT$). */
+static int prompt_tty(const char *prompt, char **out, tether_error *err)
+{
+	char buf[SECRET_MAX];
+
+	(void)err;
+	if (tether_win_prompt_noecho(prompt, buf, sizeof(buf)) < 0)
+		return TETHER_ERR_NOT_FOUND;
+	*out = tether_strdup(buf);
+	tether_wipe(buf, sizeof(buf));
+	return 0;
+}
+#else
 static int prompt_tty(const char *prompt, char **out, tether_error *err)
 {
 	struct termios old, noecho;
@@ -75,6 +89,7 @@ static int prompt_tty(const char *prompt, char **out, tether_error *err)
 	(void)err;
 	return r;
 }
+#endif
 
 int tether_secret_get(const char *file, const char *envvar, const char *prompt,
                       int confirm, char **out, tether_error *err)

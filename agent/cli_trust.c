@@ -6,6 +6,7 @@
 #include <string.h>
 #include <jansson.h>
 #include "agent.h"
+#include "cli_tls.h"
 #include "trust.h"
 #include "util.h"
 
@@ -28,6 +29,7 @@ typedef struct configure_opts {
 	int reset;
 	const char *listen;
 	const char *landing;
+	cli_pkcs11_opts pk11;
 } configure_opts;
 
 static int on_opt(cli_ctx *c, int id, const char *val, void *arg)
@@ -48,6 +50,7 @@ static int on_opt(cli_ctx *c, int id, const char *val, void *arg)
 	case O_RESET_TRUST: o->reset = 1; break;
 	case O_LISTEN: o->listen = val; break;
 	case O_LANDING: o->landing = val; break;
+	default: return cli_pkcs11_opt(c, id, val, &o->pk11);
 	}
 	return 0;
 }
@@ -60,6 +63,7 @@ static const cli_opt configure_opts_spec[] = {
 	{ "remove-recovery-trust", required_argument, O_REMOVE_RECOVERY, "THUMBPRINT", "remove a recovery thumbprint" },
 	{ "listen", required_argument, O_LISTEN, "ADDR:PORT", "where to listen for servers ([listen] address)" },
 	{ "landing-page", required_argument, O_LANDING, "on|off", "answer plain HTTPS callers with a one-line page" },
+	CLI_PKCS11_OPTS,
 	{ NULL, 0, 0, NULL, NULL }
 };
 
@@ -125,7 +129,7 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 {
 	configure_opts o;
 	struct trust_arg ta;
-	tether_config_edit edits[4];
+	tether_config_edit edits[8];
 	size_t ne = 0;
 	int oi, r;
 
@@ -152,6 +156,8 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 	}
 	if (c->provider)
 		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "tether", "provider", c->provider };
+	if (cli_pkcs11_edits(c, &o.pk11, edits, &ne) < 0)
+		return TETHER_ERR_USAGE;
 	if (!o.n && !o.reset && !ne)
 		return cli_usage_error(c, "nothing to change: give --trust, --remove-trust, --reset-trust, "
 		                          "--recovery-trust, --listen, ...");
@@ -168,6 +174,7 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 			printf("Landing page %s\n", tether_config_bool(o.landing) ? "on" : "off");
 		if (c->provider)
 			printf("Provider set to %s\n", c->provider);
+		cli_pkcs11_print(&o.pk11);
 	}
 	if (o.n || o.reset) {
 		memset(&ta, 0, sizeof(ta));

@@ -1,6 +1,7 @@
 /* tether-agent: the verb table. */
 #include "config.h"
 #include "agent.h"
+#include "cli_tls.h"
 
 const tether_config_key agent_schema[] = {
 	{ "tether", "provider", NULL, 0, "openssl", "crypto provider: openssl or pkcs11" },
@@ -18,6 +19,13 @@ const tether_config_key agent_schema[] = {
 	{ "scripts", "retention", tether_validate_uint, 0, "604800", "seconds an uncompleted script's work directory is kept" },
 	{ "engine", "loops", tether_validate_uint, 0, "0", "event loops (threads); 0: one per CPU" },
 	{ "openssl", "key-passphrase-file", NULL, 0, NULL, "file with the passphrase that encrypts the private key" },
+	{ "pkcs11", "module", NULL, 0, NULL, "PKCS#11 module: a path, or the name of a module registered with p11-kit" },
+	{ "pkcs11", "token", cli_validate_pkcs11_uri, 0, NULL, "the token, as an RFC 7512 URI (pkcs11:token=LABEL)" },
+	{ "pkcs11", "pin-file", NULL, 0, NULL, "file whose first line is the token's user PIN (mode 0600)" },
+	{ "tls", "policy", cli_validate_tls_policy, 0, "default", "default, or fips: only FIPS-approved algorithms" },
+	{ "tls", "fips-module", cli_validate_fips_module, 0, "off", "required: refuse to start unless OpenSSL's FIPS module is active" },
+	{ "tls", "max-version", cli_validate_tls_version, 0, "1.3", "highest TLS version: 1.3, or 1.2" },
+	{ "tls", "resumption", cli_validate_resumption, 0, "auto", "session resumption: on, off, or auto (off with the pkcs11 provider)" },
 	{ NULL, NULL, NULL, 0, NULL, NULL }
 };
 

@@ -1,6 +1,7 @@
 /* tether-server: the verb table. */
 #include "config.h"
 #include "server.h"
+#include "cli_tls.h"
 
 const tether_config_key server_schema[] = {
 	{ "tether", "provider", NULL, 0, "openssl", "crypto provider: openssl or pkcs11" },
@@ -14,6 +15,13 @@ const tether_config_key server_schema[] = {
 	{ "timeouts", "keepalive", tether_validate_uint, 0, "15", "seconds between keepalive pings on an idle connection" },
 	{ "timeouts", "request", tether_validate_uint, 0, "3600", "seconds a request may run" },
 	{ "openssl", "key-passphrase-file", NULL, 0, NULL, "file with the passphrase that encrypts the private key" },
+	{ "pkcs11", "module", NULL, 0, NULL, "PKCS#11 module: a path, or the name of a module registered with p11-kit" },
+	{ "pkcs11", "token", cli_validate_pkcs11_uri, 0, NULL, "the token, as an RFC 7512 URI (pkcs11:token=LABEL)" },
+	{ "pkcs11", "pin-file", NULL, 0, NULL, "file whose first line is the token's user PIN (mode 0600)" },
+	{ "tls", "policy", cli_validate_tls_policy, 0, "default", "default, or fips: only FIPS-approved algorithms" },
+	{ "tls", "fips-module", cli_validate_fips_module, 0, "off", "required: refuse to start unless OpenSSL's FIPS module is active" },
+	{ "tls", "max-version", cli_validate_tls_version, 0, "1.3", "highest TLS version: 1.3, or 1.2" },
+	{ "tls", "resumption", cli_validate_resumption, 0, "auto", "session resumption: on, off, or auto (off with the pkcs11 provider)" },
 	{ NULL, NULL, NULL, 0, NULL, NULL }
 };
 
@@ -36,6 +44,7 @@ static const cli_verb verbs[] = {
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },
 	{ "show-configuration", verb_show_configuration, "show paths and settings" },
+	{ "configure", verb_server_configure, "change settings (--provider, --pkcs11-module, --pkcs11-token, --pkcs11-pin-file)" },
 	{ "new-certificate", verb_new_certificate, "generate a new STAGED certificate (the current one stays in use)" },
 	{ "use-staged-certificate", verb_use_staged_certificate, "make the staged certificate current" },
 	{ "show-thumbprint", verb_show_thumbprint, "show the certificate's thumbprints and details" },

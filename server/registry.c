@@ -246,6 +246,11 @@ void registry_close(registry *reg)
 	free(reg);
 }
 
+sqlite3 *registry_db(registry *reg)
+{
+	return reg->db;
+}
+
 void registry_set_busy_timeout(registry *reg, int ms)
 {
 	sqlite3_busy_timeout(reg->db, ms);

@@ -64,6 +64,11 @@ typedef struct reg_health {
 /* Open or create the registry at path (the file is created 0600). */
 int registry_open(const char *path, registry **out, tether_error *err);
 void registry_close(registry *reg);
+/* The registry's SQLite handle, for modules that keep their own tables in
+ * the same database (server/tasks_store.c).  Owned by the registry; use it
+ * from the registry's thread only. */
+struct sqlite3;
+struct sqlite3 *registry_db(registry *reg);
 /* How long to wait for another process's lock (default 5000 ms). */
 void registry_set_busy_timeout(registry *reg, int ms);
 

@@ -12,5 +12,7 @@ int verb_target(cli_ctx *c, int argc, char **argv);
 int verb_server_run(cli_ctx *c, int argc, char **argv);
 /* cli_health.c */
 int verb_health(cli_ctx *c, int argc, char **argv);
+/* cli_configure.c */
+int verb_server_configure(cli_ctx *c, int argc, char **argv);
 
 #endif

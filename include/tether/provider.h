@@ -242,6 +242,10 @@ enum tether_tls_policy_flags {
 	TETHER_TLS_POLICY_TLS12_ONLY = 1u << 2, /* tests, and peers without 1.3 */
 	TETHER_TLS_POLICY_RESUMPTION = 1u << 3, /* session tickets */
 	TETHER_TLS_POLICY_REQUIRE_CERT = 1u << 4, /* server: refuse no-cert peers in the handshake */
+	/* Refuse to make the context unless a validated FIPS module does the
+	 * crypto (OpenSSL's fips provider active; a provider without one
+	 * refuses).  Added in ABI 1.0; a provider that predates it ignores it. */
+	TETHER_TLS_POLICY_FIPS_MODULE = 1u << 5,
 };
 
 /* Shared configuration of many sessions (an SSL_CTX, a credential). */

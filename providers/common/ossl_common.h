@@ -37,6 +37,15 @@ int ossl_identity_cert_der(const tether_identity *id,
                            const unsigned char **der, size_t *len);
 void ossl_identity_free(tether_identity *id);
 
+/* ---- ossl_cert.c: self-signed certificate of a new identity ---- */
+/* Random 128-bit serial, CN=cn, valid from an hour ago for days, v3
+ * end-entity extensions; signed with key (SHA-384 for P-384, else
+ * SHA-256) in libctx (NULL: default). */
+X509 *ossl_make_cert(EVP_PKEY *key, int key_type, const char *cn,
+                     uint32_t days, OSSL_LIB_CTX *libctx, const char *propq);
+/* "rsa2048", ... ("unknown" out of range). */
+const char *ossl_key_type_name(int key_type);
+
 /* ---- ossl_import.c: parse an identity to import ---- */
 /* Parse a PKCS#12 or PEM identity (any form, including legacy RC2/3DES
  * PKCS#12; key possibly encrypted with password) and check it completely:

@@ -52,6 +52,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
+#include <openssl/provider.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
@@ -736,6 +737,18 @@ int ossl_tls_ctx_new(const tether_host *host,
 		                    TETHER_CAT_INTERNAL,
 		                    "TLS identity without certificate or key");
 
+	if ((params->policy & TETHER_TLS_POLICY_FIPS_MODULE) &&
+	    !(OSSL_PROVIDER_available(id != NULL ? id->libctx : NULL, "fips") &&
+	      EVP_default_properties_is_fips_enabled(id != NULL ? id->libctx : NULL)))
+		return ossl_err_set(err, TETHER_ERR_UNSUPPORTED,
+		                    TETHER_CAT_UNSUPPORTED,
+		                    "[tls] fips-module = required, but OpenSSL's FIPS "
+		                    "module (fips.so) is not active in %s: install a "
+		                    "validated FIPS provider, run 'openssl fipsinstall' "
+		                    "and enable it with default_properties = fips=yes "
+		                    "in OPENSSL_CONF, or set [tls] fips-module = off",
+		                    id != NULL && id->libctx != NULL ?
+		                    "the token's OpenSSL context" : "this process");
 	server = params->role == TETHER_TLS_SERVER;
 	fips = (params->policy & TETHER_TLS_POLICY_FIPS) != 0;
 	resumption = (params->policy & TETHER_TLS_POLICY_RESUMPTION) != 0;

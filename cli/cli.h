@@ -86,5 +86,6 @@ int verb_export_certificate(cli_ctx *c, int argc, char **argv);
 int verb_import_certificate(cli_ctx *c, int argc, char **argv);
 int verb_use_staged_certificate(cli_ctx *c, int argc, char **argv);
 int verb_service(cli_ctx *c, int argc, char **argv);
+int verb_doctor(cli_ctx *c, int argc, char **argv);
 
 #endif

@@ -51,6 +51,7 @@ static const cli_verb verbs[] = {
 	{ "export-certificate", verb_export_certificate, "export the certificate (PFX with key, or PEM)" },
 	{ "import-certificate", verb_import_certificate, "replace the certificate from a PFX or PEM file" },
 	{ "service", verb_service, "install, remove, start, stop or query the systemd service" },
+	{ "doctor", verb_doctor, "check this instance and say how to fix what is wrong" },
 	{ "target", verb_target, "manage the agents this server commands: add, list, show, remove, set-thumbprint" },
 	{ "version", verb_version, "show the version" },
 	{ NULL, NULL, NULL }

@@ -568,6 +568,7 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 	} else if (why->code && why->category != TETHER_CAT_PEER_NO_CERTIFICATE && !ac->open) {
 		log_info("handshake with %s failed (%s): %s", tether_conn_peer_addr(c),
 		         tether_category_name(why->category), why->detail);
+		log_info("hint: %s", tether_category_hint(why->category));
 	} else if (ac->open) {
 		log_info("connection from %s closed%s%s", tether_conn_peer_addr(c),
 		         why->code ? ": " : "", why->code ? why->detail : "");

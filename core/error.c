@@ -32,22 +32,27 @@ static const char *const cat_names[TETHER_CAT__COUNT] = {
 #define TLS_REQ "tether requires TLS 1.2 or 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305 " \
 	"(TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256; " \
 	"ECDHE-RSA/ECDSA-AES128-GCM-SHA256, -AES256-GCM-SHA384, -CHACHA20-POLY1305)"
+#define CNF "the [system_default_sect] of openssl.cnf ($OPENSSL_CONF, on Debian /etc/ssl/openssl.cnf)"
 
 static const char *const cat_hints[TETHER_CAT__COUNT] = {
 	[TETHER_CAT_NONE] = "no failure",
 	[TETHER_CAT_PROTOCOL_VERSION] =
-		"the two sides share no TLS version: " TLS_REQ "; on Linux check MinProtocol/MaxProtocol "
-		"in the system openssl.cnf of the side that refused, on Windows the Schannel protocol settings",
+		"the two sides share no TLS version: " TLS_REQ "; look at the side that refused (its log names "
+		"the version it wanted): on Linux MinProtocol/MaxProtocol in " CNF ", on Windows the Schannel "
+		"protocol settings (SCHANNEL\\Protocols\\TLS 1.2)",
 	[TETHER_CAT_NO_SHARED_CIPHER] =
-		"the two sides share no cipher suite: " TLS_REQ "; on Linux check CipherString/Ciphersuites "
-		"in the system openssl.cnf, on Windows the cipher suite order policy",
+		"the two sides share no cipher suite: " TLS_REQ "; look at the side that refused: on Linux "
+		"CipherString (TLS 1.2) and Ciphersuites (TLS 1.3) in " CNF " (a @SECLEVEL of 3 or more also "
+		"refuses RSA 2048 keys), on Windows the cipher suite order policy",
 	[TETHER_CAT_NO_SHARED_GROUP] =
-		"the two sides share no key-exchange group: tether offers x25519, secp256r1 and secp384r1; "
-		"on Linux check Groups/Curves in the system openssl.cnf, on Windows the ECC curve order policy",
+		"the two sides share no key-exchange group: tether offers x25519, secp256r1 and secp384r1 "
+		"(secp256r1 and secp384r1 under FIPS); look at the side that refused: on Linux Groups (or "
+		"Curves) in " CNF ", on Windows the ECC curve order policy",
 	[TETHER_CAT_NO_SHARED_SIGALG] =
 		"the two sides share no signature scheme: tether accepts rsa_pss_rsae_sha256/384, "
-		"rsa_pkcs1_sha256/384, ecdsa_secp256r1_sha256, ecdsa_secp384r1_sha384; check SignatureAlgorithms "
-		"in the system openssl.cnf and the certificate's key type",
+		"rsa_pkcs1_sha256/384, ecdsa_secp256r1_sha256, ecdsa_secp384r1_sha384 (never SHA-1); look at "
+		"the side that refused: on Linux SignatureAlgorithms and ClientSignatureAlgorithms in " CNF
+		", and that its certificate key is RSA or ECDSA P-256/P-384",
 	[TETHER_CAT_PEER_NO_CERTIFICATE] =
 		"the peer presented no certificate: the other side is not a tether peer, or has no identity "
 		"yet (run 'new-certificate' there)",
@@ -63,7 +68,8 @@ static const char *const cat_hints[TETHER_CAT__COUNT] = {
 		"('tether-agent run'), and the firewall",
 	[TETHER_CAT_CONNECTION_RESET] =
 		"the peer closed the connection during the handshake: look at the other side's log for why "
-		"(it usually names the refused thumbprint or TLS setting)",
+		"(it usually names the refused thumbprint or TLS setting); a peer or middlebox that drops "
+		"ClientHellos it dislikes looks the same: 'tether-ping connect HOST:PORT' probes it",
 	[TETHER_CAT_DNS_FAILURE] =
 		"the host name does not resolve: check its spelling and the DNS/hosts configuration",
 	[TETHER_CAT_TIMEOUT] =
@@ -73,10 +79,14 @@ static const char *const cat_hints[TETHER_CAT__COUNT] = {
 		"two agent processes present the same certificate (a cloned machine image): run "
 		"'tether-agent new-certificate' on the clone and register its new thumbprint",
 	[TETHER_CAT_SHA1_REJECTED] =
-		"a certificate signed with SHA-1 was refused by the peer: generate a new certificate "
-		"('new-certificate'), which is signed with SHA-256",
+		"the peer refuses certificates signed with SHA-1 (OpenSSL at its default security level, "
+		"Windows, FIPS): generate a new certificate, signed with SHA-256 ('tether-agent "
+		"new-certificate'; 'tether-server new-certificate' then 'use-staged-certificate') and pin its "
+		"thumbprint on the other side; 'doctor' finds such certificates",
 	[TETHER_CAT_HANDSHAKE] =
-		"the TLS handshake failed: " TLS_REQ "; run 'tether-ping connect HOST:PORT' for the details",
+		"the TLS handshake failed and the peer gave no reason (a bare handshake_failure alert usually "
+		"means no shared cipher suite, group or signature scheme): run 'tether-ping connect HOST:PORT', "
+		"whose probe handshakes name the parameter; " TLS_REQ,
 	[TETHER_CAT_BAD_PASSWORD] =
 		"the password is wrong: check the password file (no trailing spaces; one trailing newline is ignored)",
 	[TETHER_CAT_KEY_NOT_EXPORTABLE] =

@@ -38,6 +38,17 @@ static const char *str(json_t *o, const char *k)
 	return v ? v : "";
 }
 
+/* The hint of a category given by name ("no_shared_cipher"). */
+static const char *category_hint(const char *name)
+{
+	int i;
+
+	for (i = 1; i < TETHER_CAT__COUNT; i++)
+		if (!strcmp(tether_category_name(i), name))
+			return tether_category_hint(i);
+	return tether_category_hint(TETHER_CAT_HANDSHAKE);
+}
+
 int verb_health(cli_ctx *c, int argc, char **argv)
 {
 	health_opts o = { 0 };
@@ -99,8 +110,10 @@ int verb_health(cli_ctx *c, int argc, char **argv)
 			       str(row, "tls_version")[0] ? str(row, "tls_version") : "-",
 			       str(row, "cipher")[0] ? str(row, "cipher") : "-",
 			       str(row, "cert_signature_algorithm")[0] ? str(row, "cert_signature_algorithm") : "-");
-			if (str(row, "error")[0])
+			if (str(row, "error")[0]) {
 				printf("    %s (%s)\n", str(row, "error"), str(row, "category"));
+				printf("    hint: %s\n", category_hint(str(row, "category")));
+			}
 		}
 	}
 	r = (size_t)healthy == json_array_size(res) ? 0 : 1;

@@ -564,8 +564,14 @@ static void make_verdict(pinger *p, const tether_id_summary *peer, verdict *v)
 		         "that address, or the peer has a new certificate", peer->present ? peer->sha256 : "?",
 		         p->o->expect);
 	} else if (p->err.category == TETHER_CAT_UNTRUSTED) {
+		const char *al = strstr(p->err.detail, "SSL alert number ");
+		int alert = al ? atoi(al + strlen("SSL alert number ")) : -1;
 		v->peer_refused_us = 1;
-		if (strstr(p->pi->sig_alg, "sha1") || strstr(p->pi->sig_alg, "SHA1")) {
+		/* bad_certificate / unsupported_certificate: what OpenSSL sends
+		 * for a digest below its security level (a tether peer refuses
+		 * with certificate_unknown, and only for the pin) */
+		if ((strstr(p->pi->sig_alg, "sha1") || strstr(p->pi->sig_alg, "SHA1")) &&
+		    (alert == 42 || alert == 43)) {
 			v->category = TETHER_CAT_SHA1_REJECTED;
 			snprintf(v->message, sizeof(v->message),
 			         "the peer refused this tether-ping's certificate, which is signed with %s: %s",
@@ -576,6 +582,10 @@ static void make_verdict(pinger *p, const tether_id_summary *peer, verdict *v)
 			         "there; a real agent or server always does this, and the TLS details above are "
 			         "what it negotiated): %s", p->pi->sha256, p->err.detail);
 		}
+	} else if (p->err.category == TETHER_CAT_TIMEOUT && p->tap.handshake_done && !p->opened) {
+		snprintf(v->message, sizeof(v->message), "the TLS handshake worked, but the peer did not answer "
+		         "tether's greeting (HELLO): it is not a tether agent or server, or something in between "
+		         "terminates TLS: %s", p->err.detail);
 	} else {
 		snprintf(v->message, sizeof(v->message), "%s", p->err.detail);
 	}
@@ -836,6 +846,7 @@ int main(int argc, char **argv)
 	po.size = DEFAULT_SIZE;
 	po.timeout_s = DEFAULT_TIMEOUT_S;
 	tether_log_init("tether-ping");
+	tether_log_set_quiet(1); /* the report says it all; TETHER_DEBUG=tls,rpc traces */
 	if (argc < 2) {
 		usage(stderr);
 		return 2;

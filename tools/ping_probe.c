@@ -367,6 +367,17 @@ static int outside_policy(const ping_probe_result *r, char *what, size_t cap)
 	return 0;
 }
 
+static const char *param_name(int cat)
+{
+	switch (cat) {
+	case TETHER_CAT_PROTOCOL_VERSION: return "TLS version";
+	case TETHER_CAT_NO_SHARED_CIPHER: return "cipher suite";
+	case TETHER_CAT_NO_SHARED_GROUP: return "key-exchange group";
+	case TETHER_CAT_NO_SHARED_SIGALG: return "signature scheme";
+	default: return "parameter";
+	}
+}
+
 int ping_probe_run(const char *host, int port, unsigned timeout_ms, ping_probe_report *out,
                    tether_error *err)
 {
@@ -420,7 +431,8 @@ int ping_probe_run(const char *host, int port, unsigned timeout_ms, ping_probe_r
 		if (!what[0])
 			snprintf(what, sizeof(what), "the peer accepted once they were offered (%s, %s)",
 			         rep.r[i].tls_version, rep.r[i].cipher);
-		snprintf(rep.verdict, sizeof(rep.verdict), "%s made the difference: %s", probes[i].name, what);
+		snprintf(rep.verdict, sizeof(rep.verdict), "the %s made the difference (probe \"%s\"): %s",
+		         param_name(cat), probes[i].name, what);
 		goto done;
 	}
 	snprintf(rep.verdict, sizeof(rep.verdict),

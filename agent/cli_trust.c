@@ -14,7 +14,8 @@
 
 enum {
 	O_TRUST = OPT__VERB_BASE, O_REMOVE_TRUST, O_RESET_TRUST, O_RECOVERY_TRUST,
-	O_REMOVE_RECOVERY, O_LISTEN, O_LANDING,
+	O_REMOVE_RECOVERY, O_LISTEN, O_LANDING, O_MODE, O_SERVER, O_ADD_SERVER, O_REMOVE_SERVER,
+	O_PROXY, O_PROXY_CRED, O_POLL_CONNS,
 };
 
 typedef struct change {
@@ -30,6 +31,16 @@ typedef struct configure_opts {
 	const char *listen;
 	const char *landing;
 	cli_pkcs11_opts pk11;
+	const char *mode;
+	const char *servers[16];        /* --server: replaces the list */
+	size_t nservers;
+	const char *add_servers[16];
+	size_t nadd;
+	const char *remove_servers[16];
+	size_t nremove;
+	const char *proxy;
+	const char *proxy_cred;
+	const char *poll_conns;
 } configure_opts;
 
 static int on_opt(cli_ctx *c, int id, const char *val, void *arg)
@@ -50,6 +61,21 @@ static int on_opt(cli_ctx *c, int id, const char *val, void *arg)
 	case O_RESET_TRUST: o->reset = 1; break;
 	case O_LISTEN: o->listen = val; break;
 	case O_LANDING: o->landing = val; break;
+	case O_MODE: o->mode = val; break;
+	case O_SERVER: case O_ADD_SERVER: case O_REMOVE_SERVER: {
+		char why[128];
+		const char **v = id == O_SERVER ? o->servers : id == O_ADD_SERVER ? o->add_servers : o->remove_servers;
+		size_t *n = id == O_SERVER ? &o->nservers : id == O_ADD_SERVER ? &o->nadd : &o->nremove;
+		if (id != O_REMOVE_SERVER && tether_validate_hostport(val, why, sizeof(why)) < 0)
+			return cli_usage_error(c, "server '%s': %s", val, why);
+		if (*n >= 16)
+			return cli_usage_error(c, "at most 16 servers in one command");
+		v[(*n)++] = val;
+		break;
+	}
+	case O_PROXY: o->proxy = val; break;
+	case O_PROXY_CRED: o->proxy_cred = val; break;
+	case O_POLL_CONNS: o->poll_conns = val; break;
 	default: return cli_pkcs11_opt(c, id, val, &o->pk11);
 	}
 	return 0;
@@ -63,6 +89,13 @@ static const cli_opt configure_opts_spec[] = {
 	{ "remove-recovery-trust", required_argument, O_REMOVE_RECOVERY, "THUMBPRINT", "remove a recovery thumbprint" },
 	{ "listen", required_argument, O_LISTEN, "ADDR:PORT", "where to listen for servers ([listen] address)" },
 	{ "landing-page", required_argument, O_LANDING, "on|off", "answer plain HTTPS callers with a one-line page" },
+	{ "mode", required_argument, O_MODE, "listening|polling", "listen for servers, or connect out to them (polling)" },
+	{ "server", required_argument, O_SERVER, "HOST:PORT", "polling: the server(s) to connect to, replacing the list (repeatable)" },
+	{ "add-server", required_argument, O_ADD_SERVER, "HOST:PORT", "polling: add a server" },
+	{ "remove-server", required_argument, O_REMOVE_SERVER, "HOST:PORT", "polling: remove a server" },
+	{ "proxy", required_argument, O_PROXY, "http://HOST:PORT|off", "polling: go through this HTTP CONNECT proxy" },
+	{ "proxy-credentials-file", required_argument, O_PROXY_CRED, "FILE", "polling: file with USER:PASSWORD for the proxy" },
+	{ "polling-connections", required_argument, O_POLL_CONNS, "N", "polling: connections held to each server (1-16)" },
 	CLI_PKCS11_OPTS,
 	{ NULL, 0, 0, NULL, NULL }
 };
@@ -129,7 +162,7 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 {
 	configure_opts o;
 	struct trust_arg ta;
-	tether_config_edit edits[8];
+	tether_config_edit edits[64];
 	size_t ne = 0;
 	int oi, r;
 
@@ -158,6 +191,39 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "tether", "provider", c->provider };
 	if (cli_pkcs11_edits(c, &o.pk11, edits, &ne) < 0)
 		return TETHER_ERR_USAGE;
+	if (o.mode) {
+		if (strcmp(o.mode, "listening") && strcmp(o.mode, "polling"))
+			return cli_usage_error(c, "--mode '%s': use listening or polling", o.mode);
+		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "tether", "mode", o.mode };
+	}
+	if (o.nservers) {
+		size_t i;
+		edits[ne++] = (tether_config_edit){ TETHER_CFG_UNSET, "polling", "server", NULL };
+		for (i = 0; i < o.nservers; i++)
+			edits[ne++] = (tether_config_edit){ TETHER_CFG_ADD, "polling", "server", o.servers[i] };
+	}
+	{
+		size_t i;
+		for (i = 0; i < o.nadd; i++)
+			edits[ne++] = (tether_config_edit){ TETHER_CFG_ADD, "polling", "server", o.add_servers[i] };
+		for (i = 0; i < o.nremove; i++)
+			edits[ne++] = (tether_config_edit){ TETHER_CFG_REMOVE_VALUE, "polling", "server", o.remove_servers[i] };
+	}
+	if (o.proxy) {
+		if (!strcmp(o.proxy, "off"))
+			edits[ne++] = (tether_config_edit){ TETHER_CFG_UNSET, "polling", "proxy", NULL };
+		else
+			edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "polling", "proxy", o.proxy };
+	}
+	if (o.proxy_cred)
+		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "polling", "proxy-credentials-file", o.proxy_cred };
+	if (o.poll_conns) {
+		char *end;
+		long v = strtol(o.poll_conns, &end, 10);
+		if (*end || v < 1 || v > 16)
+			return cli_usage_error(c, "--polling-connections '%s': give a number from 1 to 16", o.poll_conns);
+		edits[ne++] = (tether_config_edit){ TETHER_CFG_SET, "polling", "connections", o.poll_conns };
+	}
 	if (!o.n && !o.reset && !ne)
 		return cli_usage_error(c, "nothing to change: give --trust, --remove-trust, --reset-trust, "
 		                          "--recovery-trust, --listen, ...");
@@ -175,6 +241,23 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 		if (c->provider)
 			printf("Provider set to %s\n", c->provider);
 		cli_pkcs11_print(&o.pk11);
+		if (o.mode)
+			printf("Mode set to %s (restart the agent to apply)\n", o.mode);
+		if (o.nservers || o.nadd || o.nremove) {
+			tether_config *cf = NULL;
+			const char *v[64];
+			size_t i, n;
+			if (tether_config_load(c->inst->config_path, agent_schema, &cf, NULL) == 0) {
+				n = tether_config_get_all(cf, "polling", "server", v, 64);
+				printf("Servers to poll:%s", n ? "" : " (none)");
+				for (i = 0; i < n && i < 64; i++)
+					printf(" %s", v[i]);
+				printf(" (restart the agent to apply)\n");
+				tether_config_free(cf);
+			}
+		}
+		if (o.proxy)
+			printf("Proxy %s\n", strcmp(o.proxy, "off") ? o.proxy : "off");
 	}
 	if (o.n || o.reset) {
 		memset(&ta, 0, sizeof(ta));

@@ -28,11 +28,13 @@
 #include "identity.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "secret.h"
+#include "ticketkey.h"
 #include "trust.h"
 #include "util.h"
 #include "workers.h"
 
-#define TICKET_KEY_LEN 80
+#define TICKET_KEY_LEN TETHER_TICKET_KEY_LEN
 #define TICKET_MAX_AGE_S (12 * 3600)
 
 typedef struct tlsref {
@@ -54,6 +56,7 @@ typedef struct agent_conn {
 	struct worker_data *owner;
 	uv_loop_t *loop;
 	struct agent_req *reqs;         /* requests not answered yet */
+	struct poller *poller;          /* polling mode: the slot that made it */
 } agent_conn;
 
 typedef struct worker_data {
@@ -85,7 +88,30 @@ typedef struct agent {
 	agent_env env;
 	char *work_dir;
 	char **roots;
+	int polling;                    /* [tether] mode = polling */
+	struct poller *pollers;
+	size_t npollers;
+	char proxy_host[256];
+	int proxy_port;
+	char *proxy_auth;
 } agent;
+
+/* One outgoing connection slot of a polling agent. */
+typedef struct poller {
+	agent *a;
+	int worker;
+	char host[256];
+	int port;
+	uv_timer_t timer;
+	int timer_inited;
+	unsigned backoff_ms;
+	agent_conn *ac;
+	unsigned char *session;
+	size_t session_len;
+	uint64_t opened_ms;
+	int stopping;
+	int fails;
+} poller;
 
 struct agent_req {
 	struct agent_req *next;
@@ -137,37 +163,6 @@ static tlsref *tlsref_get(agent *a)
 	return t;
 }
 
-/* The ticket key: <state>/ticket.key = 80 key bytes + the SHA-256 of the
- * identity it belongs to.  A new identity, or an old key, gets a new one. */
-static int ticket_key(agent *a, const tether_id_summary *s, unsigned char key[TICKET_KEY_LEN],
-                      tether_error *err)
-{
-	char *path = tether_asprintf("%s/ticket.key", a->c->inst->state_dir);
-	unsigned char *buf = NULL, out[TICKET_KEY_LEN + 64];
-	size_t len = 0;
-	struct stat st;
-	int r = 0;
-
-	if (tether_read_file(path, 4096, &buf, &len, NULL) == 0 && len == TICKET_KEY_LEN + 64 &&
-	    !memcmp(buf + TICKET_KEY_LEN, s->sha256, 64) && stat(path, &st) == 0 &&
-	    time(NULL) - st.st_mtime < TICKET_MAX_AGE_S) {
-		memcpy(key, buf, TICKET_KEY_LEN);
-		goto out;
-	}
-	a->prov->t->random_bytes(key, TICKET_KEY_LEN);
-	memcpy(out, key, TICKET_KEY_LEN);
-	memcpy(out + TICKET_KEY_LEN, s->sha256, 64);
-	r = tether_write_atomic(path, out, sizeof(out), 0600, err);
-	tether_wipe(out, sizeof(out));
-	if (r == 0)
-		tether_debug("tls", "new session ticket key");
-out:
-	if (buf)
-		tether_free_wiped(buf, len);
-	free(path);
-	return r;
-}
-
 static int build_tls(agent *a, tlsref **out, tether_error *err)
 {
 	tether_tls_ctx_params tp;
@@ -191,15 +186,17 @@ static int build_tls(agent *a, tlsref **out, tether_error *err)
 	r = tether_cert_summary(a->prov, der, len, &t->summary, err);
 	if (r < 0)
 		goto fail;
-	r = ticket_key(a, &t->summary, key, err);
+	r = tether_ticket_key(a->prov, a->c->inst->state_dir, t->summary.sha256, TICKET_MAX_AGE_S, key, err);
 	if (r < 0)
 		goto fail;
 	memset(&tp, 0, sizeof(tp));
-	tp.role = TETHER_TLS_SERVER;
+	tp.role = a->polling ? TETHER_TLS_CLIENT : TETHER_TLS_SERVER;
 	tp.policy = TETHER_TLS_POLICY_RESUMPTION;
 	tp.identity = t->id;
-	tp.ticket_key = key;
-	tp.ticket_key_len = sizeof(key);
+	if (!a->polling) {
+		tp.ticket_key = key;
+		tp.ticket_key_len = sizeof(key);
+	}
 	r = a->prov->t->tls_ctx_new(a->prov->ctx, &tp, &t->ctx, err);
 	tether_wipe(key, sizeof(key));
 	if (r < 0)
@@ -515,6 +512,8 @@ static void on_request(void *arg, tether_conn *c, uint32_t id, const char *metho
 /* Connections                                                         */
 /* ------------------------------------------------------------------ */
 
+static void poller_closed(poller *p, int was_open, const tether_error *why);
+
 static int check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
 {
 	agent_conn *ac = tether_conn_get_data(c);
@@ -541,6 +540,23 @@ static void on_open(void *arg, tether_conn *c)
 		ac->counted = 0;
 	}
 	tether_thumbprint_hex(&ac->tp, hex);
+	if (ac->poller) {
+		poller *p = ac->poller;
+		unsigned char *sess = NULL;
+		size_t sl = 0;
+		p->backoff_ms = 0;
+		p->fails = 0;
+		p->opened_ms = tether_now_ms();
+		if (tether_conn_session(c, &sess, &sl) == 0) {
+			if (p->session)
+				tether_free_wiped(p->session, p->session_len);
+			p->session = sess;
+			p->session_len = sl;
+		}
+		log_info("connected to server %s at %s (%s, %s%s); waiting for its requests", hex,
+		         tether_conn_peer_addr(c), ti->tls_version, ti->cipher, ti->resumed ? ", resumed" : "");
+		return;
+	}
 	log_info("server %s connected from %s (%s, %s%s)", hex, tether_conn_peer_addr(c),
 	         ti->tls_version, ti->cipher, ti->resumed ? ", resumed" : "");
 }
@@ -553,7 +569,9 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 		return;
 	if (ac->counted)
 		tether_ratelimit_done(a->rl, (struct sockaddr *)&ac->sa, 0);
-	if (why->code && why->category == TETHER_CAT_UNTRUSTED) {
+	if (ac->poller) {
+		/* logged by poller_closed */
+	} else if (why->code && why->category == TETHER_CAT_UNTRUSTED) {
 		tether_thumbprint tp;
 		char hex[TETHER_THUMBPRINT_HEX];
 		if (tether_conn_peer_tp(c, &tp) == 0) {
@@ -579,6 +597,8 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 		r->ac = NULL;
 		r->streaming = 0;
 	}
+	if (ac->poller)
+		poller_closed(ac->poller, ac->open, why);
 	tlsref_release(a, ac->tls);
 	ac->tls = NULL;
 	if (ac->prev)
@@ -592,6 +612,222 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 }
 
 static const tether_conn_cbs agent_cbs = { check_peer, on_open, on_request, on_close };
+
+
+/* ------------------------------------------------------------------ */
+/* Polling mode: connect out and hold the connection                   */
+/* ------------------------------------------------------------------ */
+
+static void poller_connect(poller *p);
+
+static void poller_timer_cb(uv_timer_t *t)
+{
+	poller *p = t->data;
+	if (!p->stopping && !p->a->stopping)
+		poller_connect(p);
+}
+
+/* Exponential backoff from 1 s to 60 s with +-25 % jitter. */
+static void poller_schedule(poller *p)
+{
+	unsigned base, delay;
+	unsigned char rnd[2];
+
+	if (p->stopping || p->a->stopping)
+		return;
+	p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : 1000;
+	if (p->backoff_ms > 60000)
+		p->backoff_ms = 60000;
+	base = p->backoff_ms;
+	p->a->prov->t->random_bytes(rnd, sizeof(rnd));
+	delay = base - base / 4 + (unsigned)(((rnd[0] << 8) | rnd[1]) % (base / 2 + 1));
+	uv_timer_start(&p->timer, poller_timer_cb, delay, 0);
+}
+
+static void poller_closed(poller *p, int was_open, const tether_error *why)
+{
+	p->ac = NULL;
+	if (p->stopping || p->a->stopping)
+		return;
+	if (was_open) {
+		log_warn("connection to server %s:%d lost%s%s; reconnecting", p->host, p->port,
+		         why->code ? ": " : "", why->code ? why->detail : "");
+		/* a connection that lived a while reconnects quickly */
+		if (tether_now_ms() - p->opened_ms > 60000)
+			p->backoff_ms = 0;
+	} else {
+		p->fails++;
+		if (why->category == TETHER_CAT_UNTRUSTED && why->code == TETHER_ERR_UNTRUSTED)
+			log_warn("server %s:%d: %s; if this is your server, run 'tether-agent configure --trust "
+			         "THUMBPRINT'", p->host, p->port, why->detail);
+		else if (p->fails == 1 || p->fails % 10 == 0)
+			log_warn("cannot connect to server %s:%d (%s): %s; retrying with backoff (attempt %d)",
+			         p->host, p->port, tether_category_name(why->category), why->detail, p->fails);
+		else
+			tether_debug("tls", "cannot connect to %s:%d: %s", p->host, p->port, why->detail);
+	}
+	if (why->category == TETHER_CAT_UNTRUSTED && p->session) {
+		tether_free_wiped(p->session, p->session_len);
+		p->session = NULL;
+		p->session_len = 0;
+	}
+	poller_schedule(p);
+}
+
+static void poller_connect(poller *p)
+{
+	agent *a = p->a;
+	tether_worker *w = tether_workers_get(a->ws, p->worker);
+	worker_data *wd = w->user;
+	agent_conn *ac;
+	tether_conn_opts o;
+	tether_conn *c = NULL;
+	tether_error e;
+	char hint[64] = "";
+
+	ac = tether_xcalloc(1, sizeof(*ac));
+	ac->owner = wd;
+	ac->loop = &w->loop;
+	ac->poller = p;
+	ac->tls = tlsref_get(a);
+	pthread_mutex_lock(&a->lock);
+	if (a->trust->ntrusted) {
+		char hex[TETHER_THUMBPRINT_HEX];
+		tether_thumbprint_hex(&a->trust->trusted[0].tp, hex);
+		/* the pin hint: which server identity this agent trusts */
+		snprintf(hint, sizeof(hint), "p-%.16s.tether.invalid", hex);
+	}
+	pthread_mutex_unlock(&a->lock);
+	memset(&o, 0, sizeof(o));
+	o.tls_role = TETHER_TLS_CLIENT;
+	o.local_role = TETHER_ROLE_AGENT;
+	o.mode = TETHER_MODE_POLLING;
+	o.prov = a->prov;
+	o.tls_ctx = ac->tls->ctx;
+	o.server_name = hint[0] ? hint : NULL;
+	o.session = p->session;
+	o.session_len = p->session_len;
+	o.connect_ms = a->handshake_ms;
+	o.handshake_ms = a->handshake_ms;
+	o.idle_ms = 0;                  /* held open; keepalive notices a dead link */
+	o.keepalive_ms = a->keepalive_ms;
+	o.instance_id = tether_process_instance_id(a->prov);
+	o.cbs = &agent_cbs;
+	o.cb_arg = a;
+	o.data = ac;
+	if (a->proxy_host[0]) {
+		o.proxy_host = a->proxy_host;
+		o.proxy_port = a->proxy_port;
+		o.proxy_auth = a->proxy_auth;
+	}
+	ac->next = wd->conns;
+	if (wd->conns)
+		wd->conns->prev = ac;
+	wd->conns = ac;
+	wd->nconns++;
+	p->ac = ac;
+	memset(&e, 0, sizeof(e));
+	if (tether_conn_connect(&w->loop, p->host, p->port, &o, &c, &e) < 0) {
+		/* no callback came: undo and retry later */
+		if (ac->prev)
+			ac->prev->next = ac->next;
+		if (ac->next)
+			ac->next->prev = ac->prev;
+		if (wd->conns == ac)
+			wd->conns = ac->next;
+		wd->nconns--;
+		tlsref_release(a, ac->tls);
+		free(ac);
+		poller_closed(p, 0, &e);
+		return;
+	}
+	ac->c = c;
+}
+
+static void poller_start_fn(tether_worker *w, void *arg)
+{
+	poller *p = arg;
+
+	if (!w->user)
+		w->user = tether_xcalloc(1, sizeof(worker_data));
+	uv_timer_init(&w->loop, &p->timer);
+	p->timer.data = p;
+	p->timer_inited = 1;
+	poller_connect(p);
+}
+
+static void poller_stop_fn(tether_worker *w, void *arg)
+{
+	agent *a = arg;
+	size_t i;
+
+	for (i = 0; i < a->npollers; i++) {
+		poller *p = &a->pollers[i];
+		if (p->worker != w->index)
+			continue;
+		p->stopping = 1;
+		if (p->timer_inited)
+			uv_timer_stop(&p->timer);
+	}
+}
+
+/* Read [polling] server, proxy and connections; fail with a clear message. */
+static int setup_polling(agent *a, tether_error *err)
+{
+	cli_ctx *c = a->c;
+	const char *servers[64];
+	size_t n = tether_config_get_all(c->conf, "polling", "server", servers, 64), i, k;
+	unsigned conns = (unsigned)strtoul(tether_config_get(c->conf, "polling", "connections", "1"), NULL, 10);
+	const char *proxy = tether_config_get(c->conf, "polling", "proxy", NULL);
+	const char *cred = tether_config_get(c->conf, "polling", "proxy-credentials-file", NULL);
+
+	if (n == 0)
+		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+		                      "polling mode needs a server to connect to: run 'tether-agent configure "
+		                      "--server HOST:PORT'");
+	if (n > 64)
+		n = 64;
+	if (conns < 1)
+		conns = 1;
+	if (conns > 16)
+		conns = 16;
+	if (proxy && *proxy) {
+		char *h = NULL;
+		int port;
+		if (tether_parse_hostport(strncmp(proxy, "http://", 7) ? proxy : proxy + 7, &h, &port, 3128) < 0)
+			return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+			                      "[polling] proxy '%s' is not http://HOST:PORT", proxy);
+		snprintf(a->proxy_host, sizeof(a->proxy_host), "%s", h);
+		a->proxy_port = port;
+		free(h);
+		if (cred && *cred) {
+			int r = tether_secret_from_file(cred, &a->proxy_auth, err);
+			if (r < 0)
+				return r;
+			if (!strchr(a->proxy_auth, ':'))
+				return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+				                      "%s must hold USER:PASSWORD for the proxy", cred);
+		}
+	}
+	a->pollers = tether_xcalloc(n * conns, sizeof(*a->pollers));
+	for (i = 0; i < n; i++) {
+		char *h = NULL;
+		int port;
+		if (tether_parse_hostport(servers[i], &h, &port, 10943) < 0)
+			return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+			                      "[polling] server '%s' is not HOST:PORT", servers[i]);
+		for (k = 0; k < conns; k++) {
+			poller *p = &a->pollers[a->npollers];
+			p->a = a;
+			snprintf(p->host, sizeof(p->host), "%s", h);
+			p->port = port;
+			p->worker = (int)(a->npollers % (size_t)tether_default_loops());
+			a->npollers++;
+		}
+		free(h);
+	}
+	return 0;
+}
 
 static void on_accept(void *arg, tether_worker *w, uv_stream_t *server)
 {
@@ -732,7 +968,10 @@ static void on_signal(uv_signal_t *s, int signum)
 		return;
 	a->stopping = 1;
 	log_info("stopping: no new connections, closing the open ones");
-	tether_workers_stop_listening(a->ws);
+	if (a->polling)
+		tether_workers_broadcast(a->ws, poller_stop_fn, a);
+	else
+		tether_workers_stop_listening(a->ws);
 	tether_workers_broadcast(a->ws, close_all_fn, a);
 	uv_timer_start(&a->drain_timer, on_drained, 500, 0);
 }
@@ -837,6 +1076,7 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	a.landing = tether_config_bool(tether_config_get(c->conf, "listen", "landing-page", "on")) != 0;
 	snprintf(a.listen_addr, sizeof(a.listen_addr), "%s",
 	         tether_config_get(c->conf, "listen", "address", "0.0.0.0:10933"));
+	a.polling = !strcmp(tether_config_get(c->conf, "tether", "mode", "listening"), "polling");
 	nloops = (int)strtol(tether_config_get(c->conf, "engine", "loops", "0"), NULL, 10);
 	if (nloops <= 0)
 		nloops = tether_default_loops();
@@ -860,13 +1100,34 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 			return r;
 	}
 	a.rl = tether_ratelimit_new(20.0, 40.0, 256);
-	r = tether_workers_start(a.listen_addr, nloops, on_accept, &a, &a.ws, &c->err);
-	if (r < 0)
-		return r;
-	tether_workers_broadcast(a.ws, worker_init_fn, NULL);
-	log_info("tether-agent %s listening on %s (port %d, %d loop%s), certificate %s, provider %s",
-	         PACKAGE_VERSION, a.listen_addr, tether_workers_port(a.ws), nloops, nloops == 1 ? "" : "s",
-	         a.tls->summary.sha256, a.prov->t->name);
+	if (a.polling) {
+		size_t i;
+		r = setup_polling(&a, &c->err);
+		if (r < 0)
+			return r;
+		r = tether_workers_start(NULL, nloops, on_accept, &a, &a.ws, &c->err);
+		if (r < 0)
+			return r;
+		tether_workers_broadcast(a.ws, worker_init_fn, NULL);
+		for (i = 0; i < a.npollers; i++) {
+			a.pollers[i].worker %= nloops;
+			tether_workers_post(a.ws, a.pollers[i].worker, poller_start_fn, &a.pollers[i]);
+		}
+		log_info("tether-agent %s in polling mode: %zu connection%s to %zu server address%s%s%s, "
+		         "certificate %s, provider %s", PACKAGE_VERSION, a.npollers, a.npollers == 1 ? "" : "s",
+		         tether_config_get_all(c->conf, "polling", "server", NULL, 0),
+		         tether_config_get_all(c->conf, "polling", "server", NULL, 0) == 1 ? "" : "es",
+		         a.proxy_host[0] ? " through proxy " : "", a.proxy_host, a.tls->summary.sha256,
+		         a.prov->t->name);
+	} else {
+		r = tether_workers_start(a.listen_addr, nloops, on_accept, &a, &a.ws, &c->err);
+		if (r < 0)
+			return r;
+		tether_workers_broadcast(a.ws, worker_init_fn, NULL);
+		log_info("tether-agent %s listening on %s (port %d, %d loop%s), certificate %s, provider %s",
+		         PACKAGE_VERSION, a.listen_addr, tether_workers_port(a.ws), nloops, nloops == 1 ? "" : "s",
+		         a.tls->summary.sha256, a.prov->t->name);
+	}
 	if (!a.trust->ntrusted)
 		log_warn("no server is trusted yet: run 'tether-agent configure --trust THUMBPRINT'");
 	if (a.tls->summary.expired)
@@ -895,6 +1156,15 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	uv_run(a.loop, UV_RUN_DEFAULT);
 
 	tether_workers_join(a.ws);
+	{
+		size_t i;
+		for (i = 0; i < a.npollers; i++)
+			if (a.pollers[i].session)
+				tether_free_wiped(a.pollers[i].session, a.pollers[i].session_len);
+		free(a.pollers);
+		if (a.proxy_auth)
+			tether_free_secret(a.proxy_auth);
+	}
 	free_env(&a);
 	tlsref_release(&a, a.tls);
 	tether_ratelimit_free(a.rl);

@@ -36,6 +36,7 @@
 
 enum conn_state {
 	ST_CONNECTING,
+	ST_PROXY,
 	ST_HANDSHAKE,
 	ST_LANDING,
 	ST_HELLO,
@@ -89,6 +90,10 @@ struct tether_conn {
 	enum conn_state state;
 	tether_conn_opts o;
 	char *server_name;
+	char *proxy_host;
+	char *proxy_auth;
+	unsigned char proxy_buf[4096];
+	size_t proxy_len;
 	unsigned char *session;
 	size_t session_len;
 	char peer_addr[64];
@@ -159,6 +164,9 @@ static void on_handle_closed(uv_handle_t *h)
 	free(c->wbuf);
 	free(c->carry);
 	free(c->server_name);
+	free(c->proxy_host);
+	if (c->proxy_auth)
+		tether_free_secret(c->proxy_auth);
 	if (c->session)
 		tether_free_wiped(c->session, c->session_len);
 	free(c);
@@ -461,6 +469,7 @@ static int keep_rest(tether_conn *c)
 }
 
 static void arm_keepalive(tether_conn *c);
+static void proxy_input(tether_conn *c, const unsigned char *p, size_t n);
 static void on_timer(uv_timer_t *t);
 static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n);
 
@@ -682,6 +691,12 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 			conn_destroy(c);
 			return;
 		}
+		if (c->state == ST_PROXY) {
+			set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET,
+			              "the proxy %s closed the connection before answering CONNECT", c->peer_addr);
+			conn_destroy(c);
+			return;
+		}
 		if (c->state == ST_HANDSHAKE && c->rx_bytes == 0)
 			set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
 			              "%s closed the connection without sending anything", c->peer_addr);
@@ -700,6 +715,11 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	if (nread == 0 || c->state == ST_CLOSED || c->state == ST_CLOSING) {
+		free(buf->base);
+		return;
+	}
+	if (c->state == ST_PROXY) {
+		proxy_input(c, (const unsigned char *)buf->base, (size_t)nread);
 		free(buf->base);
 		return;
 	}
@@ -1035,8 +1055,11 @@ static void on_timer(uv_timer_t *t)
 
 	switch (c->state) {
 	case ST_CONNECTING:
+	case ST_PROXY:
 		set_close_err(c, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
-		              "connecting to %s timed out after %u ms", c->peer_addr, c->o.connect_ms);
+		              "connecting to %s%s timed out after %u ms", c->peer_addr,
+		              c->state == ST_PROXY ? " (waiting for the proxy's answer to CONNECT)" : "",
+		              c->o.connect_ms);
 		conn_destroy(c);
 		return;
 	case ST_HANDSHAKE:
@@ -1156,6 +1179,14 @@ static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
 		c->session_len = opts->session_len;
 	}
 	c->o.session = c->session;
+	if (opts->proxy_host) {
+		c->proxy_host = tether_strdup(opts->proxy_host);
+		c->o.proxy_host = c->proxy_host;
+	}
+	if (opts->proxy_auth) {
+		c->proxy_auth = tether_strdup(opts->proxy_auth);
+		c->o.proxy_auth = c->proxy_auth;
+	}
 	/* request ids: odd from the server, even from the agent (docs/protocol.md) */
 	c->next_id = opts->local_role == TETHER_ROLE_SERVER ? 1 : 2;
 	c->started_ms = c->last_rx_ms = c->last_activity_ms = now_ms();
@@ -1234,6 +1265,101 @@ int tether_conn_accept(uv_loop_t *loop, uv_stream_t *server,
 	return 0;
 }
 
+static char *b64(const char *in)
+{
+	static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t n = strlen(in), i, o = 0;
+	char *out = tether_xmalloc(4 * ((n + 2) / 3) + 1);
+
+	for (i = 0; i < n; i += 3) {
+		unsigned v = (unsigned)(unsigned char)in[i] << 16;
+		if (i + 1 < n) v |= (unsigned)(unsigned char)in[i + 1] << 8;
+		if (i + 2 < n) v |= (unsigned char)in[i + 2];
+		out[o++] = t[(v >> 18) & 63];
+		out[o++] = t[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? t[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < n ? t[v & 63] : '=';
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* Through an HTTP proxy: CONNECT host:port, then TLS inside the tunnel. */
+static void proxy_start(tether_conn *c)
+{
+	char req[1024], target[300];
+	int l;
+
+	c->state = ST_PROXY;
+	if (strchr(c->host, ':'))
+		snprintf(target, sizeof(target), "[%s]:%d", c->host, c->port);
+	else
+		snprintf(target, sizeof(target), "%s:%d", c->host, c->port);
+	l = snprintf(req, sizeof(req), "CONNECT %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tether\r\n", target, target);
+	if (c->o.proxy_auth) {
+		char *a = b64(c->o.proxy_auth);
+		l += snprintf(req + l, sizeof(req) - (size_t)l, "Proxy-Authorization: Basic %s\r\n", a);
+		tether_free_secret(a);
+	}
+	l += snprintf(req + l, sizeof(req) - (size_t)l, "\r\n");
+	io_write(c, req, (size_t)l);
+	tether_wipe(req, sizeof(req));
+	flush(c);
+	if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) < 0) {
+		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_IO, "cannot read from the proxy");
+		conn_destroy(c);
+	}
+}
+
+static void proxy_input(tether_conn *c, const unsigned char *p, size_t n)
+{
+	unsigned char *end;
+	size_t hdr_len, rest;
+	int code = 0;
+	tether_error e;
+
+	if (n > sizeof(c->proxy_buf) - c->proxy_len) {
+		set_close_err(c, TETHER_ERR_PROTOCOL, TETHER_CAT_NOT_TLS,
+		              "the proxy %s sent an over-long answer to CONNECT", c->peer_addr);
+		conn_destroy(c);
+		return;
+	}
+	memcpy(c->proxy_buf + c->proxy_len, p, n);
+	c->proxy_len += n;
+	end = memmem(c->proxy_buf, c->proxy_len, "\r\n\r\n", 4);
+	if (!end)
+		return;
+	hdr_len = (size_t)(end - c->proxy_buf) + 4;
+	if (sscanf((const char *)c->proxy_buf, "HTTP/1.%*d %d", &code) != 1 || code != 200) {
+		char line[160];
+		size_t ll = strcspn((const char *)c->proxy_buf, "\r\n");
+		if (ll >= sizeof(line))
+			ll = sizeof(line) - 1;
+		memcpy(line, c->proxy_buf, ll);
+		line[ll] = '\0';
+		set_close_err(c, TETHER_ERR_IO, code == 407 ? TETHER_CAT_UNTRUSTED : TETHER_CAT_CONNECTION_REFUSED,
+		              "the proxy %s refused CONNECT to %s:%d: %s%s", c->peer_addr, c->host, c->port, line,
+		              code == 407 ? " (check [polling] proxy-credentials-file)" : "");
+		conn_destroy(c);
+		return;
+	}
+	rest = c->proxy_len - hdr_len;
+	tether_debug("tls", "proxy %s opened a tunnel to %s:%d", c->peer_addr, c->host, c->port);
+	snprintf(c->peer_addr, sizeof(c->peer_addr), "%s:%d", c->host, c->port);
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	uv_timer_stop(&c->timer);
+	if (rest) {
+		c->carry = tether_xmalloc(rest);
+		memcpy(c->carry, c->proxy_buf + hdr_len, rest);
+		c->carry_len = rest;
+	}
+	memset(&e, 0, sizeof(e));
+	if (start_tls(c, &e) < 0) {
+		set_close_err(c, e.code, e.category, "%s", e.detail);
+		conn_destroy(c);
+	}
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
 	tether_conn *c = req->data;
@@ -1252,6 +1378,10 @@ static void on_connect(uv_connect_t *req, int status)
 		return;
 	}
 	set_sockopts(c);
+	if (c->o.proxy_host) {
+		proxy_start(c);
+		return;
+	}
 	uv_timer_stop(&c->timer);
 	memset(&e, 0, sizeof(e));
 	if (start_tls(c, &e) < 0) {
@@ -1315,7 +1445,13 @@ int tether_conn_connect(uv_loop_t *loop, const char *host, int port,
 	hints.ai_socktype = SOCK_STREAM;
 	snprintf(portstr, sizeof(portstr), "%d", port);
 	c->gai_req.data = c;
-	r = uv_getaddrinfo(loop, &c->gai_req, on_resolved, host, portstr, &hints);
+	if (opts->proxy_host) {
+		snprintf(portstr, sizeof(portstr), "%d", opts->proxy_port);
+		snprintf(c->peer_addr, sizeof(c->peer_addr), "%s:%d", opts->proxy_host, opts->proxy_port);
+		r = uv_getaddrinfo(loop, &c->gai_req, on_resolved, opts->proxy_host, portstr, &hints);
+	} else {
+		r = uv_getaddrinfo(loop, &c->gai_req, on_resolved, host, portstr, &hints);
+	}
 	if (r < 0) {
 		tether_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_DNS_FAILURE, "cannot resolve %s: %s",
 		               host, uv_strerror(r));

@@ -64,6 +64,11 @@ typedef struct tether_conn_opts {
 	const tether_conn_cbs *cbs;
 	void *cb_arg;
 	void *data;                     /* initial tether_conn_get_data() */
+	/* client role: reach host:port through an HTTP CONNECT proxy; the TLS
+	 * session runs end to end through the tunnel. */
+	const char *proxy_host;
+	int proxy_port;
+	const char *proxy_auth;         /* "user:password" for Basic auth, or NULL */
 } tether_conn_opts;
 
 /* Accept a connection from a listening stream.  On failure on_close has

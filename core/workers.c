@@ -144,6 +144,31 @@ static int bind_one(const struct sockaddr *sa, socklen_t salen, tether_error *er
 	return fd;
 }
 
+/* Loops without listening sockets (an agent in polling mode). */
+static int start_loops_only(int n, tether_workers **out)
+{
+	tether_workers *ws = tether_xcalloc(1, sizeof(*ws));
+	int i;
+
+	ws->n = n;
+	ws->w = tether_xcalloc((size_t)n, sizeof(*ws->w));
+	for (i = 0; i < n; i++) {
+		worker_impl *wi = &ws->w[i];
+		wi->fd = -1;
+		wi->w.index = i;
+		wi->w.ws = ws;
+		pthread_mutex_init(&wi->lock, NULL);
+		wi->tail = &wi->jobs;
+		uv_loop_init(&wi->w.loop);
+		uv_async_init(&wi->w.loop, &wi->async, on_async);
+		wi->async.data = wi;
+	}
+	for (i = 0; i < n; i++)
+		uv_thread_create(&ws->w[i].thread, thread_main, &ws->w[i]);
+	*out = ws;
+	return 0;
+}
+
 int tether_workers_start(const char *address, int n, tether_accept_fn on_accept,
                          void *arg, tether_workers **out, tether_error *err)
 {
@@ -157,6 +182,8 @@ int tether_workers_start(const char *address, int n, tether_accept_fn on_accept,
 		n = 1;
 	if (n > 64)
 		n = 64;
+	if (!address)
+		return start_loops_only(n, out);
 	if (tether_parse_hostport(address, &host, &port, 0) < 0)
 		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                      "'%s' is not a listening address (expected HOST:PORT)", address);
@@ -261,6 +288,11 @@ static void stop_listen_fn(tether_worker *w, void *arg)
 	if (wi->listening && !uv_is_closing((uv_handle_t *)&wi->listen))
 		uv_close((uv_handle_t *)&wi->listen, NULL);
 	wi->listening = 0;
+}
+
+void tether_workers_post(tether_workers *ws, int i, tether_worker_fn fn, void *arg)
+{
+	post(&ws->w[i % ws->n], fn, arg, 0);
 }
 
 void tether_workers_stop_listening(tether_workers *ws)

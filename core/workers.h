@@ -28,6 +28,9 @@ struct tether_worker {
  * (in use, permission), saying so. */
 int tether_workers_start(const char *address, int n, tether_accept_fn on_accept,
                          void *arg, tether_workers **out, tether_error *err);
+/* address NULL: loops only, no listening sockets. */
+/* Run fn(w, arg) on worker i's thread (asynchronously). */
+void tether_workers_post(tether_workers *ws, int i, tether_worker_fn fn, void *arg);
 /* Run fn(w, arg) on every worker's thread (asynchronously). */
 void tether_workers_broadcast(tether_workers *ws, tether_worker_fn fn, void *arg);
 /* Stop listening on every worker (existing connections go on). */

@@ -126,18 +126,17 @@ static void m_add(registry *reg, admin_call *call, json_t *params)
 	mode = str_param(call, M, params, "mode", 0, &failed);
 	if (failed)
 		return;
-	if (mode && !strcmp(mode, "polling")) {
-		admin_reply_error(call, "polling targets are not supported by this version yet: "
-		                  "register the agent as a listening target (\"address\")", "unsupported");
+	if (mode && strcmp(mode, "listening") && strcmp(mode, "polling")) {
+		bad(call, "%s: mode '%s' is not valid: use 'listening' or 'polling'", M, mode);
 		return;
 	}
-	if (mode && strcmp(mode, "listening")) {
-		bad(call, "%s: mode '%s' is not valid: use 'listening'", M, mode);
-		return;
-	}
-	addr = str_param(call, M, params, "address", 1, &failed);
+	addr = str_param(call, M, params, "address", !(mode && !strcmp(mode, "polling")), &failed);
 	if (failed)
 		return;
+	if (mode && !strcmp(mode, "polling") && addr) {
+		bad(call, "%s: a polling target has no address: the agent connects to the server", M);
+		return;
+	}
 	if (thumbprint_param(call, M, params, sha) < 0)
 		return;
 	tags = json_object_get(params, "tags");
@@ -149,12 +148,12 @@ static void m_add(registry *reg, admin_call *call, json_t *params)
 		bad(call, "%s: %zu tags given, at most %d are allowed", M, json_array_size(tags), REG_TAGS_MAX);
 		return;
 	}
-	if (registry_parse_address(addr, &t.host, &t.port, &err) < 0) {
+	if (addr && registry_parse_address(addr, &t.host, &t.port, &err) < 0) {
 		admin_reply_tether_error(call, &err);
 		return;
 	}
 	t.name = (char *)name;
-	t.mode = (char *)"listening";
+	t.mode = (char *)(addr ? "listening" : "polling");
 	t.sha256 = sha;
 	t.tags = tether_xcalloc(json_array_size(tags) + 1, sizeof(char *));
 	json_array_foreach(tags, i, v) {

@@ -97,10 +97,11 @@ static const char *jstr(json_t *o, const char *key, const char *dflt)
 
 /* ------------------------------------------------------------- add */
 
-enum { OPT_LISTENING = OPT__VERB_BASE, OPT_THUMBPRINT, OPT_TAG };
+enum { OPT_LISTENING = OPT__VERB_BASE, OPT_THUMBPRINT, OPT_TAG, OPT_POLLING };
 
 typedef struct add_opts {
 	const char *listening;
+	int polling;
 	const char *thumbprint;
 	json_t *tags;
 } add_opts;
@@ -115,6 +116,9 @@ static int add_opt(cli_ctx *c, int id, const char *val, void *arg)
 		if (o->listening)
 			return cli_usage_error(c, "--listening is given twice");
 		o->listening = val;
+		return 0;
+	case OPT_POLLING:
+		o->polling = 1;
 		return 0;
 	case OPT_THUMBPRINT:
 		if (o->thumbprint)
@@ -138,12 +142,14 @@ static int target_add(cli_ctx *c, int argc, char **argv)
 	static const cli_opt opts[] = {
 		{ "listening", required_argument, OPT_LISTENING, "HOST:PORT",
 		  "the agent's address (it listens; also https://HOST:PORT; port defaults to 10933)" },
+		{ "polling", no_argument, OPT_POLLING, NULL,
+		  "the agent connects to this server ([polling] address) and is known by its thumbprint" },
 		{ "thumbprint", required_argument, OPT_THUMBPRINT, "SHA256",
 		  "the agent certificate's SHA-256 thumbprint ('tether-agent show-thumbprint' there)" },
 		{ "tag", required_argument, OPT_TAG, "TAG", "a tag to select targets by (repeatable)" },
 		{ NULL, 0, 0, NULL, NULL }
 	};
-	add_opts o = { NULL, NULL, json_array() };
+	add_opts o = { NULL, 0, NULL, json_array() };
 	char sha[TETHER_THUMBPRINT_HEX], *host = NULL;
 	const char *name;
 	json_t *res = NULL, *params;
@@ -151,15 +157,21 @@ static int target_add(cli_ctx *c, int argc, char **argv)
 	int oi, r, port;
 
 	options_first(argc, argv, opts);
-	r = cli_parse(c, argc, argv, opts, "NAME --listening HOST:PORT --thumbprint SHA256 [--tag TAG]...",
-	              "Register an agent as a target: the daemon connects to it at HOST:PORT and trusts "
-	              "it only if its certificate has this SHA-256 thumbprint.", add_opt, &o, &oi);
+	r = cli_parse(c, argc, argv, opts, "NAME --listening HOST:PORT | --polling  --thumbprint SHA256 [--tag TAG]...",
+	              "Register an agent as a target. Listening: the daemon connects to it at HOST:PORT.\n"
+	              "Polling: the agent connects to this server and is known only by its authenticated\n"
+	              "thumbprint. Either way it is trusted only if its certificate has this SHA-256 thumbprint.",
+	              add_opt, &o, &oi);
 	if (r)
 		goto out;
 	if ((r = one_name(c, argc, argv, oi, &name)) < 0)
 		goto out;
-	if (!o.listening) {
-		r = cli_usage_error(c, "--listening HOST:PORT is missing: give the agent's address");
+	if (!o.listening && !o.polling) {
+		r = cli_usage_error(c, "give --listening HOST:PORT (the agent's address) or --polling (the agent connects here)");
+		goto out;
+	}
+	if (o.listening && o.polling) {
+		r = cli_usage_error(c, "--listening and --polling exclude each other");
 		goto out;
 	}
 	if (!o.thumbprint) {
@@ -168,22 +180,30 @@ static int target_add(cli_ctx *c, int argc, char **argv)
 		goto out;
 	}
 	memset(&e, 0, sizeof(e));
-	if (registry_parse_address(o.listening, &host, &port, &e) < 0) {
+	if (o.listening && registry_parse_address(o.listening, &host, &port, &e) < 0) {
 		r = cli_usage_error(c, "%s", e.detail);
 		goto out;
 	}
 	if ((r = parse_thumbprint(c, o.thumbprint, sha)) < 0)
 		goto out;
-	params = json_pack("{s:s, s:s, s:s, s:s, s:O}", "name", name, "mode", "listening",
-	                   "address", o.listening, "sha256", sha, "tags", o.tags);
+	if (o.polling)
+		params = json_pack("{s:s, s:s, s:s, s:O}", "name", name, "mode", "polling",
+		                   "sha256", sha, "tags", o.tags);
+	else
+		params = json_pack("{s:s, s:s, s:s, s:s, s:O}", "name", name, "mode", "listening",
+		                   "address", o.listening, "sha256", sha, "tags", o.tags);
 	if ((r = call(c, "target.add", params, &res)) < 0)
 		goto out;
 	if (c->json) {
 		cli_print_json(res);
 		res = NULL;
 	} else {
-		printf("Added target '%s': listening agent at %s, thumbprint %s\n", name,
-		       jstr(res, "address", "?"), jstr(res, "sha256", "?"));
+		if (o.polling)
+			printf("Added target '%s': polling agent, thumbprint %s (it connects to this server's "
+			       "[polling] address)\n", name, jstr(res, "sha256", "?"));
+		else
+			printf("Added target '%s': listening agent at %s, thumbprint %s\n", name,
+			       jstr(res, "address", "?"), jstr(res, "sha256", "?"));
 	}
 out:
 	free(host);

@@ -24,6 +24,9 @@
 #include "log.h"
 #include "registry.h"
 #include "server.h"
+#include "srvapi.h"
+#include "ratelimit.h"
+#include "ticketkey.h"
 #include "util.h"
 
 #define HEALTH_CONCURRENCY 64
@@ -52,7 +55,7 @@ typedef struct held {
 	struct srv *s;
 } held;
 
-typedef struct srv {
+struct srv {
 	cli_ctx *c;
 	tether_prov *prov;
 	uv_loop_t *loop;
@@ -66,7 +69,57 @@ typedef struct srv {
 	uv_signal_t sigterm, sigint, sighup;
 	int stopping;
 	uint32_t connect_ms, handshake_ms, idle_ms, keepalive_ms, request_ms;
-} srv;
+	/* polling */
+	uv_tcp_t plisten;
+	int plistening;
+	char paddr[300];
+	tether_tls_ctx *stls;            /* server role, for polling agents */
+	struct ptarget *ptargets;
+	struct pconn *pconns;            /* every polling connection */
+	char **pcache_sha;               /* polling targets: sha256 -> name */
+	char **pcache_name;
+	size_t pcache_n;
+	int pcache_dirty;
+	uint32_t pwait_ms;
+	tether_ratelimit *rl;
+};
+
+/* A polling agent's connection. */
+typedef struct pconn {
+	struct pconn *next;
+	struct srv *s;
+	tether_conn *c;
+	char name[REG_NAME_MAX + 1];     /* target it authenticated as */
+	char sha[TETHER_THUMBPRINT_HEX];
+	char instance[TETHER_HELLO_INSTANCE_ID_LEN + 1];
+	struct sockaddr_storage sa;
+	int counted;
+	int open;
+} pconn;
+
+typedef struct pwaiter {
+	uv_timer_t timer;               /* first: freed from its close callback */
+	struct pwaiter *next;
+	struct ptarget *pt;
+	void (*ready)(void *arg, tether_conn *c, const tether_error *err);
+	void *arg;
+} pwaiter;
+
+/* What the server knows about a polling target's connections. */
+typedef struct ptarget {
+	struct ptarget *next;
+	char name[REG_NAME_MAX + 1];
+	time_t last_connected, last_disconnected;
+	unsigned rr;
+	pwaiter *waiters;
+	char last_problem[TETHER_ERROR_DETAIL_MAX];
+} ptarget;
+
+static void polling_get(struct srv *s, const reg_target *t,
+                        void (*ready)(void *, tether_conn *, const tether_error *), void *arg);
+
+/* Modules (server/modules.c). */
+extern const srv_module *const srv_modules[];
 
 /* ------------------------------------------------------------------ */
 /* Held connections                                                    */
@@ -279,6 +332,8 @@ static const char *state_of(int category, int refused_by_us)
 		return "untrusted";
 	case TETHER_CAT_CONNECTION_RESET:
 		return "unreachable";
+	case TETHER_CAT_CLONED_IDENTITY:
+		return "untrusted";
 	default:
 		return "handshake_failed";
 	}
@@ -439,15 +494,10 @@ static void health_start_more(health_job *j)
 		j->running++;
 		it->t0 = tether_now_ms();
 		it->rtt_ms = -1;
-		if (!it->t.host || strcmp(it->t.mode, "listening")) {
-			tether_error e;
-			tether_err_set(&e, TETHER_ERR_UNSUPPORTED, TETHER_CAT_CONNECTION_REFUSED,
-			               "target %s is a polling target: polling mode is not available in this version",
-			               it->t.name);
-			item_fail(it, NULL, &e);
-			continue;
-		}
-		held_get(j->s, &it->t, on_health_conn, it);
+		if (!strcmp(it->t.mode, "polling"))
+			polling_get(j->s, &it->t, on_health_conn, it);
+		else
+			held_get(j->s, &it->t, on_health_conn, it);
 	}
 }
 
@@ -509,6 +559,474 @@ static void do_health(srv *s, admin_call *call, json_t *params)
 	health_start_more(j);
 }
 
+
+/* ------------------------------------------------------------------ */
+/* Polling agents                                                      */
+/* ------------------------------------------------------------------ */
+
+static ptarget *ptarget_get(srv *s, const char *name)
+{
+	ptarget *pt;
+
+	for (pt = s->ptargets; pt; pt = pt->next)
+		if (!strcmp(pt->name, name))
+			return pt;
+	pt = tether_xcalloc(1, sizeof(*pt));
+	snprintf(pt->name, sizeof(pt->name), "%s", name);
+	pt->next = s->ptargets;
+	s->ptargets = pt;
+	return pt;
+}
+
+static void pcache_free(srv *s)
+{
+	size_t i;
+	for (i = 0; i < s->pcache_n; i++) {
+		free(s->pcache_sha[i]);
+		free(s->pcache_name[i]);
+	}
+	free(s->pcache_sha);
+	free(s->pcache_name);
+	s->pcache_sha = s->pcache_name = NULL;
+	s->pcache_n = 0;
+}
+
+/* The name of the polling target pinned to this thumbprint, or NULL. */
+static const char *pcache_lookup(srv *s, const char *sha)
+{
+	size_t i;
+
+	if (s->pcache_dirty || !s->pcache_sha) {
+		reg_target *list = NULL;
+		size_t n = 0;
+		tether_error e;
+		pcache_free(s);
+		memset(&e, 0, sizeof(e));
+		if (registry_target_list(s->reg, NULL, &list, &n, &e) < 0) {
+			log_error("cannot read the registry: %s", e.detail);
+			return NULL;
+		}
+		s->pcache_sha = tether_xcalloc(n + 1, sizeof(char *));
+		s->pcache_name = tether_xcalloc(n + 1, sizeof(char *));
+		for (i = 0; i < n; i++)
+			if (!strcmp(list[i].mode, "polling")) {
+				s->pcache_sha[s->pcache_n] = tether_strdup(list[i].sha256);
+				s->pcache_name[s->pcache_n] = tether_strdup(list[i].name);
+				s->pcache_n++;
+			}
+		reg_target_list_free(list, n);
+		s->pcache_dirty = 0;
+	}
+	for (i = 0; i < s->pcache_n; i++)
+		if (!strcmp(s->pcache_sha[i], sha))
+			return s->pcache_name[i];
+	return NULL;
+}
+
+static int p_check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
+{
+	pconn *pc = arg;
+	const char *name;
+	(void)c;
+
+	tether_thumbprint_hex(tp, pc->sha);
+	name = pcache_lookup(pc->s, pc->sha);
+	if (!name)
+		return -1;
+	snprintf(pc->name, sizeof(pc->name), "%s", name);
+	return 0;
+}
+
+static void pwaiter_done(pwaiter *w, tether_conn *c, const tether_error *err)
+{
+	ptarget *pt = w->pt;
+	pwaiter **pp;
+
+	for (pp = &pt->waiters; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	uv_timer_stop(&w->timer);
+	w->ready(w->arg, c, err);
+	uv_close((uv_handle_t *)&w->timer, (uv_close_cb)free);
+}
+
+static tether_conn *ptarget_pick(srv *s, ptarget *pt)
+{
+	pconn *pc, *open[64];
+	unsigned n = 0;
+
+	for (pc = s->pconns; pc && n < 64; pc = pc->next)
+		if (pc->open && !strcmp(pc->name, pt->name) && tether_conn_is_open(pc->c))
+			open[n++] = pc;
+	if (!n)
+		return NULL;
+	return open[pt->rr++ % n]->c;
+}
+
+static void p_on_open(void *arg, tether_conn *c)
+{
+	pconn *pc = arg, *o;
+	srv *s = pc->s;
+	const tether_hello *h = tether_conn_peer_hello(c);
+	ptarget *pt = ptarget_get(s, pc->name);
+
+	if (pc->counted) {
+		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 1);
+		pc->counted = 0;
+	}
+	snprintf(pc->instance, sizeof(pc->instance), "%s", h->instance_id);
+	for (o = s->pconns; o; o = o->next) {
+		if (o != pc && o->open && !strcmp(o->sha, pc->sha) && strcmp(o->instance, pc->instance)) {
+			snprintf(pt->last_problem, sizeof(pt->last_problem),
+			         "cloned identity: certificate %s is used by two agent processes (instance %s at %s "
+			         "and instance %s at %s); run 'tether-agent new-certificate' on the clone and register "
+			         "its new thumbprint", pc->sha, o->instance, tether_conn_peer_addr(o->c), pc->instance,
+			         tether_conn_peer_addr(c));
+			log_error("refused %s (target %s): %s", tether_conn_peer_addr(c), pc->name, pt->last_problem);
+			tether_audit_write(s->audit, "server", "polling.connect", pc->name, "error",
+			                   "cloned_identity", pt->last_problem, NULL);
+			tether_conn_close(c, "cloned_identity", "this certificate is already connected from "
+			                  "another agent process (cloned identity)");
+			return;
+		}
+	}
+	pc->open = 1;
+	pt->last_connected = time(NULL);
+	pt->last_problem[0] = '\0';
+	log_info("polling agent %s connected from %s (%s, %s%s)", pc->name, tether_conn_peer_addr(c),
+	         tether_conn_tls_info(c)->tls_version, tether_conn_tls_info(c)->cipher,
+	         tether_conn_tls_info(c)->resumed ? ", resumed" : "");
+	while (pt->waiters)
+		pwaiter_done(pt->waiters, c, NULL);
+}
+
+static void p_on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
+{
+	(void)arg;
+	(void)params;
+	(void)method;
+	tether_conn_respond(c, id, NULL, TETHER_RPC_ERR_UNKNOWN_METHOD,
+	                    "the server serves no requests to agents in this version", NULL);
+}
+
+static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
+{
+	pconn *pc = arg, **pp;
+	srv *s = pc->s;
+
+	if (pc->counted)
+		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 0);
+	if (pc->open) {
+		ptarget *pt = ptarget_get(s, pc->name);
+		pt->last_disconnected = time(NULL);
+		log_info("polling agent %s (%s) disconnected%s%s", pc->name, tether_conn_peer_addr(c),
+		         why->code ? ": " : "", why->code ? why->detail : "");
+	} else if (why->code && why->category == TETHER_CAT_UNTRUSTED && pc->sha[0] && !pc->name[0]) {
+		log_warn("refused a polling agent from %s: its certificate %s is not registered; if it is yours, "
+		         "run 'tether-server target add NAME --polling --thumbprint %s'", tether_conn_peer_addr(c),
+		         pc->sha, pc->sha);
+	} else if (why->code && why->code != TETHER_ERR_CLOSED && why->category != TETHER_CAT_PEER_NO_CERTIFICATE) {
+		log_info("polling connection from %s failed (%s): %s", tether_conn_peer_addr(c),
+		         tether_category_name(why->category), why->detail);
+	}
+	for (pp = &s->pconns; *pp; pp = &(*pp)->next)
+		if (*pp == pc) {
+			*pp = pc->next;
+			break;
+		}
+	free(pc);
+}
+
+static const tether_conn_cbs p_cbs = { p_check_peer, p_on_open, p_on_request, p_on_close };
+
+static void p_on_connection(uv_stream_t *server, int status)
+{
+	srv *s = server->data;
+	tether_conn_opts o;
+	tether_conn *c = NULL;
+	tether_error e;
+	const char *why = NULL;
+	pconn *pc;
+
+	if (status < 0)
+		return;
+	pc = tether_xcalloc(1, sizeof(*pc));
+	pc->s = s;
+	pc->next = s->pconns;
+	s->pconns = pc;
+	memset(&o, 0, sizeof(o));
+	o.tls_role = TETHER_TLS_SERVER;
+	o.local_role = TETHER_ROLE_SERVER;
+	o.mode = TETHER_MODE_POLLING;
+	o.prov = s->prov;
+	o.tls_ctx = s->stls;
+	o.handshake_ms = s->handshake_ms;
+	o.idle_ms = 0; /* the agent holds the connection: keepalive decides */
+	o.keepalive_ms = s->keepalive_ms;
+	o.landing_page = 1;
+	o.landing_text = "tether-server is listening";
+	o.instance_id = tether_process_instance_id(s->prov);
+	o.cbs = &p_cbs;
+	o.cb_arg = pc;
+	memset(&e, 0, sizeof(e));
+	if (tether_conn_accept(s->loop, server, &o, &c, &e) < 0)
+		return; /* on_close freed pc */
+	pc->c = c;
+	if (tether_conn_peer_sockaddr(c, &pc->sa) == 0) {
+		if (!tether_ratelimit_admit(s->rl, (struct sockaddr *)&pc->sa, &why)) {
+			tether_debug("tls", "dropping %s: %s", tether_conn_peer_addr(c), why);
+			tether_conn_abort(c, TETHER_CAT_NONE, why);
+			return;
+		}
+		pc->counted = 1;
+	}
+}
+
+static void pwaiter_timeout(uv_timer_t *t)
+{
+	pwaiter *w = t->data;
+	ptarget *pt = w->pt;
+	tether_error e;
+	char since[40];
+
+	if (pt->last_disconnected)
+		tether_iso8601(pt->last_disconnected, since, sizeof(since));
+	tether_err_set(&e, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
+	               "polling target %s is not connected %s%s%s: check that the agent runs in polling mode "
+	               "with this server's address, trusts this server, and can reach it",
+	               pt->name, pt->last_disconnected ? "since " : "(it has never connected",
+	               pt->last_disconnected ? since : "", pt->last_disconnected ? "" : ")");
+	if (pt->last_problem[0]) {
+		char msg[TETHER_ERROR_DETAIL_MAX];
+		snprintf(msg, sizeof(msg), "%s; last refusal: %s", e.detail, pt->last_problem);
+		snprintf(e.detail, sizeof(e.detail), "%s", msg);
+		if (strstr(pt->last_problem, "cloned identity"))
+			e.category = TETHER_CAT_CLONED_IDENTITY;
+	}
+	pwaiter_done(w, NULL, &e);
+}
+
+static void polling_get(srv *s, const reg_target *t,
+                        void (*ready)(void *, tether_conn *, const tether_error *), void *arg)
+{
+	ptarget *pt = ptarget_get(s, t->name);
+	tether_conn *c = ptarget_pick(s, pt);
+	pwaiter *w;
+
+	if (c) {
+		ready(arg, c, NULL);
+		return;
+	}
+	w = tether_xcalloc(1, sizeof(*w));
+	w->pt = pt;
+	w->ready = ready;
+	w->arg = arg;
+	w->next = pt->waiters;
+	pt->waiters = w;
+	uv_timer_init(s->loop, &w->timer);
+	w->timer.data = w;
+	uv_timer_start(&w->timer, pwaiter_timeout, s->pwait_ms ? s->pwait_ms : 1, 0);
+}
+
+/* A target changed: drop its polling connections if its pin changed. */
+static void polling_target_changed(srv *s, const char *name)
+{
+	pconn *pc;
+
+	s->pcache_dirty = 1;
+	for (pc = s->pconns; pc; pc = pc->next)
+		if (pc->open && !strcmp(pc->name, name))
+			tether_conn_close(pc->c, "reconfigured", "the target was changed on the server");
+}
+
+static int polling_start(srv *s, tether_error *err)
+{
+	tether_tls_ctx_params tp;
+	unsigned char key[TETHER_TICKET_KEY_LEN];
+	struct sockaddr_storage ss;
+	char *host = NULL;
+	int port = 0, r;
+
+	snprintf(s->paddr, sizeof(s->paddr), "%s",
+	         tether_config_get(s->c->conf, "polling", "address", "0.0.0.0:10943"));
+	s->pwait_ms = (uint32_t)strtoul(tether_config_get(s->c->conf, "polling", "wait", "30"), NULL, 10) * 1000u;
+	s->rl = tether_ratelimit_new(20.0, 40.0, 512);
+	s->pcache_dirty = 1;
+	r = tether_ticket_key(s->prov, s->c->inst->state_dir, s->summary.sha256, 12 * 3600, key, err);
+	if (r < 0)
+		return r;
+	memset(&tp, 0, sizeof(tp));
+	tp.role = TETHER_TLS_SERVER;
+	tp.policy = TETHER_TLS_POLICY_RESUMPTION;
+	tp.identity = s->id;
+	tp.ticket_key = key;
+	tp.ticket_key_len = sizeof(key);
+	r = s->prov->t->tls_ctx_new(s->prov->ctx, &tp, &s->stls, err);
+	tether_wipe(key, sizeof(key));
+	if (r < 0)
+		return r;
+	if (!strcmp(s->paddr, "off"))
+		return 0;
+	if (tether_parse_hostport(s->paddr, &host, &port, 0) < 0)
+		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+		                      "[polling] address '%s' is not HOST:PORT", s->paddr);
+	memset(&ss, 0, sizeof(ss));
+	if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) < 0 &&
+	    uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) < 0) {
+		free(host);
+		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+		                      "[polling] address '%s' is not an IP address of this machine", s->paddr);
+	}
+	free(host);
+	uv_tcp_init(s->loop, &s->plisten);
+	s->plisten.data = s;
+	r = uv_tcp_bind(&s->plisten, (struct sockaddr *)&ss, 0);
+	if (r == 0)
+		r = uv_listen((uv_stream_t *)&s->plisten, 4096, p_on_connection);
+	if (r < 0) {
+		uv_close((uv_handle_t *)&s->plisten, NULL);
+		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
+		                      "cannot listen for polling agents on %s: %s%s", s->paddr, uv_strerror(r),
+		                      r == UV_EADDRINUSE ? " (another program uses that port: stop it, or change "
+		                      "[polling] address with 'tether-server configure --polling-listen ADDR:PORT')" : "");
+	}
+	s->plistening = 1;
+	return 0;
+}
+
+static void polling_stop(srv *s)
+{
+	pconn *pc;
+	ptarget *pt;
+
+	if (s->plistening && !uv_is_closing((uv_handle_t *)&s->plisten))
+		uv_close((uv_handle_t *)&s->plisten, NULL);
+	s->plistening = 0;
+	for (pc = s->pconns; pc; pc = pc->next)
+		if (pc->c)
+			tether_conn_close(pc->c, "shutting_down", "the server is stopping");
+	for (pt = s->ptargets; pt; pt = pt->next)
+		while (pt->waiters) {
+			tether_error e;
+			tether_err_set(&e, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET, "the server is stopping");
+			pwaiter_done(pt->waiters, NULL, &e);
+		}
+}
+
+static void polling_free(srv *s)
+{
+	while (s->ptargets) {
+		ptarget *pt = s->ptargets;
+		s->ptargets = pt->next;
+		free(pt);
+	}
+	pcache_free(s);
+	if (s->stls)
+		s->prov->t->tls_ctx_free(s->stls);
+	tether_ratelimit_free(s->rl);
+}
+
+/* ------------------------------------------------------------------ */
+/* srvapi.h                                                            */
+/* ------------------------------------------------------------------ */
+
+uv_loop_t *srv_loop(srv *s) { return s->loop; }
+registry *srv_registry(srv *s) { return s->reg; }
+tether_audit *srv_audit(srv *s) { return s->audit; }
+tether_prov *srv_prov(srv *s) { return s->prov; }
+const char *srv_state_dir(srv *s) { return s->c->inst->state_dir; }
+const char *srv_sha256(srv *s) { return s->summary.sha256; }
+
+typedef struct conn_req {
+	srv_conn_fn ready;
+	void *arg;
+	reg_target t;
+} conn_req;
+
+static void conn_req_ready(void *arg, tether_conn *c, const tether_error *err)
+{
+	conn_req *cr = arg;
+	cr->ready(cr->arg, c, err);
+	reg_target_clear(&cr->t);
+	free(cr);
+}
+
+void srv_target_conn(srv *s, const char *target, srv_conn_fn ready, void *arg)
+{
+	conn_req *cr = tether_xcalloc(1, sizeof(*cr));
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	cr->ready = ready;
+	cr->arg = arg;
+	if (registry_target_get(s->reg, target, &cr->t, &e) < 0) {
+		free(cr);
+		ready(arg, NULL, &e);
+		return;
+	}
+	if (!strcmp(cr->t.mode, "polling")) {
+		polling_get(s, &cr->t, conn_req_ready, cr);
+		return;
+	}
+	held_get(s, &cr->t, conn_req_ready, cr);
+}
+
+typedef struct call_req {
+	srv *s;
+	char method[TETHER_RPC_METHOD_MAX + 1];
+	json_t *params;
+	uint32_t timeout_ms;
+	srv_reply_fn cb;
+	void *arg;
+} call_req;
+
+static void call_on_response(void *arg, tether_conn *c, const tether_rpc_response *resp,
+                             const tether_error *err)
+{
+	call_req *cr = arg;
+	(void)c;
+	cr->cb(cr->arg, resp, err);
+	free(cr);
+}
+
+static void call_on_conn(void *arg, tether_conn *c, const tether_error *err)
+{
+	call_req *cr = arg;
+	tether_error e;
+	json_t *params = cr->params;
+
+	cr->params = NULL;
+	if (!c) {
+		json_decref(params);
+		cr->cb(cr->arg, NULL, err);
+		free(cr);
+		return;
+	}
+	memset(&e, 0, sizeof(e));
+	if (tether_conn_request(c, cr->method, params, cr->timeout_ms ? cr->timeout_ms : cr->s->request_ms,
+	                        call_on_response, cr, &e) < 0) {
+		cr->cb(cr->arg, NULL, &e);
+		free(cr);
+	}
+}
+
+int srv_target_call(srv *s, const char *target, const char *method, json_t *params,
+                    uint32_t timeout_ms, srv_reply_fn cb, void *arg)
+{
+	call_req *cr = tether_xcalloc(1, sizeof(*cr));
+
+	cr->s = s;
+	snprintf(cr->method, sizeof(cr->method), "%s", method);
+	cr->params = params ? params : json_object();
+	cr->timeout_ms = timeout_ms;
+	cr->cb = cb;
+	cr->arg = arg;
+	srv_target_conn(s, target, call_on_conn, cr);
+	return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Admin dispatch                                                      */
 /* ------------------------------------------------------------------ */
@@ -528,13 +1046,22 @@ static void on_admin(void *arg, admin_call *call, const char *method, json_t *pa
 		do_health(s, call, params);
 		return;
 	}
-	if (!strcmp(method, "target.remove") || !strcmp(method, "target.set-thumbprint")) {
+	if (!strncmp(method, "target.", 7)) {
 		const char *name = json_string_value(json_object_get(params, "name"));
-		if (name)
+		s->pcache_dirty = 1;
+		if (name && (!strcmp(method, "target.remove") || !strcmp(method, "target.set-thumbprint"))) {
 			close_held_of(s, name);
+			polling_target_changed(s, name);
+		}
 	}
 	if (admin_targets_dispatch(s->reg, s->audit, call, method, params))
 		return;
+	{
+		size_t i;
+		for (i = 0; srv_modules[i]; i++)
+			if (srv_modules[i]->admin && srv_modules[i]->admin(s, (struct admin_call *)call, method, params))
+				return;
+	}
 	if (!strcmp(method, "server.status")) {
 		admin_reply(call, json_pack("{s:s, s:s, s:s}", "version", PACKAGE_VERSION, "sha256",
 		                            s->summary.sha256, "provider", s->prov->t->name));
@@ -568,6 +1095,13 @@ static void on_signal(uv_signal_t *sig, int signum)
 		return;
 	s->stopping = 1;
 	log_info("stopping");
+	{
+		size_t i;
+		for (i = 0; srv_modules[i]; i++)
+			if (srv_modules[i]->stop)
+				srv_modules[i]->stop(s);
+	}
+	polling_stop(s);
 	for (h = s->held; h; h = h->next)
 		if (h->c)
 			tether_conn_close(h->c, "shutting_down", "the server is stopping");
@@ -652,6 +1186,17 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	if (r < 0)
 		goto out;
 	s.loop = uv_default_loop();
+	r = polling_start(&s, &c->err);
+	if (r < 0)
+		goto out;
+	{
+		size_t i;
+		for (i = 0; srv_modules[i]; i++)
+			if (srv_modules[i]->start && (r = srv_modules[i]->start(&s, &c->err)) < 0) {
+				tether_err_prefix(&c->err, "the %s module could not start", srv_modules[i]->name);
+				goto out;
+			}
+	}
 	r = admin_server_start(s.loop, c->inst->run_dir, tether_config_get(c->conf, "admin", "group", NULL),
 	                       on_admin, &s, &s.admin, &c->err);
 	if (r < 0)
@@ -665,8 +1210,8 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	uv_signal_start(&s.sigint, on_signal, SIGINT);
 	uv_signal_start(&s.sighup, on_signal, SIGHUP);
 	signal(SIGPIPE, SIG_IGN);
-	log_info("tether-server %s running, certificate %s, provider %s, admin socket in %s", PACKAGE_VERSION,
-	         s.summary.sha256, s.prov->t->name, c->inst->run_dir);
+	log_info("tether-server %s running, certificate %s, provider %s, admin socket in %s, polling agents on %s",
+	         PACKAGE_VERSION, s.summary.sha256, s.prov->t->name, c->inst->run_dir, s.paddr);
 	if (s.summary.expired)
 		log_warn("this server's certificate expired on %s: agents that pin it still connect, but renew it",
 		         s.summary.not_after);
@@ -678,6 +1223,7 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	r = 0;
 out:
 	held_free_all(&s);
+	polling_free(&s);
 	if (s.admin)
 		admin_server_stop(s.admin);
 	if (s.tls)

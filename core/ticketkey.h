@@ -1,0 +1,15 @@
+/* Session ticket keys: <state>/ticket.key (0600) = 80 key bytes + the
+ * SHA-256 (hex) of the identity it belongs to.  Renewed after max_age_s and
+ * whenever the identity changes, so a ticket never outlives its identity. */
+#ifndef TETHER_TICKETKEY_H
+#define TETHER_TICKETKEY_H
+
+#include "loader.h"
+
+#define TETHER_TICKET_KEY_LEN 80
+
+int tether_ticket_key(tether_prov *prov, const char *state_dir, const char *identity_sha256,
+                      unsigned max_age_s, unsigned char key[TETHER_TICKET_KEY_LEN],
+                      tether_error *err);
+
+#endif

@@ -1,0 +1,8 @@
+/* The daemon's modules (server/srvapi.h). */
+#include "config.h"
+#include <stddef.h>
+#include "srvapi.h"
+
+const srv_module *const srv_modules[] = {
+	NULL
+};

@@ -21,6 +21,7 @@
 #include <jansson.h>
 #include <uv.h>
 #include "agent.h"
+#include "cli_tls.h"
 #include "audit.h"
 #include "service.h"
 #include "conn.h"
@@ -186,14 +187,17 @@ static int build_tls(agent *a, tlsref **out, tether_error *err)
 	r = tether_cert_summary(a->prov, der, len, &t->summary, err);
 	if (r < 0)
 		goto fail;
-	r = tether_ticket_key(a->prov, a->c->inst->state_dir, t->summary.sha256, TICKET_MAX_AGE_S, key, err);
-	if (r < 0)
-		goto fail;
 	memset(&tp, 0, sizeof(tp));
+	tp.policy = cli_tls_policy(a->c);
+	/* No ticket key on disk unless resumption is on ([tls] resumption). */
+	if (tp.policy & TETHER_TLS_POLICY_RESUMPTION) {
+		r = tether_ticket_key(a->prov, a->c->inst->state_dir, t->summary.sha256, TICKET_MAX_AGE_S, key, err);
+		if (r < 0)
+			goto fail;
+	}
 	tp.role = a->polling ? TETHER_TLS_CLIENT : TETHER_TLS_SERVER;
-	tp.policy = TETHER_TLS_POLICY_RESUMPTION;
 	tp.identity = t->id;
-	if (!a->polling) {
+	if (!a->polling && (tp.policy & TETHER_TLS_POLICY_RESUMPTION)) {
 		tp.ticket_key = key;
 		tp.ticket_key_len = sizeof(key);
 	}

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "registry.h"
 #include "server.h"
+#include "cli_tls.h"
 #include "srvapi.h"
 #include "ratelimit.h"
 #include "ticketkey.h"
@@ -854,15 +855,18 @@ static int polling_start(srv *s, tether_error *err)
 	s->pwait_ms = (uint32_t)strtoul(tether_config_get(s->c->conf, "polling", "wait", "30"), NULL, 10) * 1000u;
 	s->rl = tether_ratelimit_new(20.0, 40.0, 512);
 	s->pcache_dirty = 1;
-	r = tether_ticket_key(s->prov, s->c->inst->state_dir, s->summary.sha256, 12 * 3600, key, err);
-	if (r < 0)
-		return r;
 	memset(&tp, 0, sizeof(tp));
+	tp.policy = cli_tls_policy(s->c);
+	/* No ticket key on disk unless resumption is on ([tls] resumption). */
+	if (tp.policy & TETHER_TLS_POLICY_RESUMPTION) {
+		r = tether_ticket_key(s->prov, s->c->inst->state_dir, s->summary.sha256, 12 * 3600, key, err);
+		if (r < 0)
+			return r;
+		tp.ticket_key = key;
+		tp.ticket_key_len = sizeof(key);
+	}
 	tp.role = TETHER_TLS_SERVER;
-	tp.policy = TETHER_TLS_POLICY_RESUMPTION;
 	tp.identity = s->id;
-	tp.ticket_key = key;
-	tp.ticket_key_len = sizeof(key);
 	r = s->prov->t->tls_ctx_new(s->prov->ctx, &tp, &s->stls, err);
 	tether_wipe(key, sizeof(key));
 	if (r < 0)
@@ -1172,7 +1176,7 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 		goto out;
 	memset(&tp, 0, sizeof(tp));
 	tp.role = TETHER_TLS_CLIENT;
-	tp.policy = TETHER_TLS_POLICY_RESUMPTION;
+	tp.policy = cli_tls_policy(c);
 	tp.identity = s.id;
 	r = s.prov->t->tls_ctx_new(s.prov->ctx, &tp, &s.tls, &c->err);
 	if (r < 0)

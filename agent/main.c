@@ -1,10 +1,26 @@
 /* tether-agent: the verb table. */
 #include "config.h"
+#include <stdio.h>
+#include <string.h>
 #include "agent.h"
 #include "cli_tls.h"
 
+static int validate_mode(const char *v, char *why, size_t n)
+{
+	if (strcmp(v, "listening") && strcmp(v, "polling")) {
+		snprintf(why, n, "expected listening or polling");
+		return -1;
+	}
+	return 0;
+}
+
 const tether_config_key agent_schema[] = {
 	{ "tether", "provider", NULL, 0, "openssl", "crypto provider: openssl or pkcs11" },
+	{ "tether", "mode", validate_mode, 0, "listening", "listening (servers connect here) or polling (connect out to [polling] server)" },
+	{ "polling", "server", tether_validate_hostport, 1, NULL, "a server to connect to in polling mode (repeatable)" },
+	{ "polling", "connections", tether_validate_uint, 0, "1", "connections held to each server" },
+	{ "polling", "proxy", NULL, 0, NULL, "reach the servers through this HTTP CONNECT proxy (http://HOST:PORT)" },
+	{ "polling", "proxy-credentials-file", NULL, 0, NULL, "file with USER:PASSWORD for the proxy" },
 	{ "listen", "address", tether_validate_hostport, 0, "0.0.0.0:10933", "where a listening agent accepts servers" },
 	{ "listen", "landing-page", tether_validate_bool, 0, "on", "answer plain HTTPS callers with a one-line page" },
 	{ "log", "level", tether_validate_log_level, 0, "info", "error, warning, info or debug" },

@@ -6,6 +6,7 @@
 const tether_config_key server_schema[] = {
 	{ "tether", "provider", NULL, 0, "openssl", "crypto provider: openssl or pkcs11" },
 	{ "polling", "address", tether_validate_hostport, 0, "0.0.0.0:10943", "where polling agents connect" },
+	{ "polling", "wait", tether_validate_uint, 0, "30", "seconds a request waits for a polling agent that is not connected" },
 	{ "admin", "group", NULL, 0, NULL, "group (besides root) allowed to use the admin socket" },
 	{ "log", "level", tether_validate_log_level, 0, "info", "error, warning, info or debug" },
 	{ "log", "file", NULL, 0, NULL, "also write the log to this file" },

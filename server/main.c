@@ -41,6 +41,9 @@ static const char default_config[] =
 static const cli_verb verbs[] = {
 	{ "run", verb_server_run, "run the server daemon in the foreground" },
 	{ "health", verb_health, "check targets' health (NAME..., --all or --tag TAG)" },
+	{ "exec", verb_exec, "run a command on targets and stream its output (TARGET... -- COMMAND...)" },
+	{ "run-script", verb_run_script, "run a script file on targets and stream its output (TARGET... FILE)" },
+	{ "task", verb_task, "remote execution tasks: list, show, logs, cancel" },
 	{ "create-instance", verb_create_instance, "create an instance (config and state directory)" },
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },

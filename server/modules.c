@@ -4,5 +4,6 @@
 #include "srvapi.h"
 
 const srv_module *const srv_modules[] = {
+	&srv_module_tasks,
 	NULL
 };

@@ -4,5 +4,6 @@
 #include "service.h"
 
 const agent_service *const agent_services[] = {
+	&agent_service_script,
 	NULL
 };

@@ -1337,9 +1337,11 @@ static void proxy_input(tether_conn *c, const unsigned char *p, size_t n)
 			ll = sizeof(line) - 1;
 		memcpy(line, c->proxy_buf, ll);
 		line[ll] = '\0';
-		set_close_err(c, TETHER_ERR_IO, code == 407 ? TETHER_CAT_UNTRUSTED : TETHER_CAT_CONNECTION_REFUSED,
+		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_REFUSED,
 		              "the proxy %s refused CONNECT to %s:%d: %s%s", c->peer_addr, c->host, c->port, line,
-		              code == 407 ? " (check [polling] proxy-credentials-file)" : "");
+		              code == 407 || code == 401 ? " (check the user and password in [polling] "
+		              "proxy-credentials-file)" : code == 403 ? " (the proxy does not allow that "
+		              "destination or port: check its access rules, e.g. tinyproxy's ConnectPort)" : "");
 		conn_destroy(c);
 		return;
 	}

@@ -1,0 +1,110 @@
+#!/bin/bash
+# Polling mode: agents connect out to the server and hold the connection;
+# unregistered and cloned identities are refused; the agent retries with
+# backoff until the server is up; polling through a real HTTP CONNECT proxy
+# (tinyproxy) started by the test on loopback.
+. "$(dirname "$0")/lib.sh"
+H="$TMP/home"
+A=(--home "$H")
+SPORT=$(free_port)
+
+"$AGENT" create-instance "${A[@]}" >/dev/null
+"$AGENT" new-certificate "${A[@]}" --key-type ec-p256 >/dev/null
+"$SERVER" create-instance "${A[@]}" >/dev/null
+"$SERVER" new-certificate "${A[@]}" >/dev/null
+AT=$("$AGENT" show-thumbprint "${A[@]}" | head -1)
+ST=$("$SERVER" show-thumbprint "${A[@]}" | head -1)
+printf '[polling]\naddress = 127.0.0.1:%s\nwait = 8\n' $SPORT >> "$H/server-default/server.ini"
+run_ok "agent: polling mode, trust the server" "$AGENT" configure "${A[@]}" --mode polling --server 127.0.0.1:$SPORT --trust "$ST"
+like "$H/agent-default/agent.ini" "^mode = polling" "config says mode = polling"
+like "$H/agent-default/agent.ini" "^server = 127.0.0.1:$SPORT" "config lists the server"
+run_exit 2 "bad --mode" "$AGENT" configure "${A[@]}" --mode sideways
+
+# the server is down when the agent starts: it keeps retrying with growing delays
+bg env TETHER_DEBUG=tls "$AGENT" run "${A[@]}" 2>"$TMP/agent.log"
+APID=$LAST_PID
+sleep 4
+n=$(grep -c "cannot connect to 127.0.0.1:$SPORT" "$TMP/agent.log")
+[ "$n" -ge 2 ] && [ "$n" -le 4 ]; ok $? "agent retried with backoff while the server was down ($n attempts in 4 s)"
+bg "$SERVER" run "${A[@]}" 2>"$TMP/server.log"
+SPID=$LAST_PID
+wait_for test -S "$H/server-default/run/admin.sock"
+wait_for grep -q "refused a polling agent" "$TMP/server.log"
+ok $? "an unregistered agent is refused"
+like "$TMP/server.log" "its certificate $AT is not registered; if it is yours, run 'tether-server target add NAME --polling --thumbprint $AT'" "the server log names the thumbprint and the command"
+run_ok "target add --polling" "$SERVER" target add "${A[@]}" pa --polling --thumbprint "$AT"
+wait_for grep -q "polling agent pa connected" "$TMP/server.log"
+ok $? "the agent connects once it is registered (within its backoff)"
+run_ok "health of the polling target" "$SERVER" health "${A[@]}" pa --json
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))[0]; assert d["state"]=="healthy" and d["peer_sha256"]==sys.argv[2], d' "$TMP/out" "$AT"
+ok $? "healthy, and peer_sha256 is the agent's thumbprint"
+like "$TMP/agent.log" "connected to server $ST" "agent log: connected to the server it trusts"
+
+# a clone of the agent (same identity, another process) is refused
+cp -a "$H/agent-default" "$TMP/clone-home-agent"
+mkdir -p "$TMP/clone"; mv "$TMP/clone-home-agent" "$TMP/clone/agent-default"
+bg "$AGENT" run --home "$TMP/clone" 2>"$TMP/clone.log"
+CPID=$LAST_PID
+wait_for grep -q "cloned identity" "$TMP/server.log"
+ok $? "a second process with the same certificate is reported as a cloned identity"
+like "$TMP/server.log" "refused .*cloned identity: certificate $AT is used by two agent processes" "log names the certificate and both instances"
+run_ok "the original agent still answers" "$SERVER" health "${A[@]}" pa
+kill $CPID; wait $CPID 2>/dev/null
+
+# the server restarts: the agent reconnects by itself
+kill $SPID; wait $SPID 2>/dev/null
+bg "$SERVER" run "${A[@]}" 2>"$TMP/server2.log"
+SPID=$LAST_PID
+wait_for test -S "$H/server-default/run/admin.sock"
+run_ok "health after a server restart (the agent reconnects)" "$SERVER" health "${A[@]}" pa
+
+# a polling target that is not connected: clear failure after [polling] wait
+"$SERVER" target add "${A[@]}" ghost --polling --thumbprint $(printf '%064x' 7) >/dev/null
+run_exit 1 "health of a target that never connected" "$SERVER" health "${A[@]}" ghost
+like "$TMP/out" "never connected" "says it has never connected"
+
+# a server the agent does not trust
+"$AGENT" configure "${A[@]}" --remove-trust "$ST" >/dev/null
+wait_for grep -q "trust in $ST was removed" "$TMP/agent.log"
+ok $? "removing trust closes the polling connection at once"
+sleep 1.5
+like "$TMP/agent.log" "is not trusted here" "the agent refuses a server it no longer trusts"
+"$AGENT" configure "${A[@]}" --trust "$ST" >/dev/null
+kill $APID; wait $APID 2>/dev/null
+
+# through an HTTP CONNECT proxy with basic auth
+if command -v tinyproxy >/dev/null; then
+	PPORT=$(free_port)
+	cat > "$TMP/tinyproxy.conf" <<EOT
+Port $PPORT
+Listen 127.0.0.1
+Timeout 600
+MaxClients 20
+LogFile "$TMP/tinyproxy.log"
+LogLevel Connect
+PidFile "$TMP/tinyproxy.pid"
+Allow 127.0.0.1
+ConnectPort $SPORT
+BasicAuth tether s3cret
+EOT
+	bg tinyproxy -d -c "$TMP/tinyproxy.conf"
+	wait_for grep -q "" "$TMP/tinyproxy.log"
+	printf 'tether:s3cret\n' > "$TMP/proxy.cred"; chmod 600 "$TMP/proxy.cred"
+	run_ok "configure --proxy" "$AGENT" configure "${A[@]}" --proxy http://127.0.0.1:$PPORT --proxy-credentials-file "$TMP/proxy.cred"
+	bg "$AGENT" run "${A[@]}" 2>"$TMP/agent2.log"
+	APID=$LAST_PID
+	wait_for grep -q "polling agent pa connected" "$TMP/server2.log"
+	run_ok "health through the proxy" "$SERVER" health "${A[@]}" pa
+	like "$TMP/tinyproxy.log" "CONNECT.*127.0.0.1:$SPORT|127.0.0.1:$SPORT" "the proxy carried the connection"
+	unlike "$TMP/tinyproxy.log" '"method"|health' "the proxy saw no plaintext"
+	kill $APID; wait $APID 2>/dev/null
+	printf 'tether:wrong\n' > "$TMP/proxy.cred"
+	bg "$AGENT" run "${A[@]}" 2>"$TMP/agent3.log"
+	APID=$LAST_PID
+	wait_for grep -q "refused CONNECT" "$TMP/agent3.log"
+	like "$TMP/agent3.log" "refused CONNECT to 127.0.0.1:$SPORT: HTTP/1.[01] 40[17].*proxy-credentials-file" "wrong proxy credentials: a clear message naming the credentials file"
+	kill $APID; wait $APID 2>/dev/null
+else
+	pass "proxy test skipped: tinyproxy is not installed # SKIP"
+fi
+done_testing

@@ -327,8 +327,9 @@ static int load_key_locked(tether_provider_ctx *p, const unsigned char *id,
 		OSSL_STORE_close(sc);
 	}
 	if (key == NULL) {
-		int r = ossl_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
-		                     "pkcs11-provider cannot use the private key %s", uri);
+		int r = ossl_err_set(err, TETHER_ERR_CRYPTO, TETHER_CAT_NOT_FOUND,
+		                     "pkcs11-provider cannot use the private key %s (is "
+		                     "the key still on the token, and the PIN right?)", uri);
 		free(uri);
 		return r;
 	}

@@ -57,7 +57,7 @@ static int read_pin(tether_provider_ctx *p, const char *path, char **out,
 
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
-		return pk11_err_set(err, errno == ENOENT ? TETHER_ERR_NOT_FOUND : TETHER_ERR_IO,
+		return pk11_err_set(err, TETHER_ERR_IO,
 		                    errno == ENOENT ? TETHER_CAT_NOT_FOUND : TETHER_CAT_IO, CKR_OK,
 		                    "cannot read the token PIN file %s: %s; create it (mode 0600) with "
 		                    "the user PIN on its first line, or fix [pkcs11] pin-file",
@@ -107,7 +107,7 @@ static int resolve_module(tether_provider_ctx *p, const char *conf,
 
 	if (is_path) {
 		if (access(conf, R_OK) != 0)
-			return pk11_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND, CKR_OK,
+			return pk11_err_set(err, TETHER_ERR_IO, TETHER_CAT_NOT_FOUND, CKR_OK,
 			                    "the PKCS#11 module %s cannot be read: %s; fix [pkcs11] "
 			                    "module (a module path, or the name of a module "
 			                    "registered with p11-kit such as 'softhsm2')",
@@ -140,7 +140,7 @@ static int resolve_module(tether_provider_ctx *p, const char *conf,
 		return 0;
 	}
 	if (!is_path)
-		return pk11_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND, CKR_OK,
+		return pk11_err_set(err, TETHER_ERR_IO, TETHER_CAT_NOT_FOUND, CKR_OK,
 		                    "no PKCS#11 module named '%s' is registered with p11-kit "
 		                    "(see 'p11-kit list-modules'): give its path in [pkcs11] "
 		                    "module, or register it", conf);
@@ -191,7 +191,7 @@ static int find_token(tether_provider_ctx *p, const char *uri_text,
 		}
 	}
 	if (matches == 0)
-		return pk11_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND, CKR_OK,
+		return pk11_err_set(err, TETHER_ERR_IO, TETHER_CAT_NOT_FOUND, CKR_OK,
 		                    "no token matching %s in the PKCS#11 module %s (tokens "
 		                    "present: %s): insert the token or fix [pkcs11] token",
 		                    uri_text, p->module_path, seen[0] ? seen : "none");
@@ -429,7 +429,7 @@ int pk11_open(tether_provider_ctx *p, tether_error *err)
 		goto out;
 	p->fl = p11_kit_module_load(p->module_path, 0);
 	if (p->fl == NULL) {
-		r = pk11_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND, CKR_OK,
+		r = pk11_err_set(err, TETHER_ERR_IO, TETHER_CAT_NOT_FOUND, CKR_OK,
 		                 "cannot load the PKCS#11 module %s: %s; check [pkcs11] module",
 		                 p->module_path, p11_kit_message() ? p11_kit_message() : "unknown error");
 		goto out;

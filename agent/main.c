@@ -15,7 +15,12 @@ static int validate_mode(const char *v, char *why, size_t n)
 }
 
 const tether_config_key agent_schema[] = {
+#ifdef _WIN32
+	{ "tether", "provider", NULL, 0, "schannel", "crypto provider: schannel" },
+	{ "schannel", "key-storage", NULL, 0, "auto", "auto (CNG, else CryptoAPI), cng or capi" },
+#else
 	{ "tether", "provider", NULL, 0, "openssl", "crypto provider: openssl or pkcs11" },
+#endif
 	{ "tether", "mode", validate_mode, 0, "listening", "listening (servers connect here) or polling (connect out to [polling] server)" },
 	{ "polling", "server", tether_validate_hostport, 1, NULL, "a server to connect to in polling mode (repeatable)" },
 	{ "polling", "connections", tether_validate_uint, 0, "1", "connections held to each server" },
@@ -49,7 +54,11 @@ static const char default_config[] =
 	"; tether-agent configuration.  Edit by hand or with 'tether-agent configure'.\n"
 	"; 'tether-agent show-configuration' lists every key and its default.\n"
 	"[tether]\n"
+#ifdef _WIN32
+	"provider = schannel\n"
+#else
 	"provider = openssl\n"
+#endif
 	"\n"
 	"[listen]\n"
 	"; address = 0.0.0.0:10933\n"
@@ -63,7 +72,9 @@ static const cli_verb verbs[] = {
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },
 	{ "show-configuration", verb_show_configuration, "show paths and settings" },
+#ifndef TETHER_NO_DAEMON /* Windows build until the daemon is ported (docs/windows.md) */
 	{ "run", verb_run, "run the agent in the foreground (listening mode)" },
+#endif
 	{ "configure", verb_configure, "change trust and settings (--trust, --remove-trust, --listen, ...)" },
 	{ "list-trust", verb_list_trust, "list trusted server and recovery thumbprints" },
 	{ "new-certificate", verb_new_certificate, "generate a new certificate (replaces the current one)" },
@@ -71,7 +82,9 @@ static const cli_verb verbs[] = {
 	{ "export-certificate", verb_export_certificate, "export the certificate (PFX with key, or PEM)" },
 	{ "import-certificate", verb_import_certificate, "replace the certificate from a PFX or PEM file" },
 	{ "service", verb_service, "install, remove, start, stop or query the systemd service" },
+#ifndef TETHER_NO_DAEMON
 	{ "doctor", verb_doctor, "check this instance and say how to fix what is wrong" },
+#endif
 	{ "version", verb_version, "show the version" },
 	{ NULL, NULL, NULL }
 };

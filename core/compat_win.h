@@ -136,6 +136,8 @@ static inline void explicit_bzero(void *p, size_t n) { SecureZeroMemory(p, n); }
 #define sysconf(n) tether_win_sysconf(n)
 #define memmem(h, hl, n, nl) tether_win_memmem((h), (hl), (n), (nl))
 #define lstat(p, st) stat((p), (st))
+/* realpath(p, NULL) allocates, as _fullpath(NULL, ...) does */
+#define realpath(p, r) _fullpath((r), (p), MAX_PATH)
 #define dlopen(p, f) tether_win_dlopen((p), (f))
 #define dlsym(h, s) tether_win_dlsym((h), (s))
 #define dlclose(h) tether_win_dlclose(h)

@@ -58,6 +58,7 @@ typedef struct agent_conn {
 	uv_loop_t *loop;
 	struct agent_req *reqs;         /* requests not answered yet */
 	struct poller *poller;          /* polling mode: the slot that made it */
+	int recovery_only;              /* a recovery identity: may only replace the trust set */
 } agent_conn;
 
 typedef struct worker_data {
@@ -236,7 +237,7 @@ static void recheck_fn(tether_worker *w, void *arg)
 
 	for (ac = wd->conns; ac; ac = next) {
 		next = ac->next;
-		if (ac->open && !trusted(a, &ac->tp)) {
+		if (ac->open && !ac->recovery_only && !trusted(a, &ac->tp)) {
 			char hex[TETHER_THUMBPRINT_HEX], why[200];
 			tether_thumbprint_hex(&ac->tp, hex);
 			log_info("trust in %s was removed: closing its connection from %s", hex,
@@ -301,14 +302,18 @@ static void on_poll(uv_timer_t *t)
 /* Services                                                            */
 /* ------------------------------------------------------------------ */
 
+static json_t *trust_json(const tether_trust_entry *v, size_t n);
+
 static void service_health(agent *a, agent_conn *ac, agent_req *r)
 {
 	tlsref *t = ac->tls;
 	json_t *cert, *res;
 	size_t ntrusted;
 
+	json_t *tset;
 	pthread_mutex_lock(&a->lock);
 	ntrusted = a->trust->ntrusted;
+	tset = trust_json(a->trust->trusted, a->trust->ntrusted);
 	pthread_mutex_unlock(&a->lock);
 	cert = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "sha256", t->summary.sha256,
 	                 "cert_signature_algorithm", t->summary.info.cert_signature_algorithm,
@@ -319,9 +324,255 @@ static void service_health(agent *a, agent_conn *ac, agent_req *r)
 	                "provider_version", a->prov->t->version ? a->prov->t->version : "",
 	                "certificate", cert, "uptime_s", (json_int_t)(time(NULL) - a->started),
 	                "trusted_servers", (json_int_t)ntrusted, "mode", "listening");
+	json_object_set_new(res, "trust", tset);
 	json_object_set_new(res, "services", json_pack("{s:b, s:b}", "script", a->env.script_enabled,
 	                                               "file", a->env.file_enabled));
 	agent_req_reply(r, res);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* Trust and identity services (DESIGN.md: what a server may change)   */
+/* ------------------------------------------------------------------ */
+
+static json_t *trust_json(const tether_trust_entry *v, size_t n)
+{
+	json_t *arr = json_array();
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		char hex[TETHER_THUMBPRINT_HEX];
+		json_t *o;
+		tether_thumbprint_hex(&v[i].tp, hex);
+		o = json_pack("{s:s}", "sha256", hex);
+		if (v[i].has_predecessor) {
+			char pre[TETHER_THUMBPRINT_HEX];
+			tether_thumbprint_hex(&v[i].predecessor, pre);
+			json_object_set_new(o, "successor_of", json_string(pre));
+		}
+		json_array_append_new(arr, o);
+	}
+	return arr;
+}
+
+typedef struct trust_op {
+	const char *method;
+	tether_thumbprint caller, arg;
+	tether_thumbprint list[16];
+	size_t nlist;
+	char msg[256];
+	json_t *result;
+} trust_op;
+
+static int trust_op_apply(tether_trust *t, void *arg, tether_error *err)
+{
+	trust_op *op = arg;
+	char hex[TETHER_THUMBPRINT_HEX];
+	size_t i;
+
+	if (!strcmp(op->method, "trust.rotate")) {
+		int k = tether_trust_find(t->trusted, t->ntrusted, &op->arg);
+		/* the caller may name one pending successor of its own pin */
+		for (i = 0; i < t->ntrusted; i++)
+			if (t->trusted[i].has_predecessor &&
+			    tether_thumbprint_equal(&t->trusted[i].predecessor, &op->caller) &&
+			    !tether_thumbprint_equal(&t->trusted[i].tp, &op->arg)) {
+				memmove(&t->trusted[i], &t->trusted[i + 1], (t->ntrusted - i - 1) * sizeof(t->trusted[0]));
+				t->ntrusted--;
+				i--;
+			}
+		tether_thumbprint_hex(&op->arg, hex);
+		if (k >= 0) {
+			op->result = json_pack("{s:s, s:b}", "successor", hex, "pending",
+			                       t->trusted[tether_trust_find(t->trusted, t->ntrusted, &op->arg)].has_predecessor);
+			return 1;
+		}
+		if (tether_trust_add(t->trusted, &t->ntrusted, &op->arg, "rotate", err) < 0)
+			return err->code;
+		t->trusted[t->ntrusted - 1].has_predecessor = 1;
+		t->trusted[t->ntrusted - 1].predecessor = op->caller;
+		op->result = json_pack("{s:s, s:b}", "successor", hex, "pending", 1);
+		return 1;
+	}
+	if (!strcmp(op->method, "trust.retire")) {
+		int k = tether_trust_find(t->trusted, t->ntrusted, &op->caller);
+		tether_thumbprint pre;
+		if (k < 0 || !t->trusted[k].has_predecessor)
+			return tether_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
+			                      "this server's certificate succeeds no other here: nothing to retire");
+		pre = t->trusted[k].predecessor;
+		t->trusted[k].has_predecessor = 0;
+		snprintf(t->trusted[k].note, sizeof(t->trusted[k].note), "rotated");
+		tether_trust_remove(t->trusted, &t->ntrusted, &pre);
+		tether_thumbprint_hex(&pre, hex);
+		op->result = json_pack("{s:s}", "retired", hex);
+		snprintf(op->msg, sizeof(op->msg), "retired %s", hex);
+		return 1;
+	}
+	if (!strcmp(op->method, "trust.replace")) {
+		t->ntrusted = 0;
+		for (i = 0; i < op->nlist; i++)
+			tether_trust_add(t->trusted, &t->ntrusted, &op->list[i], "recovery", err);
+		op->result = json_pack("{s:o}", "trusted", trust_json(t->trusted, t->ntrusted));
+		return 1;
+	}
+	return TETHER_ERR_INVALID;
+}
+
+static void service_trust(agent *a, agent_conn *ac, agent_req *r)
+{
+	trust_op op;
+	tether_error e;
+	json_t *params = agent_req_params(r);
+	const char *m = agent_req_method(r);
+	int rc;
+
+	memset(&op, 0, sizeof(op));
+	memset(&e, 0, sizeof(e));
+	op.method = m;
+	op.caller = ac->tp;
+	if (!strcmp(m, "trust.list")) {
+		pthread_mutex_lock(&a->lock);
+		op.result = json_pack("{s:o, s:o}", "trusted", trust_json(a->trust->trusted, a->trust->ntrusted),
+		                      "recovery", trust_json(a->trust->recovery, a->trust->nrecovery));
+		pthread_mutex_unlock(&a->lock);
+		agent_req_reply(r, op.result);
+		return;
+	}
+	if (!strcmp(m, "trust.rotate")) {
+		const char *succ = json_string_value(json_object_get(params, "successor"));
+		if (!succ || tether_thumbprint_parse(succ, &op.arg, &e) < 0) {
+			agent_req_error(r, TETHER_RPC_ERR_INVALID_PARAMS,
+			                succ ? e.detail : "trust.rotate needs \"successor\": the new thumbprint", NULL);
+			return;
+		}
+	} else if (!strcmp(m, "trust.replace")) {
+		json_t *list = json_object_get(params, "trusted"), *v;
+		size_t i;
+		if (!ac->recovery_only) {
+			agent_req_error(r, TETHER_RPC_ERR_FORBIDDEN,
+			                "only a recovery identity may replace the whole trust set", NULL);
+			return;
+		}
+		if (!json_is_array(list) || json_array_size(list) < 1 || json_array_size(list) > 16) {
+			agent_req_error(r, TETHER_RPC_ERR_INVALID_PARAMS,
+			                "trust.replace needs \"trusted\": 1 to 16 thumbprints", NULL);
+			return;
+		}
+		json_array_foreach(list, i, v) {
+			if (!json_is_string(v) || tether_thumbprint_parse(json_string_value(v), &op.list[i], &e) < 0) {
+				agent_req_error(r, TETHER_RPC_ERR_INVALID_PARAMS, "trust.replace: a thumbprint is invalid", NULL);
+				return;
+			}
+		}
+		op.nlist = json_array_size(list);
+	} else if (strcmp(m, "trust.retire")) {
+		agent_req_error(r, TETHER_RPC_ERR_UNKNOWN_METHOD, "unknown trust method", NULL);
+		return;
+	}
+	rc = tether_trust_update(a->c->inst->state_dir, trust_op_apply, &op, &e);
+	if (rc < 0) {
+		json_decref(op.result);
+		agent_req_error(r, rc == TETHER_ERR_NOT_FOUND ? TETHER_RPC_ERR_NOT_FOUND : TETHER_RPC_ERR_INTERNAL,
+		                e.detail, tether_category_name(e.category));
+		return;
+	}
+	log_info("server %s: %s%s%s", ac->tphex, m, op.msg[0] ? ": " : "", op.msg);
+	reload_trust(a, 1);
+	agent_req_reply(r, op.result);
+}
+
+/* Agent rotation: identity.stage generates a staged identity (off the
+ * loop: RSA key generation takes a while); identity.promote switches to it.
+ * Existing connections drain on the old identity. */
+typedef struct stage_work {
+	uv_work_t w;
+	agent *a;
+	agent_req *r;
+	int key_type;
+	int rc;
+	tether_error e;
+	tether_id_summary s;
+} stage_work;
+
+static void stage_run(uv_work_t *w)
+{
+	stage_work *sw = (stage_work *)w;
+	tether_provider_ctx *pc = sw->a->prov->ctx;
+	const tether_provider *t = sw->a->prov->t;
+	tether_keygen_params kp;
+
+	memset(&kp, 0, sizeof(kp));
+	kp.key_type = sw->key_type;
+	if (t->identity_exists(pc, TETHER_SLOT_STAGED, &sw->e) == 1)
+		t->identity_remove(pc, TETHER_SLOT_STAGED, &sw->e);
+	sw->rc = t->identity_generate(pc, TETHER_SLOT_STAGED, &kp, &sw->e);
+	if (sw->rc == 0)
+		sw->rc = tether_slot_summary(sw->a->prov, TETHER_SLOT_STAGED, &sw->s, &sw->e);
+}
+
+static void stage_done(uv_work_t *w, int status)
+{
+	stage_work *sw = (stage_work *)w;
+	(void)status;
+	if (sw->rc < 0)
+		agent_req_error(sw->r, TETHER_RPC_ERR_INTERNAL, sw->e.detail, tether_category_name(sw->e.category));
+	else
+		agent_req_reply(sw->r, json_pack("{s:s, s:s, s:i}", "sha256", sw->s.sha256,
+		                                  "cert_signature_algorithm", sw->s.info.cert_signature_algorithm,
+		                                  "key_bits", sw->s.info.key_bits));
+	free(sw);
+}
+
+static void service_identity(agent *a, agent_conn *ac, agent_req *r)
+{
+	const char *m = agent_req_method(r);
+	json_t *params = agent_req_params(r);
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (!strcmp(m, "identity.stage")) {
+		stage_work *sw = tether_xcalloc(1, sizeof(*sw));
+		const char *kt = json_string_value(json_object_get(params, "key_type"));
+		sw->a = a;
+		sw->r = r;
+		sw->key_type = kt ? tether_key_type_parse(kt) : TETHER_KEY_RSA2048;
+		if (sw->key_type < 0) {
+			free(sw);
+			agent_req_error(r, TETHER_RPC_ERR_INVALID_PARAMS, "unknown key_type", NULL);
+			return;
+		}
+		log_info("server %s asked for a new identity (staged; the current one stays in use)", ac->tphex);
+		uv_queue_work(agent_req_loop(r), &sw->w, stage_run, stage_done);
+		return;
+	}
+	if (!strcmp(m, "identity.promote")) {
+		const char *want = json_string_value(json_object_get(params, "sha256"));
+		tether_id_summary st;
+		tlsref *t = NULL, *old;
+		if (!want) {
+			agent_req_error(r, TETHER_RPC_ERR_INVALID_PARAMS, "identity.promote needs \"sha256\" of the staged identity", NULL);
+			return;
+		}
+		if (tether_slot_summary(a->prov, TETHER_SLOT_STAGED, &st, &e) < 0 || !st.present ||
+		    strcasecmp(st.sha256, want)) {
+			agent_req_error(r, TETHER_RPC_ERR_NOT_FOUND, "no staged identity with that thumbprint", NULL);
+			return;
+		}
+		if (a->prov->t->identity_promote(a->prov->ctx, &e) < 0 || build_tls(a, &t, &e) < 0) {
+			agent_req_error(r, TETHER_RPC_ERR_INTERNAL, e.detail, tether_category_name(e.category));
+			return;
+		}
+		pthread_mutex_lock(&a->lock);
+		old = a->tls;
+		a->tls = t;
+		pthread_mutex_unlock(&a->lock);
+		tlsref_release(a, old);
+		log_info("server %s switched this agent to its new identity %s", ac->tphex, t->summary.sha256);
+		agent_req_reply(r, json_pack("{s:s}", "sha256", t->summary.sha256));
+		return;
+	}
+	agent_req_error(r, TETHER_RPC_ERR_UNKNOWN_METHOD, "unknown identity method", NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -497,8 +748,22 @@ static void on_request(void *arg, tether_conn *c, uint32_t id, const char *metho
 	r->loop = ac->loop;
 	r->next = ac->reqs;
 	ac->reqs = r;
+	if (ac->recovery_only && strcmp(method, "trust.replace")) {
+		log_warn("recovery identity %s may only call trust.replace, not '%s'", ac->tphex, method);
+		agent_req_error(r, TETHER_RPC_ERR_FORBIDDEN,
+		                "a recovery identity may only replace the trust set (trust.replace)", NULL);
+		return;
+	}
 	if (!strcmp(method, "health")) {
 		service_health(a, ac, r);
+		return;
+	}
+	if (!strncmp(method, "trust.", 6)) {
+		service_trust(a, ac, r);
+		return;
+	}
+	if (!strncmp(method, "identity.", 9)) {
+		service_identity(a, ac, r);
 		return;
 	}
 	for (i = 0; agent_services[i]; i++) {
@@ -525,9 +790,19 @@ static int check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
 
 	if (trusted(a, tp)) {
 		ac->tp = *tp;
+		ac->recovery_only = 0;
 		tether_thumbprint_hex(tp, ac->tphex);
 		return 0;
 	}
+	pthread_mutex_lock(&a->lock);
+	if (tether_trust_find(a->trust->recovery, a->trust->nrecovery, tp) >= 0) {
+		ac->tp = *tp;
+		ac->recovery_only = 1;
+		tether_thumbprint_hex(tp, ac->tphex);
+		pthread_mutex_unlock(&a->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&a->lock);
 	return -1;
 }
 
@@ -697,7 +972,12 @@ static void poller_connect(poller *p)
 	pthread_mutex_lock(&a->lock);
 	if (a->trust->ntrusted) {
 		char hex[TETHER_THUMBPRINT_HEX];
-		tether_thumbprint_hex(&a->trust->trusted[0].tp, hex);
+		size_t k, pick = 0;
+		/* a successor named by trust.rotate is the identity to ask for */
+		for (k = 0; k < a->trust->ntrusted; k++)
+			if (a->trust->trusted[k].has_predecessor)
+				pick = k;
+		tether_thumbprint_hex(&a->trust->trusted[pick].tp, hex);
 		/* the pin hint: which server identity this agent trusts */
 		snprintf(hint, sizeof(hint), "p-%.16s.tether.invalid", hex);
 	}

@@ -39,6 +39,10 @@ static int parse_list(json_t *arr, tether_trust_entry *v, size_t *n, const char 
 			                      "%s: entry %zu of '%s' has no valid sha256", path, i, what);
 		v[*n].added = json_is_integer(added) ? (int64_t)json_integer_value(added) : 0;
 		snprintf(v[*n].note, sizeof(v[*n].note), "%s", note ? note : "");
+		{
+			const char *pre = json_string_value(json_object_get(e, "successor_of"));
+			v[*n].has_predecessor = pre && tether_thumbprint_parse(pre, &v[*n].predecessor, NULL) == 0;
+		}
 		(*n)++;
 	}
 	return 0;
@@ -93,9 +97,15 @@ static json_t *list_json(const tether_trust_entry *v, size_t n)
 
 	for (i = 0; i < n; i++) {
 		char hex[TETHER_THUMBPRINT_HEX];
+		json_t *o;
 		tether_thumbprint_hex(&v[i].tp, hex);
-		json_array_append_new(a, json_pack("{s:s, s:I, s:s}", "sha256", hex,
-		                                   "added", (json_int_t)v[i].added, "note", v[i].note));
+		o = json_pack("{s:s, s:I, s:s}", "sha256", hex, "added", (json_int_t)v[i].added, "note", v[i].note);
+		if (v[i].has_predecessor) {
+			char pre[TETHER_THUMBPRINT_HEX];
+			tether_thumbprint_hex(&v[i].predecessor, pre);
+			json_object_set_new(o, "successor_of", json_string(pre));
+		}
+		json_array_append_new(a, o);
 	}
 	return a;
 }
@@ -171,6 +181,7 @@ int tether_trust_add(tether_trust_entry *v, size_t *n, const tether_thumbprint *
 		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                      "cannot trust more than %d thumbprints: remove unused ones first",
 		                      TETHER_TRUST_MAX);
+	memset(&v[*n], 0, sizeof(v[*n]));
 	v[*n].tp = *tp;
 	v[*n].added = (int64_t)time(NULL);
 	snprintf(v[*n].note, sizeof(v[*n].note), "%s", note ? note : "");

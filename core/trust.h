@@ -15,6 +15,10 @@ typedef struct tether_trust_entry {
 	tether_thumbprint tp;
 	int64_t added;              /* epoch seconds */
 	char note[128];             /* how it got there: "cli", "rotate", ... */
+	/* trust.rotate: this entry was named by the server it succeeds, whose
+	 * thumbprint this is; cleared when the successor retires it. */
+	int has_predecessor;
+	tether_thumbprint predecessor;
 } tether_trust_entry;
 
 typedef struct tether_trust {

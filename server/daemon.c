@@ -83,6 +83,8 @@ struct srv {
 	int pcache_dirty;
 	uint32_t pwait_ms;
 	tether_ratelimit *rl;
+	const srv_preauth *preauth;
+	unsigned npreauth;
 };
 
 /* A polling agent's connection. */
@@ -96,6 +98,7 @@ typedef struct pconn {
 	struct sockaddr_storage sa;
 	int counted;
 	int open;
+	int preauth;                     /* unregistered: registration requests only */
 } pconn;
 
 typedef struct pwaiter {
@@ -118,6 +121,8 @@ typedef struct ptarget {
 
 static void polling_get(struct srv *s, const reg_target *t,
                         void (*ready)(void *, tether_conn *, const tether_error *), void *arg);
+
+#define PREAUTH_MAX 64   /* unregistered connections at once */
 
 /* Modules (server/modules.c). */
 extern const srv_module *const srv_modules[];
@@ -632,8 +637,17 @@ static int p_check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
 
 	tether_thumbprint_hex(tp, pc->sha);
 	name = pcache_lookup(pc->s, pc->sha);
-	if (!name)
+	if (!name) {
+		srv *s = pc->s;
+		/* not registered: only the registration role, if offered, bounded */
+		if (s->preauth && s->npreauth < PREAUTH_MAX && s->preauth->accept(s, pc->sha, &pc->sa)) {
+			if (!pc->preauth)
+				s->npreauth++;
+			pc->preauth = 1;
+			return 0;
+		}
 		return -1;
+	}
 	snprintf(pc->name, sizeof(pc->name), "%s", name);
 	return 0;
 }
@@ -674,10 +688,16 @@ static void p_on_open(void *arg, tether_conn *c)
 	ptarget *pt = ptarget_get(s, pc->name);
 
 	if (pc->counted) {
-		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 1);
+		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 0);
 		pc->counted = 0;
 	}
 	snprintf(pc->instance, sizeof(pc->instance), "%s", h->instance_id);
+	if (pc->preauth) {
+		tether_debug("rpc", "unregistered agent %s from %s: registration requests only", pc->sha,
+		             tether_conn_peer_addr(c));
+		return;
+	}
+	(void)pt;
 	for (o = s->pconns; o; o = o->next) {
 		if (o != pc && o->open && !strcmp(o->sha, pc->sha) && strcmp(o->instance, pc->instance)) {
 			snprintf(pt->last_problem, sizeof(pt->last_problem),
@@ -705,9 +725,12 @@ static void p_on_open(void *arg, tether_conn *c)
 
 static void p_on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
 {
-	(void)arg;
-	(void)params;
-	(void)method;
+	pconn *pc = arg;
+
+	if (pc->preauth && pc->s->preauth) {
+		pc->s->preauth->request(pc->s, c, pc->sha, id, method, params);
+		return;
+	}
 	tether_conn_respond(c, id, NULL, TETHER_RPC_ERR_UNKNOWN_METHOD,
 	                    "the server serves no requests to agents in this version", NULL);
 }
@@ -719,7 +742,12 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 
 	if (pc->counted)
 		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 0);
-	if (pc->open) {
+	if (pc->preauth) {
+		if (s->npreauth)
+			s->npreauth--;
+		if (s->preauth && s->preauth->closed)
+			s->preauth->closed(s, c, pc->sha);
+	} else if (pc->open) {
 		ptarget *pt = ptarget_get(s, pc->name);
 		pt->last_disconnected = time(NULL);
 		log_info("polling agent %s (%s) disconnected%s%s", pc->name, tether_conn_peer_addr(c),
@@ -937,6 +965,13 @@ static void polling_free(srv *s)
 /* ------------------------------------------------------------------ */
 
 uv_loop_t *srv_loop(srv *s) { return s->loop; }
+void srv_set_preauth(srv *s, const srv_preauth *p) { s->preauth = p; }
+void srv_targets_changed(srv *s, const char *name)
+{
+	s->pcache_dirty = 1;
+	if (name)
+		polling_target_changed(s, name);
+}
 registry *srv_registry(srv *s) { return s->reg; }
 tether_audit *srv_audit(srv *s) { return s->audit; }
 tether_prov *srv_prov(srv *s) { return s->prov; }

@@ -53,7 +53,25 @@ typedef struct srv_module {
 	void (*stop)(srv *s);
 } srv_module;
 
+/* Pre-authentication (registration): a polling connection whose
+ * certificate is not registered is kept only if a module accepts it here
+ * (return 1), and then every request on it goes to preauth_request and
+ * nothing else of the protocol is reachable.  The module answers with
+ * tether_conn_respond (on the daemon loop) and may close the connection. */
+typedef struct srv_preauth {
+	int (*accept)(srv *s, const char *sha256, const struct sockaddr_storage *peer);
+	void (*request)(srv *s, tether_conn *c, const char *sha256, uint32_t id, const char *method,
+	                json_t *params);
+	void (*closed)(srv *s, tether_conn *c, const char *sha256);
+} srv_preauth;
+/* At most one module registers it (from its start hook). */
+void srv_set_preauth(srv *s, const srv_preauth *p);
+/* The registry changed behind the daemon's back (a module added a target):
+ * refresh its caches. */
+void srv_targets_changed(srv *s, const char *name);
+
 extern const srv_module srv_module_tasks;      /* server/tasks.c: exec, run-script, task */
 extern const srv_module srv_module_transfer;   /* server/transfer.c: upload, download */
+extern const srv_module srv_module_registration; /* server/registration.c: register, tokens */
 
 #endif

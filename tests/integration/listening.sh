@@ -19,6 +19,7 @@ openssl pkcs12 -in "$TMP/srv.pfx" -passin pass:pw -nodes -out "$TMP/srv.pem" 2>/
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TMP/other.key" -out "$TMP/other.crt" -subj /CN=other -days 2 2>/dev/null
 run_ok "agent trusts the server" "$AGENT" configure "${A[@]}" --trust "$ST" --listen 127.0.0.1:$APORT
 printf '[timeouts]\nhandshake = 2\n' >> "$H/agent-default/agent.ini"
+printf '[polling]\naddress = 127.0.0.1:%s\n' "$(free_port)" >> "$H/server-default/server.ini"
 
 bg env TETHER_DEBUG=tls "$AGENT" run "${A[@]}" 2>"$TMP/agent.log"
 APID=$LAST_PID

@@ -404,12 +404,23 @@ static void check_tls(doctor *d, tether_identity *id)
 			    info.sig_scheme[0] ? info.sig_scheme : "-");
 			continue;
 		}
-		snprintf(fix, sizeof(fix), "%s (category %s). In %s look at the [system_default_sect] settings: "
-		         "MinProtocol/MaxProtocol must allow TLSv1.2 and TLSv1.3, CipherString must keep the "
-		         "ECDHE-*-GCM suites and a @SECLEVEL the key meets (RSA 2048 needs @SECLEVEL=2 or lower), "
-		         "Ciphersuites TLS_AES_*_GCM_*, Groups x25519/P-256/P-384, SignatureAlgorithms the "
-		         "RSA-PSS/PKCS#1/ECDSA SHA-256/384 schemes", tether_category_hint(e.category),
-		         tether_category_name(e.category ? e.category : TETHER_CAT_HANDSHAKE), where);
+		if (strstr(e.detail, "md too weak"))
+			regen_fix(d, fix, sizeof(fix), "the certificate's signature digest (SHA-1) is below the "
+			          "security level of the OpenSSL configuration, so TLS cannot use it: regenerate it");
+		else if (strstr(e.detail, "key too small"))
+			snprintf(fix, sizeof(fix), "the security level set by CipherString (@SECLEVEL=N) in %s is "
+			         "higher than this identity meets (RSA 2048 and SHA-256 need @SECLEVEL=2 or lower): "
+			         "lower it, or make a stronger key: '%s new-certificate --key-type rsa3072%s' (level 3 "
+			         "needs RSA 3072 or EC P-256, level 4 RSA 7680 or EC P-384)", where, d->c->prog->progname,
+			         d->sfx);
+		else
+			snprintf(fix, sizeof(fix), "%s%sin %s look at the [system_default_sect] settings: "
+			         "MinProtocol/MaxProtocol must allow TLSv1.2 and TLSv1.3, CipherString must keep the "
+			         "ECDHE-*-GCM suites and a @SECLEVEL the key meets, Ciphersuites TLS_AES_*_GCM_*, "
+			         "Groups x25519/P-256/P-384, SignatureAlgorithms the RSA-PSS/PKCS#1/ECDSA SHA-256/384 "
+			         "schemes", e.category && e.category != TETHER_CAT_INTERNAL ?
+			         tether_category_hint(e.category) : "", e.category && e.category != TETHER_CAT_INTERNAL ?
+			         "; " : "", where);
 		add(d, ST_FAIL, name, fix, "%s cannot be negotiated with this identity under %s: %s",
 		    i == 0 ? "TLS 1.3" : "TLS 1.2", where, e.detail);
 	}
@@ -523,17 +534,19 @@ out:
 	return r;
 }
 
-static void check_port(doctor *d)
+static void check_port(doctor *d, const char *section, const char *def)
 {
 	cli_ctx *c = d->c;
-	const char *addr = tether_config_get(c->conf, "listen", "address", "0.0.0.0:10933");
+	const char *addr = tether_config_get(c->conf, section, "address", def);
+	const char *name = !strcmp(section, "listen") ? "listen-port" : "polling-port";
+	int is_agent = !strcmp(c->prog->program, "agent");
 	struct addrinfo hints, *res = NULL;
 	char *host = NULL, ps[16], fix[700];
 	int port = 0, fd, one = 1, r;
 
-	if (tether_parse_hostport(addr, &host, &port, 10933) < 0) {
-		add(d, ST_FAIL, "listen-port", "set [listen] address to HOST:PORT", "[listen] address '%s' is not "
-		    "HOST:PORT", addr);
+	if (tether_parse_hostport(addr, &host, &port, 0) < 0) {
+		snprintf(fix, sizeof(fix), "set [%s] address to HOST:PORT in %s", section, c->inst->config_path);
+		add(d, ST_FAIL, name, fix, "[%s] address '%s' is not HOST:PORT", section, addr);
 		return;
 	}
 	memset(&hints, 0, sizeof(hints));
@@ -542,15 +555,17 @@ static void check_port(doctor *d)
 	snprintf(ps, sizeof(ps), "%d", port);
 	r = getaddrinfo(host, ps, &hints, &res);
 	if (r) {
-		add(d, ST_FAIL, "listen-port", "set [listen] address to an address of this machine",
-		    "[listen] address %s: cannot resolve %s: %s", addr, host, gai_strerror(r));
+		snprintf(fix, sizeof(fix), "set [%s] address to an address of this machine in %s", section,
+		         c->inst->config_path);
+		add(d, ST_FAIL, name, fix, "[%s] address %s: cannot resolve %s: %s", section, addr, host,
+		    gai_strerror(r));
 		free(host);
 		return;
 	}
 	fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (fd >= 0 && bind(fd, res->ai_addr, res->ai_addrlen) == 0) {
-		add(d, ST_PASS, "listen-port", NULL, "%s is free (the agent is not running)", addr);
+		add(d, ST_PASS, name, NULL, "%s is free (the %s is not running)", addr, is_agent ? "agent" : "server");
 	} else if (errno == EADDRINUSE) {
 		struct addrinfo *ai = res, lo;
 		struct sockaddr_storage ss;
@@ -574,20 +589,19 @@ static void check_port(doctor *d)
 			tether_thumbprint_hex(&tp, hex);
 		free(pp.der);
 		if (hex[0] && !strcmp(hex, d->id.sha256)) {
-			add(d, ST_PASS, "listen-port", NULL, "%s is in use by this instance (it presents this "
-			    "instance's certificate): the agent is running", addr);
+			add(d, ST_PASS, name, NULL, "%s is in use by this instance (it presents this instance's "
+			    "certificate): the %s is running", addr, is_agent ? "agent" : "server");
 		} else {
 			snprintf(fix, sizeof(fix), "find the owner with 'ss -ltnp \"sport = :%d\"' and stop it, or "
-			         "choose another port: '%s configure --listen HOST:PORT%s'", port,
-			         c->prog->progname, d->sfx);
-			add(d, ST_FAIL, "listen-port", fix, "%s is in use by another program%s%s", addr,
+			         "choose another port: [%s] address in %s", port, section, c->inst->config_path);
+			add(d, ST_FAIL, name, fix, "%s is in use by another program%s%s", addr,
 			    hex[0] ? " presenting certificate " : " (it does not answer TLS like a tether agent)", hex);
 		}
 	} else {
-		snprintf(fix, sizeof(fix), "%s: choose a port above 1024 or run as root: '%s configure --listen "
-		         "HOST:PORT%s'", errno == EACCES ? "ports below 1024 need root" : "check the address",
-		         c->prog->progname, d->sfx);
-		add(d, ST_FAIL, "listen-port", fix, "cannot bind %s: %s", addr, strerror(errno));
+		int e = errno;
+		snprintf(fix, sizeof(fix), "%s: change [%s] address in %s", e == EACCES ?
+		         "ports below 1024 need root" : "check the address", section, c->inst->config_path);
+		add(d, ST_FAIL, name, fix, "cannot bind %s: %s", addr, strerror(e));
 	}
 	if (fd >= 0)
 		close(fd);
@@ -761,10 +775,14 @@ int verb_doctor(cli_ctx *c, int argc, char **argv)
 		check_tls(&d, id);
 	}
 	if (is_agent) {
-		if (id)
-			check_port(&d);
+		if (!strcmp(tether_config_get(c->conf, "tether", "mode", "listening"), "polling"))
+			add(&d, ST_PASS, "listen-port", NULL, "polling mode: the agent does not listen");
+		else if (id)
+			check_port(&d, "listen", "0.0.0.0:10933");
 		check_trust(&d);
 	} else {
+		if (id)
+			check_port(&d, "polling", "0.0.0.0:10943");
 		check_targets(&d);
 	}
 	if (id)

@@ -100,6 +100,26 @@ static double ms_since(uint64_t t0_ns)
 	return (double)(uv_hrtime() - t0_ns) / 1e6;
 }
 
+/* The local OpenSSL configuration refuses our own identity (a
+ * CipherString @SECLEVEL above what the key meets, typically). */
+static void tls_setup_failed(const tether_error *e)
+{
+	const char *conf = getenv("OPENSSL_CONF");
+
+	fprintf(stderr, "tether-ping: cannot set up TLS: %s\n", e->detail);
+	if (strstr(e->detail, "md too weak"))
+		fprintf(stderr, "hint: the certificate is signed with a digest (SHA-1) below the security level of "
+		        "%s%s (CipherString @SECLEVEL): use a certificate signed with SHA-256\n",
+		        conf ? "OPENSSL_CONF=" : "the system openssl.cnf", conf ? conf : "");
+	else if (strstr(e->detail, "key too small"))
+		fprintf(stderr, "hint: the security level set by CipherString (@SECLEVEL=N) in %s%s is higher "
+		        "than an RSA 2048 / SHA-256 certificate meets: lower it to 2, or give tether-ping a "
+		        "stronger identity with --identity FILE\n", conf ? "OPENSSL_CONF=" : "the system openssl.cnf",
+		        conf ? conf : "");
+	else
+		fprintf(stderr, "hint: %s\n", tether_category_hint(e->category));
+}
+
 /* ------------------------------------------------------------------ */
 /* listen                                                              */
 /* ------------------------------------------------------------------ */
@@ -318,8 +338,7 @@ static int do_listen(const ping_opts *po)
 	tp.identity = l.pi->id;
 	r = l.pi->prov->t->tls_ctx_new(l.pi->prov->ctx, &tp, &l.tls, &e);
 	if (r < 0) {
-		fprintf(stderr, "tether-ping: cannot set up TLS: %s (%s)\nhint: %s\n", e.detail,
-		        tether_category_name(e.category), tether_category_hint(e.category));
+		tls_setup_failed(&e);
 		ping_ident_free(l.pi);
 		return 1;
 	}
@@ -767,8 +786,7 @@ static int do_connect(const ping_opts *po)
 	tp.identity = p.pi->id;
 	r = p.pi->prov->t->tls_ctx_new(p.pi->prov->ctx, &tp, &p.tls, &e);
 	if (r < 0) {
-		fprintf(stderr, "tether-ping: cannot set up TLS: %s (%s)\nhint: %s\n", e.detail,
-		        tether_category_name(e.category), tether_category_hint(e.category));
+		tls_setup_failed(&e);
 		goto out;
 	}
 	p.ms = tether_xcalloc(po->count ? po->count : 1, sizeof(double));

@@ -424,3 +424,13 @@ int tether_win_uname(struct utsname *u)
 	return 0;
 }
 #endif
+
+#ifdef _WIN32
+/* open() and fopen() in binary mode by default, as on POSIX: no CR/LF
+ * translation, no end of file at ^Z. */
+__attribute__((constructor)) static void tether_win_binmode(void)
+{
+	_fmode = _O_BINARY;
+	_setmode(_fileno(stdin), _O_BINARY);
+}
+#endif

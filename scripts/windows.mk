@@ -27,8 +27,6 @@ CPPFLAGS = -iquote . -I$(TOP)/include -iquote $(TOP)/core -iquote $(TOP)/cli -iq
 	-DJANSSON_STATIC -DCMOCKA_STATIC
 CFLAGS = -O2 -g $(WARN)
 LDFLAGS = -static
-# binary mode for every open()/fopen() (as on POSIX)
-BINMODE = $(shell $(CC) -print-file-name=binmode.o)
 SYSLIBS = -lpsapi -luser32 -ladvapi32 -liphlpapi -luserenv -lws2_32 -lshell32 -lcrypt32 -lsecur32 -lbcrypt -lncrypt
 
 CORE_SRC = error.c log.c util.c fsutil.c thumbprint.c conf.c instance.c loader.c \
@@ -93,7 +91,7 @@ libtether.a: $(CORE_OBJ)
 	rm -f $@ && $(AR) rcs $@ $^
 
 tether-agent.exe: $(AGENT_OBJ) $(CLI_OBJ) libtether.a
-	$(CC) $(LDFLAGS) -o $@ $(BINMODE) $(AGENT_OBJ) $(CLI_OBJ) libtether.a \
+	$(CC) $(LDFLAGS) -o $@ $(AGENT_OBJ) $(CLI_OBJ) libtether.a \
 		$(DEPS)/lib/libinih.a $(DEPS)/lib/libjansson.a $(DEPS)/lib/libuv.a \
 		-lpthread $(SYSLIBS)
 
@@ -108,3 +106,13 @@ clean:
 
 .PHONY: all clean
 -include $(CORE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(AGENT_OBJ:.o=.d) $(SCH_OBJ:.o=.d)
+
+# Test program run under Wine by tests/integration/windows.sh: the
+# provider's TLS client through the ABI against openssl s_server.
+sch_tls_probe.exe: obj/tests/sch_tls_probe.o libtether.a
+	$(CC) $(LDFLAGS) -o $@ $< libtether.a $(DEPS)/lib/libinih.a \
+		$(DEPS)/lib/libjansson.a -lpthread $(SYSLIBS)
+obj/tests/%.o: $(TOP)/tests/windows/%.c config.h
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -c $< -o $@
+all: sch_tls_probe.exe

@@ -76,6 +76,10 @@ static int pfx_open(const unsigned char *data, size_t len, const char *password,
 	st = PFXImportCertStore(&blob, wpw, flags);
 	SecureZeroMemory(wpw, wcslen(wpw) * sizeof(wchar_t));
 	free(wpw);
+	if (!st && GetLastError() == 0)     /* Wine reports nothing */
+		return sch_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+		                   "PFXImportCertStore could not read the file and gave no reason: "
+		                   "check the password, or re-export the PFX (AES-256 or 3DES)");
 	if (!st) {
 		r = sch_err_last(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT, "PFXImportCertStore");
 		if (r == TETHER_ERR_PASSWORD || err->category == TETHER_CAT_BAD_PASSWORD)
@@ -138,7 +142,11 @@ static int capi_rehome(PCCERT_CONTEXT leaf, const wchar_t *container, tether_err
 		                 "cannot open the imported private key");
 		goto out;
 	}
-	if (!CryptGetUserKey(src, spec, &k) ||
+	/* the key may sit in the other slot than the one announced (Wine) */
+	if (!CryptGetUserKey(src, spec, &k) &&
+	    CryptGetUserKey(src, spec == AT_KEYEXCHANGE ? AT_SIGNATURE : AT_KEYEXCHANGE, &k))
+		spec = spec == AT_KEYEXCHANGE ? AT_SIGNATURE : AT_KEYEXCHANGE;
+	if (!k ||
 	    !CryptExportKey(k, 0, PRIVATEKEYBLOB, 0, NULL, &n) || !(blob = malloc(n)) ||
 	    !CryptExportKey(k, 0, PRIVATEKEYBLOB, 0, blob, &n)) {
 		r = sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
@@ -218,8 +226,15 @@ int sch_import(tether_provider_ctx *p, int slot, const unsigned char *data, size
 	                                 PKCS12_ALWAYS_CNG_KSP | CRYPT_MACHINE_KEYSET),
 	             &st, &leaf, err);
 	if (r < 0 && !p->cng_broken && err->category != TETHER_CAT_BAD_PASSWORD &&
-	    err->category != TETHER_CAT_BAD_INPUT && err->category != TETHER_CAT_UNSUPPORTED)
+	    err->category != TETHER_CAT_UNSUPPORTED) {
+		/* no CNG key storage for PFX keys here (Wine): CryptoAPI */
 		r = pfx_open(data, len, password, CRYPT_EXPORTABLE | CRYPT_USER_KEYSET, &st, &leaf, err);
+		if (r == 0) {
+			p->cng_broken = 1;
+			sch_log(p, TETHER_LOG_DEBUG, "PFX import into CNG machine keys failed; "
+			        "imported into a CryptoAPI container (TLS 1.2 at most)");
+		}
+	}
 	if (r < 0)
 		return r;
 	if (key_prov_info(leaf, &kpi) < 0) {

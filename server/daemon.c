@@ -26,6 +26,8 @@
 #include "server.h"
 #include "cli_tls.h"
 #include "srvapi.h"
+#include <sqlite3.h>
+#include <strings.h>
 #include "ratelimit.h"
 #include "ticketkey.h"
 #include "util.h"
@@ -38,6 +40,12 @@ typedef struct waiter {
 	void (*ready)(void *arg, tether_conn *c, const tether_error *err);
 	void *arg;
 } waiter;
+
+typedef struct nextpin {
+	struct nextpin *next;
+	char name[REG_NAME_MAX + 1];
+	tether_thumbprint tp;
+} nextpin;
 
 /* A listening target's connection, held open and reused. */
 typedef struct held {
@@ -54,6 +62,7 @@ typedef struct held {
 	unsigned char *session;         /* to resume next time */
 	size_t session_len;
 	struct srv *s;
+	tether_identity *presenting;    /* identity this connection presents (NULL: current) */
 } held;
 
 struct srv {
@@ -63,9 +72,21 @@ struct srv {
 	registry *reg;
 	tether_audit *audit;
 	admin_server *admin;
-	tether_identity *id;
+	tether_identity *id;             /* current */
 	tether_id_summary summary;
-	tether_tls_ctx *tls;
+	tether_identity *prev_id;        /* previous slot, during a rotation; may be NULL */
+	tether_id_summary prev_summary;
+	tether_tls_ctx *tls;             /* client role (listening agents) */
+	/* contexts and identities replaced by a reload: kept until exit, as
+	 * connections made with them may still be open */
+	void *grave[64];
+	int grave_kind[64];              /* 0 identity, 1 tls ctx */
+	size_t ngrave;
+	/* the agent pin transition of rotate-agent-certificate: target -> next */
+	struct nextpin *nextpins;
+	/* a one-off identity presented to one target (recovery) */
+	char oneoff_target[REG_NAME_MAX + 1];
+	tether_identity *oneoff_id;
 	held *held;
 	uv_signal_t sigterm, sigint, sighup;
 	int stopping;
@@ -153,11 +174,13 @@ static void held_notify(held *h, tether_conn *c, const tether_error *err)
 	}
 }
 
+static int nextpin_match(struct srv *s, const char *name, const tether_thumbprint *tp);
+
 static int srv_check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
 {
 	held *h = arg;
 	(void)c;
-	if (tether_thumbprint_equal(tp, &h->pin))
+	if (tether_thumbprint_equal(tp, &h->pin) || nextpin_match(h->s, h->name, tp))
 		return 0;
 	h->refused_by_us = 1;
 	tether_thumbprint_hex(tp, h->presented);
@@ -212,6 +235,8 @@ static void srv_on_close(void *arg, tether_conn *c, const tether_error *why)
 }
 
 static const tether_conn_cbs srv_cbs = { srv_check_peer, srv_on_open, srv_on_request, srv_on_close };
+
+static tether_identity *srv_identity_for_target(struct srv *s, const char *name);
 
 /* Get an open connection to a target (connecting if needed); ready() is
  * called once, with the connection or an error. */
@@ -269,8 +294,11 @@ static void held_get(srv *s, const reg_target *t, void (*ready)(void *, tether_c
 		o.mode = TETHER_MODE_LISTENING;
 		o.prov = s->prov;
 		o.tls_ctx = s->tls;
-		o.session = h->session;
-		o.session_len = h->session_len;
+		h->presenting = srv_identity_for_target(s, h->name);
+		o.identity = h->presenting;
+		/* resume only a session made with the same identity */
+		o.session = h->presenting ? NULL : h->session;
+		o.session_len = h->presenting ? 0 : h->session_len;
 		o.connect_ms = s->connect_ms;
 		o.handshake_ms = s->handshake_ms;
 		o.idle_ms = s->idle_ms;
@@ -284,6 +312,15 @@ static void held_get(srv *s, const reg_target *t, void (*ready)(void *, tether_c
 			h->c = NULL;
 			held_notify(h, NULL, &e);
 		}
+	}
+}
+
+static void held_drop_session(held *h)
+{
+	if (h->session) {
+		tether_free_wiped(h->session, h->session_len);
+		h->session = NULL;
+		h->session_len = 0;
 	}
 }
 
@@ -626,6 +663,14 @@ static const char *pcache_lookup(srv *s, const char *sha)
 	for (i = 0; i < s->pcache_n; i++)
 		if (!strcmp(s->pcache_sha[i], sha))
 			return s->pcache_name[i];
+	{
+		nextpin *np;
+		tether_thumbprint tp;
+		if (tether_thumbprint_parse(sha, &tp, NULL) == 0)
+			for (np = s->nextpins; np; np = np->next)
+				if (tether_thumbprint_equal(&np->tp, &tp))
+					return np->name;
+	}
 	return NULL;
 }
 
@@ -870,10 +915,25 @@ static void polling_target_changed(srv *s, const char *name)
 			tether_conn_close(pc->c, "reconfigured", "the target was changed on the server");
 }
 
+static int load_identities(srv *s, tether_error *err);
+
+/* To a polling agent: present the identity its pin hint names
+ * (p-<first 16 hex of the thumbprint it pins>.tether.invalid). */
+static tether_identity *choose_by_hint(void *arg, const char *server_name)
+{
+	srv *s = arg;
+
+	if (!server_name || strncmp(server_name, "p-", 2) || strlen(server_name) < 18)
+		return NULL;
+	if (!strncasecmp(server_name + 2, s->summary.sha256, 16))
+		return s->id;
+	if (s->prev_id && !strncasecmp(server_name + 2, s->prev_summary.sha256, 16))
+		return s->prev_id;
+	return NULL;
+}
+
 static int polling_start(srv *s, tether_error *err)
 {
-	tether_tls_ctx_params tp;
-	unsigned char key[TETHER_TICKET_KEY_LEN];
 	struct sockaddr_storage ss;
 	char *host = NULL;
 	int port = 0, r;
@@ -883,20 +943,8 @@ static int polling_start(srv *s, tether_error *err)
 	s->pwait_ms = (uint32_t)strtoul(tether_config_get(s->c->conf, "polling", "wait", "30"), NULL, 10) * 1000u;
 	s->rl = tether_ratelimit_new(20.0, 40.0, 512);
 	s->pcache_dirty = 1;
-	memset(&tp, 0, sizeof(tp));
-	tp.policy = cli_tls_policy(s->c);
-	/* No ticket key on disk unless resumption is on ([tls] resumption). */
-	if (tp.policy & TETHER_TLS_POLICY_RESUMPTION) {
-		r = tether_ticket_key(s->prov, s->c->inst->state_dir, s->summary.sha256, 12 * 3600, key, err);
-		if (r < 0)
-			return r;
-		tp.ticket_key = key;
-		tp.ticket_key_len = sizeof(key);
-	}
-	tp.role = TETHER_TLS_SERVER;
-	tp.identity = s->id;
-	r = s->prov->t->tls_ctx_new(s->prov->ctx, &tp, &s->stls, err);
-	tether_wipe(key, sizeof(key));
+	/* the server-role context, now that [polling] address is known */
+	r = load_identities(s, err);
 	if (r < 0)
 		return r;
 	if (!strcmp(s->paddr, "off"))
@@ -963,6 +1011,234 @@ static void polling_free(srv *s)
 /* ------------------------------------------------------------------ */
 /* srvapi.h                                                            */
 /* ------------------------------------------------------------------ */
+
+/* ---- identities, pins, rotation primitives ---- */
+
+static void grave_put(srv *s, void *p, int kind)
+{
+	if (!p)
+		return;
+	if (s->ngrave < 64) {
+		s->grave[s->ngrave] = p;
+		s->grave_kind[s->ngrave++] = kind;
+	}
+	/* beyond 64 reloads in one run: leak rather than free in use */
+}
+
+static void grave_free(srv *s)
+{
+	size_t i;
+	for (i = 0; i < s->ngrave; i++) {
+		if (s->grave_kind[i])
+			s->prov->t->tls_ctx_free(s->grave[i]);
+	}
+	for (i = 0; i < s->ngrave; i++) {
+		if (!s->grave_kind[i])
+			s->prov->t->identity_free(s->grave[i]);
+	}
+	s->ngrave = 0;
+}
+
+/* Load current and previous identities and build the TLS contexts. */
+static int load_identities(srv *s, tether_error *err)
+{
+	tether_identity *cur = NULL, *prev = NULL;
+	tether_id_summary cs, ps;
+	tether_tls_ctx *ctls = NULL, *stls = NULL;
+	tether_tls_ctx_params tp;
+	unsigned char key[TETHER_TICKET_KEY_LEN];
+	const unsigned char *der;
+	size_t len;
+	int r;
+
+	memset(&ps, 0, sizeof(ps));
+	r = s->prov->t->identity_load(s->prov->ctx, TETHER_SLOT_CURRENT, &cur, err);
+	if (r == TETHER_ERR_NOT_FOUND)
+		return tether_err_set(err, r, TETHER_CAT_NOT_FOUND,
+		                      "the server has no certificate yet: run 'tether-server new-certificate%s%s' first",
+		                      s->c->instance_name ? " --instance " : "",
+		                      s->c->instance_name ? s->c->instance_name : "");
+	if (r < 0)
+		return r;
+	s->prov->t->identity_cert_der(cur, &der, &len);
+	r = tether_cert_summary(s->prov, der, len, &cs, err);
+	if (r < 0)
+		goto fail;
+	if (s->prov->t->identity_load(s->prov->ctx, TETHER_SLOT_PREVIOUS, &prev, NULL) == 0) {
+		s->prov->t->identity_cert_der(prev, &der, &len);
+		if (tether_cert_summary(s->prov, der, len, &ps, NULL) < 0) {
+			s->prov->t->identity_free(prev);
+			prev = NULL;
+		}
+	}
+	memset(&tp, 0, sizeof(tp));
+	tp.role = TETHER_TLS_CLIENT;
+	tp.policy = cli_tls_policy(s->c);
+	tp.identity = cur;
+	r = s->prov->t->tls_ctx_new(s->prov->ctx, &tp, &ctls, err);
+	if (r < 0)
+		goto fail;
+	if (s->stls || s->paddr[0]) {
+		memset(&tp, 0, sizeof(tp));
+		tp.policy = cli_tls_policy(s->c);
+		if (tp.policy & TETHER_TLS_POLICY_RESUMPTION) {
+			r = tether_ticket_key(s->prov, s->c->inst->state_dir, cs.sha256, 12 * 3600, key, err);
+			if (r < 0)
+				goto fail;
+			tp.ticket_key = key;
+			tp.ticket_key_len = sizeof(key);
+		}
+		tp.role = TETHER_TLS_SERVER;
+		tp.identity = cur;
+		tp.choose_identity = choose_by_hint;
+		tp.choose_arg = s;
+		r = s->prov->t->tls_ctx_new(s->prov->ctx, &tp, &stls, err);
+		tether_wipe(key, sizeof(key));
+		if (r < 0)
+			goto fail;
+	}
+	grave_put(s, s->id, 0);
+	grave_put(s, s->prev_id, 0);
+	grave_put(s, s->tls, 1);
+	grave_put(s, s->stls, 1);
+	s->id = cur;
+	s->summary = cs;
+	s->prev_id = prev;
+	s->prev_summary = ps;
+	s->tls = ctls;
+	if (stls)
+		s->stls = stls;
+	return 0;
+fail:
+	if (ctls)
+		s->prov->t->tls_ctx_free(ctls);
+	if (cur)
+		s->prov->t->identity_free(cur);
+	if (prev)
+		s->prov->t->identity_free(prev);
+	return r;
+}
+
+int srv_identities_reload(srv *s, tether_error *err)
+{
+	int r = load_identities(s, err);
+	if (r == 0)
+		log_info("identities loaded: current %s%s%s", s->summary.sha256,
+		         s->prev_id ? ", previous " : "", s->prev_id ? s->prev_summary.sha256 : "");
+	return r;
+}
+
+const char *srv_previous_sha256(srv *s) { return s->prev_id ? s->prev_summary.sha256 : ""; }
+
+static int pins_table(srv *s)
+{
+	return sqlite3_exec(registry_db(s->reg),
+	                    "CREATE TABLE IF NOT EXISTS server_pins (name TEXT PRIMARY KEY, "
+	                    "server_sha256 TEXT NOT NULL, updated INTEGER NOT NULL)", NULL, NULL, NULL);
+}
+
+int srv_target_trusts(srv *s, const char *target, char out[65])
+{
+	sqlite3_stmt *st = NULL;
+	int r = 0;
+
+	snprintf(out, 65, "%s", s->summary.sha256);
+	if (sqlite3_prepare_v2(registry_db(s->reg), "SELECT server_sha256 FROM server_pins WHERE name = ?",
+	                       -1, &st, NULL) != SQLITE_OK)
+		return TETHER_ERR_IO;
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+		snprintf(out, 65, "%s", (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return r;
+}
+
+int srv_target_set_trusts(srv *s, const char *target, const char *sha)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	if (sqlite3_prepare_v2(registry_db(s->reg),
+	                       "INSERT INTO server_pins(name, server_sha256, updated) VALUES (?, ?, ?) "
+	                       "ON CONFLICT(name) DO UPDATE SET server_sha256 = excluded.server_sha256, "
+	                       "updated = excluded.updated", -1, &st, NULL) != SQLITE_OK)
+		return TETHER_ERR_IO;
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, sha, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)time(NULL));
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : TETHER_ERR_IO;
+}
+
+/* The identity to present to a listening target: the one it trusts. */
+static tether_identity *srv_identity_for_target(srv *s, const char *name)
+{
+	char sha[65];
+
+	if (s->oneoff_id && !strcmp(s->oneoff_target, name))
+		return s->oneoff_id;
+	if (!s->prev_id)
+		return NULL;
+	srv_target_trusts(s, name, sha);
+	if (!strcmp(sha, s->prev_summary.sha256))
+		return s->prev_id;
+	return NULL;
+}
+
+void srv_target_close(srv *s, const char *target)
+{
+	held *h = held_find(s, target);
+	pconn *pc;
+
+	if (h) {
+		if (h->c)
+			tether_conn_close(h->c, "reconfigured", "the server is switching identities");
+		held_drop_session(h);
+	}
+	for (pc = s->pconns; pc; pc = pc->next)
+		if (pc->open && !strcmp(pc->name, target))
+			tether_conn_close(pc->c, "reconfigured", "the server is switching identities");
+}
+
+static int nextpin_match(srv *s, const char *name, const tether_thumbprint *tp)
+{
+	nextpin *np;
+	for (np = s->nextpins; np; np = np->next)
+		if (!strcmp(np->name, name) && tether_thumbprint_equal(&np->tp, tp))
+			return 1;
+	return 0;
+}
+
+void srv_target_set_next_pin(srv *s, const char *target, const char *next_sha)
+{
+	nextpin **pp, *np;
+
+	for (pp = &s->nextpins; *pp; pp = &(*pp)->next)
+		if (!strcmp((*pp)->name, target)) {
+			np = *pp;
+			*pp = np->next;
+			free(np);
+			break;
+		}
+	if (next_sha) {
+		np = tether_xcalloc(1, sizeof(*np));
+		snprintf(np->name, sizeof(np->name), "%s", target);
+		if (tether_thumbprint_parse(next_sha, &np->tp, NULL) < 0) {
+			free(np);
+			return;
+		}
+		np->next = s->nextpins;
+		s->nextpins = np;
+	}
+	s->pcache_dirty = 1;
+}
+
+void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity *id)
+{
+	snprintf(s->oneoff_target, sizeof(s->oneoff_target), "%s", target ? target : "");
+	s->oneoff_id = id;
+}
 
 uv_loop_t *srv_loop(srv *s) { return s->loop; }
 void srv_set_preauth(srv *s, const srv_preauth *p) { s->preauth = p; }
@@ -1160,9 +1436,6 @@ static uint32_t conf_ms(cli_ctx *c, const char *key, const char *def)
 int verb_server_run(cli_ctx *c, int argc, char **argv)
 {
 	srv s;
-	tether_tls_ctx_params tp;
-	const unsigned char *der;
-	size_t len;
 	char *dbpath = NULL, *auditpath = NULL;
 	const char *level, *logfile;
 	int oi, r;
@@ -1196,30 +1469,18 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	if (s.request_ms > HEALTH_TIMEOUT_MS)
 		s.request_ms = HEALTH_TIMEOUT_MS;
 
-	r = s.prov->t->identity_load(s.prov->ctx, TETHER_SLOT_CURRENT, &s.id, &c->err);
-	if (r == TETHER_ERR_NOT_FOUND) {
-		r = tether_err_set(&c->err, r, TETHER_CAT_NOT_FOUND,
-		                   "the server has no certificate yet: run 'tether-server new-certificate%s%s' first",
-		                   c->instance_name ? " --instance " : "", c->instance_name ? c->instance_name : "");
-		goto out;
-	}
-	if (r < 0)
-		goto out;
-	s.prov->t->identity_cert_der(s.id, &der, &len);
-	r = tether_cert_summary(s.prov, der, len, &s.summary, &c->err);
-	if (r < 0)
-		goto out;
-	memset(&tp, 0, sizeof(tp));
-	tp.role = TETHER_TLS_CLIENT;
-	tp.policy = cli_tls_policy(c);
-	tp.identity = s.id;
-	r = s.prov->t->tls_ctx_new(s.prov->ctx, &tp, &s.tls, &c->err);
+	r = load_identities(&s, &c->err);
 	if (r < 0)
 		goto out;
 	dbpath = tether_asprintf("%s/registry.db", c->inst->state_dir);
 	r = registry_open(dbpath, &s.reg, &c->err);
 	if (r < 0)
 		goto out;
+	if (pins_table(&s) != SQLITE_OK) {
+		r = tether_err_set(&c->err, TETHER_ERR_IO, TETHER_CAT_IO, "cannot create the server_pins table in %s",
+		                   dbpath);
+		goto out;
+	}
 	auditpath = tether_asprintf("%s/audit.log", c->inst->state_dir);
 	r = tether_audit_open(auditpath, &s.audit, &c->err);
 	if (r < 0)
@@ -1269,6 +1530,14 @@ out:
 		s.prov->t->tls_ctx_free(s.tls);
 	if (s.id)
 		s.prov->t->identity_free(s.id);
+	if (s.prev_id)
+		s.prov->t->identity_free(s.prev_id);
+	grave_free(&s);
+	while (s.nextpins) {
+		nextpin *np = s.nextpins;
+		s.nextpins = np->next;
+		free(np);
+	}
 	if (s.reg)
 		registry_close(s.reg);
 	if (s.audit)

@@ -41,6 +41,21 @@ int srv_target_call(srv *s, const char *target, const char *method, json_t *para
 typedef void (*srv_conn_fn)(void *arg, tether_conn *c, const tether_error *err);
 void srv_target_conn(srv *s, const char *target, srv_conn_fn ready, void *arg);
 
+/* Identities and rotation primitives. */
+const char *srv_previous_sha256(srv *s);                 /* "" if none */
+/* Reload current and previous identities after a slot change. */
+int srv_identities_reload(srv *s, tether_error *err);
+/* The server identity a target trusts (default: current). */
+int srv_target_trusts(srv *s, const char *target, char out[65]);
+int srv_target_set_trusts(srv *s, const char *target, const char *sha256);
+/* Close a target's connections; the next call makes a fresh one. */
+void srv_target_close(srv *s, const char *target);
+/* While set, the target may also present next_sha256 (agent rotation). */
+void srv_target_set_next_pin(srv *s, const char *target, const char *next_sha256);
+/* Present this identity (not stored; e.g. a recovery identity) to target's
+ * next listening connection; NULL clears. */
+void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity *id);
+
 /* Modules hook into the admin socket: return 1 if method was handled. */
 struct admin_call;
 typedef int (*srv_admin_fn)(srv *s, struct admin_call *call, const char *method, json_t *params);

@@ -414,6 +414,12 @@ typedef struct tether_provider {
 	                     size_t len, const char *password,
 	                     unsigned char **der, size_t *der_len,
 	                     tether_error *err);
+	/* An identity from a PKCS#12 or PEM held only in memory, never stored
+	 * (a recovery identity kept offline, used for one operation).  NULL in
+	 * providers whose keys must live in their store. */
+	int (*identity_load_data)(tether_provider_ctx *p, const unsigned char *data,
+	                          size_t len, const char *password,
+	                          tether_identity **out, tether_error *err);
 } tether_provider;
 
 /* The one exported symbol.  Checks host->abi_major, sets *table and

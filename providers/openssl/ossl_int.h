@@ -71,6 +71,8 @@ int ossl_prov_identity_export_pkcs12(tether_provider_ctx *p, int slot,
 int ossl_prov_identity_peek(tether_provider_ctx *p, const unsigned char *data, size_t len,
                             const char *password, unsigned char **der, size_t *der_len,
                             tether_error *err);
+int ossl_prov_identity_load_data(tether_provider_ctx *p, const unsigned char *data, size_t len,
+                                 const char *password, tether_identity **out, tether_error *err);
 int ossl_prov_identity_import(tether_provider_ctx *p, int slot,
                               const unsigned char *data, size_t len,
                               const char *password, tether_error *err);

@@ -128,6 +128,20 @@ out:
 	return r;
 }
 
+int ossl_prov_identity_load_data(tether_provider_ctx *p, const unsigned char *data, size_t len,
+                                 const char *password, tether_identity **out, tether_error *err)
+{
+	X509 *cert = NULL;
+	EVP_PKEY *key = NULL;
+	int r;
+
+	r = ossl_parse_identity(&p->host, data, len, password, &cert, &key, err);
+	if (r < 0)
+		return r;
+	/* wrap takes ownership of both, even when it fails */
+	return ossl_identity_wrap(cert, key, NULL, NULL, out, err);
+}
+
 int ossl_prov_identity_import(tether_provider_ctx *p, int slot,
                               const unsigned char *data, size_t len,
                               const char *password, tether_error *err)

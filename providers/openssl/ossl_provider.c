@@ -78,6 +78,7 @@ static const tether_provider ossl_table = {
 	.identity_export_pkcs12 = ossl_prov_identity_export_pkcs12,
 	.identity_import = ossl_prov_identity_import,
 	.identity_peek = ossl_prov_identity_peek,
+	.identity_load_data = ossl_prov_identity_load_data,
 
 	.digest = ossl_digest,
 	.digest_new = ossl_digest_new,

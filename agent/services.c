@@ -5,5 +5,6 @@
 
 const agent_service *const agent_services[] = {
 	&agent_service_script,
+	&agent_service_file,
 	NULL
 };

@@ -41,6 +41,8 @@ static const char default_config[] =
 static const cli_verb verbs[] = {
 	{ "run", verb_server_run, "run the server daemon in the foreground" },
 	{ "health", verb_health, "check targets' health (NAME..., --all or --tag TAG)" },
+	{ "upload", verb_upload, "send a file to an agent (TARGET LOCAL REMOTE), SHA-256 checked" },
+	{ "download", verb_download, "fetch a file from an agent (TARGET REMOTE LOCAL), SHA-256 checked" },
 	{ "exec", verb_exec, "run a command on targets and stream its output (TARGET... -- COMMAND...)" },
 	{ "run-script", verb_run_script, "run a script file on targets and stream its output (TARGET... FILE)" },
 	{ "task", verb_task, "remote execution tasks: list, show, logs, cancel" },

@@ -5,5 +5,6 @@
 
 const srv_module *const srv_modules[] = {
 	&srv_module_tasks,
+	&srv_module_transfer,
 	NULL
 };

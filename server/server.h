@@ -12,6 +12,9 @@ int verb_target(cli_ctx *c, int argc, char **argv);
 int verb_server_run(cli_ctx *c, int argc, char **argv);
 /* cli_health.c */
 int verb_health(cli_ctx *c, int argc, char **argv);
+/* cli_file.c */
+int verb_upload(cli_ctx *c, int argc, char **argv);
+int verb_download(cli_ctx *c, int argc, char **argv);
 /* cli_exec.c: exec, run-script, task list | show | logs | cancel */
 int verb_exec(cli_ctx *c, int argc, char **argv);
 int verb_run_script(cli_ctx *c, int argc, char **argv);

@@ -87,6 +87,7 @@ struct srv {
 	/* a one-off identity presented to one target (recovery) */
 	char oneoff_target[REG_NAME_MAX + 1];
 	tether_identity *oneoff_id;
+	tether_identity *recovery_id;    /* presented to every polling agent during a recovery */
 	held *held;
 	uv_signal_t sigterm, sigint, sighup;
 	int stopping;
@@ -193,6 +194,10 @@ static void srv_on_open(void *arg, tether_conn *c)
 	unsigned char *sess = NULL;
 	size_t sl = 0;
 
+	if (h->c != c) {
+		tether_conn_close(c, "reconfigured", "replaced");
+		return;
+	}
 	h->open = 1;
 	if (tether_conn_session(c, &sess, &sl) == 0) {
 		if (h->session)
@@ -216,8 +221,9 @@ static void srv_on_close(void *arg, tether_conn *c, const tether_error *why)
 {
 	held *h = arg;
 	tether_error e = *why;
-	(void)c;
 
+	if (h->c != c)
+		return; /* an old connection, replaced by srv_target_close */
 	if (h->refused_by_us || e.category == TETHER_CAT_UNTRUSTED) {
 		/* a client whose pin check fails drops its cached session */
 		if (h->session) {
@@ -923,6 +929,8 @@ static tether_identity *choose_by_hint(void *arg, const char *server_name)
 {
 	srv *s = arg;
 
+	if (s->recovery_id)
+		return s->recovery_id; /* a recovery is running: agents see the recovery identity */
 	if (!server_name || strncmp(server_name, "p-", 2) || strlen(server_name) < 18)
 		return NULL;
 	if (!strncasecmp(server_name + 2, s->summary.sha256, 16))
@@ -1192,8 +1200,11 @@ void srv_target_close(srv *s, const char *target)
 	pconn *pc;
 
 	if (h) {
-		if (h->c)
-			tether_conn_close(h->c, "reconfigured", "the server is switching identities");
+		tether_conn *old = h->c;
+		h->c = NULL;
+		h->open = 0;
+		if (old)
+			tether_conn_close(old, "reconfigured", "the server is switching identities");
 		held_drop_session(h);
 	}
 	for (pc = s->pconns; pc; pc = pc->next)
@@ -1239,6 +1250,8 @@ void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity 
 	snprintf(s->oneoff_target, sizeof(s->oneoff_target), "%s", target ? target : "");
 	s->oneoff_id = id;
 }
+
+void srv_set_recovery_identity(srv *s, tether_identity *id) { s->recovery_id = id; }
 
 uv_loop_t *srv_loop(srv *s) { return s->loop; }
 void srv_set_preauth(srv *s, const srv_preauth *p) { s->preauth = p; }

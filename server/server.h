@@ -10,6 +10,11 @@ extern const tether_config_key server_schema[];
 int verb_target(cli_ctx *c, int argc, char **argv);
 /* daemon.c */
 int verb_server_run(cli_ctx *c, int argc, char **argv);
+/* cli_rotate.c */
+int verb_rotate_certificate(cli_ctx *c, int argc, char **argv);
+int verb_rotate_agent_certificate(cli_ctx *c, int argc, char **argv);
+int verb_rekey_all(cli_ctx *c, int argc, char **argv);
+int verb_check_certificates(cli_ctx *c, int argc, char **argv);
 /* cli_health.c */
 int verb_health(cli_ctx *c, int argc, char **argv);
 /* cli_file.c */

@@ -55,6 +55,9 @@ void srv_target_set_next_pin(srv *s, const char *target, const char *next_sha256
 /* Present this identity (not stored; e.g. a recovery identity) to target's
  * next listening connection; NULL clears. */
 void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity *id);
+/* Present this identity to every polling agent that connects (a recovery
+ * in progress); NULL ends it. */
+void srv_set_recovery_identity(srv *s, tether_identity *id);
 
 /* Modules hook into the admin socket: return 1 if method was handled. */
 struct admin_call;
@@ -88,5 +91,6 @@ void srv_targets_changed(srv *s, const char *name);
 extern const srv_module srv_module_tasks;      /* server/tasks.c: exec, run-script, task */
 extern const srv_module srv_module_transfer;   /* server/transfer.c: upload, download */
 extern const srv_module srv_module_registration; /* server/registration.c: register, tokens */
+extern const srv_module srv_module_rotation;     /* server/rotation.c: rotate, rekey, check */
 
 #endif

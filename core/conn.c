@@ -92,6 +92,8 @@ struct tether_conn {
 	char *server_name;
 	char *proxy_host;
 	char *proxy_auth;
+	struct sockaddr_storage bind_sa; /* opts.bind_address, parsed */
+	int has_bind;
 	unsigned char proxy_buf[4096];
 	size_t proxy_len;
 	unsigned char *session;
@@ -1415,7 +1417,9 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	c->tcp.data = c;
 	c->tcp_inited = 1;
 	c->connect_req.data = c;
-	r = uv_tcp_connect(&c->connect_req, &c->tcp, res->ai_addr, on_connect);
+	r = c->has_bind ? uv_tcp_bind(&c->tcp, (struct sockaddr *)&c->bind_sa, 0) : 0;
+	if (r == 0)
+		r = uv_tcp_connect(&c->connect_req, &c->tcp, res->ai_addr, on_connect);
 	uv_freeaddrinfo(res);
 	if (r < 0) {
 		set_close_err(c, TETHER_ERR_IO, r == UV_ECONNREFUSED ? TETHER_CAT_CONNECTION_REFUSED :
@@ -1436,6 +1440,19 @@ int tether_conn_connect(uv_loop_t *loop, const char *host, int port,
 
 	snprintf(c->host, sizeof(c->host), "%s", host);
 	c->port = port;
+	if (opts->bind_address) {
+		if (uv_ip4_addr(opts->bind_address, 0, (struct sockaddr_in *)&c->bind_sa) < 0 &&
+		    uv_ip6_addr(opts->bind_address, 0, (struct sockaddr_in6 *)&c->bind_sa) < 0) {
+			tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+			               "cannot bind to '%s': not an IPv4 or IPv6 address of this machine",
+			               opts->bind_address);
+			c->close_reported = 1;
+			conn_destroy(c);
+			return TETHER_ERR_INVALID;
+		}
+		c->has_bind = 1;
+		c->o.bind_address = NULL; /* borrowed: parsed into bind_sa */
+	}
 	if (strchr(host, ':'))
 		snprintf(c->peer_addr, sizeof(c->peer_addr), "[%s]:%d", host, port);
 	else
@@ -1731,6 +1748,18 @@ int tether_conn_peer_tp(const tether_conn *c, tether_thumbprint *out)
 	if (!c->has_peer_tp)
 		return TETHER_ERR_NOT_FOUND;
 	*out = c->peer_tp;
+	return 0;
+}
+
+int tether_conn_peer_cert(const tether_conn *c, const unsigned char **der, size_t *len)
+{
+	const unsigned char *d = NULL;
+	size_t l = 0;
+
+	if (!c->pinned || !c->tls || c->o.prov->t->tls_peer_cert(c->tls, &d, &l) < 0 || !l)
+		return TETHER_ERR_NOT_FOUND;
+	*der = d;
+	*len = l;
 	return 0;
 }
 

@@ -69,6 +69,10 @@ typedef struct tether_conn_opts {
 	const char *proxy_host;
 	int proxy_port;
 	const char *proxy_auth;         /* "user:password" for Basic auth, or NULL */
+	/* client role: bind the socket to this local IP address (port 0)
+	 * before connecting, or NULL (load generators spread their source
+	 * addresses over 127.0.0.0/8 this way). */
+	const char *bind_address;
 } tether_conn_opts;
 
 /* Accept a connection from a listening stream.  On failure on_close has
@@ -125,6 +129,9 @@ int tether_conn_is_open(const tether_conn *c);
 const char *tether_conn_peer_addr(const tether_conn *c);     /* "1.2.3.4:5" */
 /* The thumbprint the peer presented (valid once has_peer_tp is set). */
 int tether_conn_peer_tp(const tether_conn *c, tether_thumbprint *out);
+/* The certificate the peer presented, DER (valid while c is open), once
+ * it passed the pin check: NOT_FOUND before. */
+int tether_conn_peer_cert(const tether_conn *c, const unsigned char **der, size_t *len);
 const tether_tls_info *tether_conn_tls_info(const tether_conn *c);
 const tether_hello *tether_conn_peer_hello(const tether_conn *c);
 /* Client role: the session to resume next time (malloc'd) or NULL. */

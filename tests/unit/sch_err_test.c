@@ -1,0 +1,179 @@
+/* The Schannel provider's pure tables (providers/schannel/sch_err.c),
+ * compiled natively: SECURITY_STATUS and CryptoAPI codes -> categories,
+ * protocol and cipher names, signature algorithm names, and the ClientHello
+ * SNI parser the server role uses to pick its identity.  Under Wine most
+ * failures come back as SEC_E_INTERNAL_ERROR, so this is where every
+ * mapping is checked. */
+#include "config.h"
+#include "test.h"
+#include "sch_int.h"
+
+struct want {
+	uint32_t status;
+	int tls;
+	int code;
+	int category;
+	const char *name;
+};
+
+static const struct want wants[] = {
+	{ 0x80090331u, 1, TETHER_ERR_TLS, TETHER_CAT_NO_SHARED_CIPHER, "SEC_E_ALGORITHM_MISMATCH" },
+	{ 0x80090302u, 1, TETHER_ERR_TLS, TETHER_CAT_PROTOCOL_VERSION, "SEC_E_UNSUPPORTED_FUNCTION" },
+	{ 0x80090327u, 1, TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "SEC_E_CERT_UNKNOWN" },
+	{ 0x80090325u, 1, TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "SEC_E_UNTRUSTED_ROOT" },
+	{ 0x80090308u, 1, TETHER_ERR_TLS, TETHER_CAT_NOT_TLS, "SEC_E_INVALID_TOKEN" },
+	{ 0x8009030Eu, 1, TETHER_ERR_TLS, TETHER_CAT_PEER_NO_CERTIFICATE, "SEC_E_NO_CREDENTIALS" },
+	{ 0x80090349u, 1, TETHER_ERR_TLS, TETHER_CAT_NO_SHARED_SIGALG, "SEC_E_CERT_WRONG_USAGE" },
+	{ 0x80090304u, 1, TETHER_ERR_TLS, TETHER_CAT_HANDSHAKE, "SEC_E_INTERNAL_ERROR" },
+	{ 0x80090326u, 1, TETHER_ERR_TLS, TETHER_CAT_HANDSHAKE, "SEC_E_ILLEGAL_MESSAGE" },
+	{ 0x80090317u, 1, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET, "SEC_E_CONTEXT_EXPIRED" },
+	{ 0x8009030Fu, 1, TETHER_ERR_TLS, TETHER_CAT_CONNECTION_RESET, "SEC_E_MESSAGE_ALTERED" },
+	{ 0x80090330u, 1, TETHER_ERR_TLS, TETHER_CAT_CONNECTION_RESET, "SEC_E_DECRYPT_FAILURE" },
+	/* outside TLS, a decrypt failure of a PFX means a wrong password */
+	{ 0x80090330u, 0, TETHER_ERR_PASSWORD, TETHER_CAT_BAD_PASSWORD, "SEC_E_DECRYPT_FAILURE" },
+	{ 0x80070056u, 0, TETHER_ERR_PASSWORD, TETHER_CAT_BAD_PASSWORD, "ERROR_INVALID_PASSWORD" },
+	{ 0x8009000Bu, 0, TETHER_ERR_UNSUPPORTED, TETHER_CAT_KEY_NOT_EXPORTABLE, "NTE_BAD_KEY_STATE" },
+	{ 0x80090016u, 0, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND, "NTE_BAD_KEYSET" },
+	{ 0x80090010u, 0, TETHER_ERR_PERMISSION, TETHER_CAT_IO, "NTE_PERM" },
+	{ 0x80004001u, 0, TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "E_NOTIMPL" },
+	{ 0x8009310Bu, 0, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT, "CRYPT_E_ASN1_BADTAG" },
+};
+
+static void status_table(void **s)
+{
+	size_t i;
+	sch_status_map m;
+	(void)s;
+	for (i = 0; i < sizeof(wants) / sizeof(wants[0]); i++) {
+		sch_status_lookup(wants[i].status, wants[i].tls, &m);
+		assert_int_equal(m.code, wants[i].code);
+		assert_int_equal(m.category, wants[i].category);
+		assert_non_null(m.name);
+		assert_string_equal(m.name, wants[i].name);
+	}
+}
+
+static void status_unknown(void **s)
+{
+	sch_status_map m;
+	(void)s;
+	sch_status_lookup(0x80091234u, 1, &m);
+	assert_int_equal(m.code, TETHER_ERR_TLS);
+	assert_int_equal(m.category, TETHER_CAT_HANDSHAKE);
+	assert_null(m.name);
+	sch_status_lookup(0x80091234u, 0, &m);
+	assert_int_equal(m.code, TETHER_ERR_CRYPTO);
+	assert_int_equal(m.category, TETHER_CAT_INTERNAL);
+}
+
+static void status_detail(void **s)
+{
+	tether_error e;
+	(void)s;
+	memset(&e, 0, sizeof(e));
+	assert_int_equal(sch_err_status(&e, 0x80090331u, 1, "TLS handshake"), TETHER_ERR_TLS);
+	assert_int_equal(e.category, TETHER_CAT_NO_SHARED_CIPHER);
+	assert_non_null(strstr(e.detail, "TLS handshake: SEC_E_ALGORITHM_MISMATCH (0x80090331)"));
+	assert_non_null(strstr(e.detail, "no cipher suite in common"));
+	assert_int_equal(sch_err_status(&e, 0x80091234u, 1, "x"), TETHER_ERR_TLS);
+	assert_string_equal(e.detail, "x: status 0x80091234");
+	assert_int_equal(sch_err_status(NULL, 0x80090304u, 1, "x"), TETHER_ERR_TLS);
+}
+
+static void names(void **s)
+{
+	(void)s;
+	assert_string_equal(sch_protocol_name(0x00000800u), "TLSv1.2");     /* TLS1_2_CLIENT */
+	assert_string_equal(sch_protocol_name(0x00000400u), "TLSv1.2");     /* TLS1_2_SERVER */
+	assert_string_equal(sch_protocol_name(0x00002000u), "TLSv1.3");
+	assert_string_equal(sch_protocol_name(0x00000200u), "TLSv1.1");
+	assert_string_equal(sch_protocol_name(0), "");
+	assert_string_equal(sch_cipher_name(0xC030), "ECDHE-RSA-AES256-GCM-SHA384");
+	assert_string_equal(sch_cipher_name(0xC02B), "ECDHE-ECDSA-AES128-GCM-SHA256");
+	assert_string_equal(sch_cipher_name(0x1301), "TLS_AES_128_GCM_SHA256");
+	assert_string_equal(sch_cipher_name(0xCCA8), "ECDHE-RSA-CHACHA20-POLY1305");
+	assert_null(sch_cipher_name(0x002F));        /* AES128-SHA: not allowed */
+	/* Wine's connection info: ECDHE (0xAE06) + AES-256 (0x6610) + SHA-384 */
+	assert_int_equal(sch_suite_from_algs(0xAE06, 0x6610, 256, 0x800D, "rsa"), 0xC030);
+	assert_int_equal(sch_suite_from_algs(0xAE06, 0x660E, 128, 0x800C, "ec"), 0xC02B);
+	assert_int_equal(sch_suite_from_algs(0xAE06, 0x6611, 128, 0x800C, "rsa"), 0xC02F);
+	assert_int_equal(sch_suite_from_algs(0xA400, 0x6610, 256, 0x800D, "rsa"), 0);  /* RSA kx */
+	assert_int_equal(sch_suite_from_algs(0xAE06, 0x6610, 256, 0x800C, "rsa"), 0);  /* odd pair */
+	assert_string_equal(sch_sigalg_name("1.2.840.113549.1.1.11"), "sha256WithRSAEncryption");
+	assert_string_equal(sch_sigalg_name("1.2.840.10045.4.3.3"), "ecdsa-with-SHA384");
+	assert_string_equal(sch_sigalg_name("1.2.3"), "1.2.3");
+	assert_string_equal(sch_slot_name(TETHER_SLOT_STAGED), "staged");
+	assert_null(sch_slot_name(7));
+}
+
+/* A minimal ClientHello record with an SNI extension of name. */
+static size_t hello(unsigned char *b, const char *name, int with_sni)
+{
+	size_t nl = strlen(name), o = 0, body, ext, rec_len_at, hs_len_at, ext_len_at;
+	b[o++] = 0x16; b[o++] = 0x03; b[o++] = 0x01;
+	rec_len_at = o; o += 2;
+	b[o++] = 0x01;
+	hs_len_at = o; o += 3;
+	body = o;
+	b[o++] = 0x03; b[o++] = 0x03;
+	memset(b + o, 0xAB, 32); o += 32;
+	b[o++] = 0;                                  /* session id */
+	b[o++] = 0; b[o++] = 2; b[o++] = 0xC0; b[o++] = 0x30;
+	b[o++] = 1; b[o++] = 0;                      /* compression */
+	ext_len_at = o; o += 2;
+	ext = o;
+	b[o++] = 0x00; b[o++] = 0x0b; b[o++] = 0; b[o++] = 2; b[o++] = 1; b[o++] = 0; /* ec_point_formats */
+	if (with_sni) {
+		b[o++] = 0; b[o++] = 0;
+		b[o++] = (unsigned char)((nl + 5) >> 8); b[o++] = (unsigned char)(nl + 5);
+		b[o++] = (unsigned char)((nl + 3) >> 8); b[o++] = (unsigned char)(nl + 3);
+		b[o++] = 0;
+		b[o++] = (unsigned char)(nl >> 8); b[o++] = (unsigned char)nl;
+		memcpy(b + o, name, nl); o += nl;
+	}
+	b[ext_len_at] = (unsigned char)((o - ext) >> 8); b[ext_len_at + 1] = (unsigned char)(o - ext);
+	b[hs_len_at] = 0; b[hs_len_at + 1] = (unsigned char)((o - body) >> 8); b[hs_len_at + 2] = (unsigned char)(o - body);
+	b[rec_len_at] = (unsigned char)((o - 5) >> 8); b[rec_len_at + 1] = (unsigned char)(o - 5);
+	return o;
+}
+
+static void sni(void **s)
+{
+	unsigned char b[512];
+	char out[256];
+	size_t n, i;
+	(void)s;
+	n = hello(b, "p-0123456789abcdef.tether.invalid", 1);
+	assert_int_equal(sch_parse_sni(b, n, out, sizeof(out)), 1);
+	assert_string_equal(out, "p-0123456789abcdef.tether.invalid");
+	/* every shorter prefix asks for more bytes, never reads past them */
+	for (i = 0; i < n; i++)
+		assert_int_equal(sch_parse_sni(b, i, out, sizeof(out)), -1);
+	n = hello(b, "x", 0);
+	assert_int_equal(sch_parse_sni(b, n, out, sizeof(out)), 0);
+	/* a name that does not fit is refused, not truncated */
+	n = hello(b, "p-0123456789abcdef.tether.invalid", 1);
+	assert_int_equal(sch_parse_sni(b, n, out, 8), -2);
+	/* not TLS: HTTP */
+	assert_int_equal(sch_parse_sni((const unsigned char *)"GET / HTTP/1.1\r\n", 16, out, sizeof(out)), -2);
+	/* a lying extension length (server_name's, high byte) */
+	n = hello(b, "abc", 1);
+	b[n - 10] = 0x7f;
+	assert_int_equal(sch_parse_sni(b, n, out, sizeof(out)), -2);
+	/* not a ClientHello */
+	n = hello(b, "abc", 1);
+	b[5] = 0x02;
+	assert_int_equal(sch_parse_sni(b, n, out, sizeof(out)), -2);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(status_table),
+		cmocka_unit_test(status_unknown),
+		cmocka_unit_test(status_detail),
+		cmocka_unit_test(names),
+		cmocka_unit_test(sni),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

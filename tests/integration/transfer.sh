@@ -163,6 +163,24 @@ like "$ALOG" "removed .*\.tether-upload-.*partial upload of an earlier run" "the
 run_ok "uploads work again after the restart" "$SERVER" upload "${A[@]}" $T "$TMP/small" dest
 is "$(sha "$R1/dest")" "$(sha "$TMP/small")" "and replace the destination"
 
+# --- a full disk on the agent (a 2 MiB tmpfs as the second root, in a mount namespace) ---
+if [ "$MODE" = listening ] && unshare -rm true 2>/dev/null; then
+	kill $APID; wait $APID 2>/dev/null
+	bg unshare -rm sh -c 'mount -t tmpfs -o size=2m tmpfs "$1" && shift && exec "$@"' sh "$R2" "$AGENT" run "${AA[@]}" 2>>"$ALOG"
+	APID=$LAST_PID
+	wait_for python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' $APORT
+	head -c 4M /dev/urandom > "$TMP/4m"
+	run_exit 1 "upload bigger than the agent's free space fails" "$SERVER" upload "${A[@]}" $T "$TMP/4m" "$R2/full.bin"
+	like "$TMP/err" "not enough space on the agent|disk is full" "the error says the disk is full"
+	ls -A /proc/$APID/root"$R2" > "$TMP/ls" 2>&1
+	unlike "$TMP/ls" "full.bin|tether-upload" "no partial file and no temporary file on the full disk"
+	run_ok "a small upload to the same disk still works" "$SERVER" upload "${A[@]}" $T "$TMP/small" "$R2/fits"
+	kill $APID; wait $APID 2>/dev/null
+	start_agent
+else
+	_n=$((_n + 1)); echo "ok $_n - $MODE: full disk # SKIP listening mode only, and needs unshare -rm (user and mount namespaces)"
+fi
+
 # --- [services] file = off ---
 kill $APID; wait $APID 2>/dev/null
 printf '\n[services]\nfile = off\n' >> "$AH/agent-default/agent.ini"

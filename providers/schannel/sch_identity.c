@@ -519,7 +519,6 @@ static int self_sign(HCRYPTPROV_OR_NCRYPT_KEY_HANDLE key, int kind, int type,
 	int64_t now = (int64_t)time(NULL);
 	uint32_t days = kp && kp->validity_days ? kp->validity_days : 7300;
 	PCCERT_CONTEXT cc;
-	unsigned char serial[16];
 	int r = 0;
 
 	/* generic subject; characters that X.500 strings treat specially are refused */
@@ -552,7 +551,6 @@ static int self_sign(HCRYPTPROV_OR_NCRYPT_KEY_HANDLE key, int kind, int type,
 	}
 	to_systemtime(now - 3600, &start);      /* an hour of clock skew */
 	to_systemtime(now + (int64_t)days * 86400, &end);
-	(void)serial;
 	cc = CertCreateSelfSignCertificate(key, &name, 0, &kpi, &alg, &start, &end, NULL);
 	if (!cc) {
 		r = sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,

@@ -90,6 +90,7 @@ typedef struct agent {
 	agent_env env;
 	char *work_dir;
 	char **roots;
+	const char *caps[8];
 	int polling;                    /* [tether] mode = polling */
 	struct poller *pollers;
 	size_t npollers;
@@ -999,6 +1000,7 @@ static void poller_connect(poller *p)
 	o.cbs = &agent_cbs;
 	o.cb_arg = a;
 	o.data = ac;
+	o.capabilities = a->caps;
 	if (a->proxy_host[0]) {
 		o.proxy_host = a->proxy_host;
 		o.proxy_port = a->proxy_port;
@@ -1151,6 +1153,7 @@ static void on_accept(void *arg, tether_worker *w, uv_stream_t *server)
 	o.cbs = &agent_cbs;
 	o.cb_arg = a;
 	o.data = ac;
+	o.capabilities = a->caps;
 	/* link first: callbacks may fire during accept */
 	ac->next = wd->conns;
 	if (wd->conns)
@@ -1295,6 +1298,14 @@ static int setup_env(agent *a, tether_error *err)
 	a->env.file_enabled = tether_config_bool(tether_config_get(c->conf, "services", "file", "on")) != 0;
 	a->env.script_retention_s = (uint32_t)strtoul(tether_config_get(c->conf, "scripts", "retention",
 	                                                                  "604800"), NULL, 10);
+	n = 0;
+	a->caps[n++] = "trust";
+	a->caps[n++] = "identity";
+	if (a->env.script_enabled)
+		a->caps[n++] = "script";
+	if (a->env.file_enabled)
+		a->caps[n++] = "file";
+	a->caps[n] = NULL;
 	for (i = 0; agent_services[i]; i++) {
 		if (agent_services[i]->init && (r = agent_services[i]->init(&a->env)) < 0)
 			return tether_err_set(err, r, TETHER_CAT_INTERNAL,

@@ -1201,6 +1201,11 @@ static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
 	                  opts->instance_id, NULL);
 	if (opts->local_role == TETHER_ROLE_AGENT)
 		tether_hello_add_capability(&c->local_hello, "health", NULL);
+	if (opts->capabilities) {
+		size_t i;
+		for (i = 0; opts->capabilities[i] && i < 32; i++)
+			tether_hello_add_capability(&c->local_hello, opts->capabilities[i], NULL);
+	}
 	return c;
 }
 

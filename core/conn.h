@@ -69,6 +69,8 @@ typedef struct tether_conn_opts {
 	const char *proxy_host;
 	int proxy_port;
 	const char *proxy_auth;         /* "user:password" for Basic auth, or NULL */
+	/* HELLO capabilities (NULL-terminated); NULL: none beyond the role's */
+	const char *const *capabilities;
 	/* client role: bind the socket to this local IP address (port 0)
 	 * before connecting, or NULL (load generators spread their source
 	 * addresses over 127.0.0.0/8 this way). */

@@ -121,6 +121,7 @@ typedef struct pconn {
 	int counted;
 	int open;
 	int preauth;                     /* unregistered: registration requests only */
+	uv_timer_t *ptimer;              /* preauth: closed unless it registers in time */
 } pconn;
 
 typedef struct pwaiter {
@@ -145,6 +146,7 @@ static void polling_get(struct srv *s, const reg_target *t,
                         void (*ready)(void *, tether_conn *, const tether_error *), void *arg);
 
 #define PREAUTH_MAX 64   /* unregistered connections at once */
+#define PREAUTH_WAIT_MS 15000 /* time an unregistered agent has to send register */
 
 /* Modules (server/modules.c). */
 extern const srv_module *const srv_modules[];
@@ -262,8 +264,11 @@ static void held_get(srv *s, const reg_target *t, void (*ready)(void *, tether_c
 	if (h && (strcmp(h->host, t->host ? t->host : "") || h->port != t->port ||
 	          !tether_thumbprint_equal(&h->pin, &pin))) {
 		/* the target changed (set-thumbprint, new address): start over */
-		if (h->c)
-			tether_conn_close(h->c, "reconfigured", "the target was changed on the server");
+		tether_conn *old = h->c;
+		h->c = NULL;
+		h->open = 0;
+		if (old)
+			tether_conn_close(old, "reconfigured", "the target was changed on the server");
 		h->pin = pin;
 		snprintf(h->host, sizeof(h->host), "%s", t->host ? t->host : "");
 		h->port = t->port;
@@ -731,6 +736,31 @@ static tether_conn *ptarget_pick(srv *s, ptarget *pt)
 	return open[pt->rr++ % n]->c;
 }
 
+/* An unregistered agent that does not register in time (a polling agent
+ * whose target was never added) is told so and closed; it retries with
+ * backoff and logs why. */
+static void preauth_expire(uv_timer_t *t)
+{
+	pconn *pc = t->data;
+	char msg[200];
+
+	snprintf(msg, sizeof(msg), "this agent's certificate %.64s is not registered on this server: "
+	         "'tether-server target add NAME --polling --thumbprint %.64s' there, or 'tether-agent "
+	         "register-with' here", pc->sha, pc->sha);
+	log_info("closing the connection of unregistered agent %s (%s): it did not register", pc->sha,
+	         tether_conn_peer_addr(pc->c));
+	tether_conn_close(pc->c, "not_registered", msg);
+}
+
+static void preauth_timer_free(pconn *pc)
+{
+	if (pc->ptimer) {
+		uv_timer_stop(pc->ptimer);
+		uv_close((uv_handle_t *)pc->ptimer, (uv_close_cb)free);
+		pc->ptimer = NULL;
+	}
+}
+
 static void p_on_open(void *arg, tether_conn *c)
 {
 	pconn *pc = arg, *o;
@@ -746,6 +776,10 @@ static void p_on_open(void *arg, tether_conn *c)
 	if (pc->preauth) {
 		tether_debug("rpc", "unregistered agent %s from %s: registration requests only", pc->sha,
 		             tether_conn_peer_addr(c));
+		pc->ptimer = tether_xcalloc(1, sizeof(*pc->ptimer));
+		uv_timer_init(s->loop, pc->ptimer);
+		pc->ptimer->data = pc;
+		uv_timer_start(pc->ptimer, preauth_expire, PREAUTH_WAIT_MS, 0);
 		return;
 	}
 	(void)pt;
@@ -794,6 +828,7 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 	if (pc->counted)
 		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 0);
 	if (pc->preauth) {
+		preauth_timer_free(pc);
 		if (s->npreauth)
 			s->npreauth--;
 		if (s->preauth && s->preauth->closed)
@@ -916,6 +951,11 @@ static void polling_target_changed(srv *s, const char *name)
 	pconn *pc;
 
 	s->pcache_dirty = 1;
+	/* an agent waiting in the registration role may be a target now:
+	 * let it reconnect as one */
+	for (pc = s->pconns; pc; pc = pc->next)
+		if (pc->preauth && pc->c && tether_conn_is_open(pc->c))
+			tether_conn_close(pc->c, "registered", "reconnect: this agent is now registered");
 	for (pc = s->pconns; pc; pc = pc->next)
 		if (pc->open && !strcmp(pc->name, name))
 			tether_conn_close(pc->c, "reconfigured", "the target was changed on the server");
@@ -1379,6 +1419,8 @@ static void on_admin(void *arg, admin_call *call, const char *method, json_t *pa
 		s->pcache_dirty = 1;
 		if (name && (!strcmp(method, "target.remove") || !strcmp(method, "target.set-thumbprint"))) {
 			close_held_of(s, name);
+			polling_target_changed(s, name);
+		} else if (name && !strcmp(method, "target.add")) {
 			polling_target_changed(s, name);
 		}
 	}

@@ -78,7 +78,8 @@ typedef struct agent {
 	tether_audit *audit;
 	uv_loop_t *loop;
 	uv_signal_t sigterm, sigint, sighup;
-	uv_fs_event_t watch;
+	uv_fs_event_t watch, idwatch;
+	unsigned ticks;
 	uv_timer_t poll_timer, drain_timer;
 	struct timespec trust_mtime;
 	time_t started;
@@ -294,9 +295,22 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
 		reload_trust(a, 0);
 }
 
+static void check_identity_change(agent *a);
+
+static void on_id_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+	(void)filename;
+	(void)events;
+	(void)status;
+	check_identity_change(h->data);
+}
+
 static void on_poll(uv_timer_t *t)
 {
-	reload_trust(t->data, 0);
+	agent *a = t->data;
+	reload_trust(a, 0);
+	if (++a->ticks % 5 == 0)
+		check_identity_change(a);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1222,6 +1236,8 @@ static void on_drained(uv_timer_t *t)
 
 	tether_workers_broadcast(a->ws, abort_all_fn, a);
 	uv_fs_event_stop(&a->watch);
+	uv_fs_event_stop(&a->idwatch);
+	uv_close((uv_handle_t *)&a->idwatch, NULL);
 	uv_close((uv_handle_t *)&a->sigterm, NULL);
 	uv_close((uv_handle_t *)&a->sigint, NULL);
 	uv_close((uv_handle_t *)&a->sighup, NULL);
@@ -1230,25 +1246,51 @@ static void on_drained(uv_timer_t *t)
 	uv_close((uv_handle_t *)&a->drain_timer, NULL);
 }
 
+static void reload_identity(agent *a)
+{
+	tlsref *t = NULL, *old;
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (build_tls(a, &t, &e) < 0) {
+		log_error("cannot reload the identity, keeping the current one: %s", e.detail);
+		return;
+	}
+	pthread_mutex_lock(&a->lock);
+	old = a->tls;
+	a->tls = t;
+	pthread_mutex_unlock(&a->lock);
+	log_info("identity %s loaded; existing connections drain on the old one", t->summary.sha256);
+	tlsref_release(a, old);
+}
+
+/* new-certificate / import-certificate while running: pick it up. */
+static void check_identity_change(agent *a)
+{
+	tether_id_summary cur;
+	tether_error e;
+	int changed;
+
+	memset(&e, 0, sizeof(e));
+	if (tether_slot_summary(a->prov, TETHER_SLOT_CURRENT, &cur, &e) < 0 || !cur.present)
+		return;
+	pthread_mutex_lock(&a->lock);
+	changed = strcmp(cur.sha256, a->tls->summary.sha256) != 0;
+	pthread_mutex_unlock(&a->lock);
+	if (changed) {
+		log_info("the certificate changed on disk (%s): switching to it", cur.sha256);
+		reload_identity(a);
+	}
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
 	agent *a = s->data;
 
 	if (signum == SIGHUP) {
-		tlsref *t = NULL, *old;
-		tether_error e;
 		log_info("SIGHUP: reloading identity and trust");
 		reload_trust(a, 1);
-		if (build_tls(a, &t, &e) < 0) {
-			log_error("cannot reload the identity, keeping the current one: %s", e.detail);
-			return;
-		}
-		pthread_mutex_lock(&a->lock);
-		old = a->tls;
-		a->tls = t;
-		pthread_mutex_unlock(&a->lock);
-		log_info("identity %s loaded; existing connections drain on the old one", t->summary.sha256);
-		tlsref_release(a, old);
+		reload_identity(a);
 		return;
 	}
 	if (a->stopping)
@@ -1441,6 +1483,14 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	a.watch.data = &a;
 	if (uv_fs_event_start(&a.watch, on_fs_event, c->inst->state_dir, 0) < 0)
 		log_warn("cannot watch %s; trust changes are polled every 2 s", c->inst->state_dir);
+	uv_fs_event_init(a.loop, &a.idwatch);
+	a.idwatch.data = &a;
+	{
+		char *idd = tether_asprintf("%s/identity", c->inst->state_dir);
+		if (tether_is_dir(idd))
+			uv_fs_event_start(&a.idwatch, on_id_event, idd, 0);
+		free(idd);
+	}
 	uv_timer_init(a.loop, &a.poll_timer);
 	a.poll_timer.data = &a;
 	uv_timer_start(&a.poll_timer, on_poll, 2000, 2000);

@@ -14,6 +14,7 @@
 #include "pem.h"
 #include "secret.h"
 #include "util.h"
+#include "admin_client.h"
 
 #define PFX_MAX (1024 * 1024)
 #define PW_ENV "TETHER_PFX_PASSWORD"
@@ -53,6 +54,20 @@ static int on_cert_opt(cli_ctx *c, int id, const char *val, void *arg)
 	case O_DISCARD_STAGED: o->discard_staged = 1; break;
 	}
 	return 0;
+}
+
+/* A running server daemon picks up an identity change at once. */
+static void tell_daemon(cli_ctx *c)
+{
+	json_t *res = NULL;
+	tether_error e;
+
+	if (strcmp(c->prog->program, "server") || !c->inst)
+		return;
+	memset(&e, 0, sizeof(e));
+	if (admin_client_call(c->inst, "server.reload", NULL, 10000, &res, &e) == 0)
+		printf("The running tether-server daemon now uses it.\n");
+	json_decref(res);
 }
 
 static int slot_parse(const char *s)
@@ -203,6 +218,8 @@ int verb_new_certificate(cli_ctx *c, int argc, char **argv)
 	}
 	if (o.export_pfx)
 		printf("Exported to %s (mode 0600)\n", o.export_pfx);
+	if (target_slot == TETHER_SLOT_CURRENT)
+		tell_daemon(c);
 	return 0;
 }
 
@@ -425,6 +442,7 @@ int verb_import_certificate(cli_ctx *c, int argc, char **argv)
 		printf("Old thumbprint: %s\n", cur.present ? cur.sha256 : "(none)");
 		printf("New thumbprint: %s\n", neu.sha256);
 	}
+	tell_daemon(c);
 	r = 0;
 out:
 	if (data)
@@ -471,5 +489,6 @@ int verb_use_staged_certificate(cli_ctx *c, int argc, char **argv)
 		printf("Old thumbprint: %s\n", cur.present ? cur.sha256 : "(none)");
 		printf("New thumbprint: %s\n", st.sha256);
 	}
+	tell_daemon(c);
 	return 0;
 }

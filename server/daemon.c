@@ -1432,6 +1432,17 @@ static void on_admin(void *arg, admin_call *call, const char *method, json_t *pa
 			if (srv_modules[i]->admin && srv_modules[i]->admin(s, (struct admin_call *)call, method, params))
 				return;
 	}
+	if (!strcmp(method, "server.reload")) {
+		tether_error e;
+		memset(&e, 0, sizeof(e));
+		if (srv_identities_reload(s, &e) < 0) {
+			admin_reply_tether_error(call, &e);
+			return;
+		}
+		tether_audit_write(s->audit, admin_call_user(call), "server.reload", NULL, "ok", NULL, NULL, NULL);
+		admin_reply(call, json_pack("{s:s, s:s}", "sha256", s->summary.sha256, "previous", srv_previous_sha256(s)));
+		return;
+	}
 	if (!strcmp(method, "server.status")) {
 		admin_reply(call, json_pack("{s:s, s:s, s:s}", "version", PACKAGE_VERSION, "sha256",
 		                            s->summary.sha256, "provider", s->prov->t->name));
@@ -1458,7 +1469,11 @@ static void on_signal(uv_signal_t *sig, int signum)
 	held *h;
 
 	if (signum == SIGHUP) {
-		log_info("SIGHUP: the identity is reloaded on restart in this version; trust lives in the registry");
+		tether_error e;
+		memset(&e, 0, sizeof(e));
+		log_info("SIGHUP: reloading the identities");
+		if (srv_identities_reload(s, &e) < 0)
+			log_error("cannot reload the identities, keeping the ones in use: %s", e.detail);
 		return;
 	}
 	if (s->stopping)

@@ -11,7 +11,9 @@
  *                them: number or string), error, category, next_seq (the
  *                seq the next stored record gets), agent_seq (the last
  *                agent record stored, NULL: none), cancel_requested,
- *                completed (the agent acknowledged script.complete).
+ *                completed (nothing left to do with the agent: it
+ *                acknowledged script.complete, or the task ended on our
+ *                side).
  *   task_output  task_id, seq (1, 2, ... per task, our own numbering),
  *                stream ("stdout"/"stderr"), time (as the agent gave it),
  *                data (the raw bytes).
@@ -92,8 +94,10 @@ int task_store_get(task_store *ts, int64_t id, task_rec *out, tether_error *err)
 /* Newest first; target may be NULL; limit 0: 50. */
 int task_store_list(task_store *ts, const char *target, unsigned limit, task_rec **out,
                     size_t *n, tether_error *err);
-/* Tasks the daemon still has work for: not final, or final but the
- * agent's ticket not yet completed (oldest first). */
+/* Tasks the daemon still has work for (oldest first): those not marked
+ * completed, i.e. not final, or final but the agent's ticket not yet freed
+ * with script.complete.  A task that failed on our side, or was cancelled
+ * before the agent had it, is marked completed when it ends. */
 int task_store_unfinished(task_store *ts, task_rec **out, size_t *n, tether_error *err);
 
 /* In one transaction: append the agent's records (recs[i].seq is the

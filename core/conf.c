@@ -486,6 +486,17 @@ int tether_validate_hostport(const char *v, char *why, size_t n)
 	return 0;
 }
 
+int tether_validate_hostport_or_off(const char *v, char *why, size_t n)
+{
+	if (!strcmp(v, "off"))
+		return 0;
+	if (tether_validate_hostport(v, why, n) < 0) {
+		snprintf(why, n, "expected HOST:PORT (for example 0.0.0.0:10943) or off");
+		return -1;
+	}
+	return 0;
+}
+
 int tether_validate_bool(const char *v, char *why, size_t n)
 {
 	if (tether_config_bool(v) < 0) {

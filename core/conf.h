@@ -69,6 +69,7 @@ int tether_config_edit_text(const char *text, const tether_config_edit *edits,
 
 /* Common validators. */
 int tether_validate_hostport(const char *v, char *why, size_t n);
+int tether_validate_hostport_or_off(const char *v, char *why, size_t n);
 int tether_validate_bool(const char *v, char *why, size_t n);
 int tether_validate_uint(const char *v, char *why, size_t n);
 int tether_validate_log_level(const char *v, char *why, size_t n);

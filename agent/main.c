@@ -74,6 +74,7 @@ static const cli_verb verbs[] = {
 	{ "show-configuration", verb_show_configuration, "show paths and settings" },
 #ifndef TETHER_NO_DAEMON /* Windows build until the daemon is ported (docs/windows.md) */
 	{ "run", verb_run, "run the agent in the foreground (listening mode)" },
+	{ "register-with", verb_register_with, "ask a server to register this agent (--server HOST:PORT --name NAME ...)" },
 #endif
 	{ "configure", verb_configure, "change trust and settings (--trust, --remove-trust, --listen, ...)" },
 	{ "list-trust", verb_list_trust, "list trusted server and recovery thumbprints" },

@@ -24,6 +24,9 @@ int verb_download(cli_ctx *c, int argc, char **argv);
 int verb_exec(cli_ctx *c, int argc, char **argv);
 int verb_run_script(cli_ctx *c, int argc, char **argv);
 int verb_task(cli_ctx *c, int argc, char **argv);
+/* cli_registration.c: registrations list | accept | reject, token create | list | revoke */
+int verb_registrations(cli_ctx *c, int argc, char **argv);
+int verb_token(cli_ctx *c, int argc, char **argv);
 /* cli_configure.c */
 int verb_server_configure(cli_ctx *c, int argc, char **argv);
 

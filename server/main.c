@@ -5,8 +5,11 @@
 
 const tether_config_key server_schema[] = {
 	{ "tether", "provider", NULL, 0, "openssl", "crypto provider: openssl or pkcs11" },
-	{ "polling", "address", tether_validate_hostport, 0, "0.0.0.0:10943", "where polling agents connect" },
+	{ "polling", "address", tether_validate_hostport_or_off, 0, "0.0.0.0:10943", "where polling agents connect (off: no polling listener)" },
 	{ "polling", "wait", tether_validate_uint, 0, "30", "seconds a request waits for a polling agent that is not connected" },
+	{ "registration", "enabled", tether_validate_bool, 0, "off", "on: agents whose certificate is not registered may ask to be (tether-agent register-with)" },
+	{ "registration", "max-pending", tether_validate_uint, 0, "1000", "registrations waiting for approval at once" },
+	{ "registration", "rate", tether_validate_uint, 0, "30", "register requests per minute per source address" },
 	{ "admin", "group", NULL, 0, NULL, "group (besides root) allowed to use the admin socket" },
 	{ "log", "level", tether_validate_log_level, 0, "info", "error, warning, info or debug" },
 	{ "log", "file", NULL, 0, NULL, "also write the log to this file" },
@@ -62,6 +65,8 @@ static const cli_verb verbs[] = {
 	{ "import-certificate", verb_import_certificate, "replace the certificate from a PFX or PEM file" },
 	{ "service", verb_service, "install, remove, start, stop or query the systemd service" },
 	{ "doctor", verb_doctor, "check this instance and say how to fix what is wrong" },
+	{ "registrations", verb_registrations, "agents asking to be registered: list, accept ID [--name NEW], reject ID" },
+	{ "token", verb_token, "one-time registration tokens: create [--expires DURATION] [--tag T]..., list, revoke ID" },
 	{ "target", verb_target, "manage the agents this server commands: add, list, show, remove, set-thumbprint" },
 	{ "version", verb_version, "show the version" },
 	{ NULL, NULL, NULL }

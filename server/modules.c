@@ -6,5 +6,7 @@
 const srv_module *const srv_modules[] = {
 	&srv_module_tasks,
 	&srv_module_transfer,
+	&srv_module_registration,
+	&srv_module_rotation,
 	NULL
 };

@@ -531,8 +531,7 @@ static void handle_agent_error(task *t, enum call_kind kind, const tether_rpc_re
 		          "so far is kept", t->ticket, m, resp->message);
 		return;
 	}
-	task_fail(t, agent_category(resp), "the agent refused %s: %s (%s)", m, resp->message,
-	          resp->code);
+	task_fail(t, agent_category(resp), "the agent refused %s: %s", m, resp->message);
 }
 
 static void handle_answer(call_ctx *cc, const tether_rpc_response *resp, const tether_error *err)
@@ -972,12 +971,11 @@ static void m_create(admin_call *call, json_t *params)
 	int r = 0;
 
 	memset(&e, 0, sizeof(e));
-	if (command_param(call, params, &cmd) < 0) {
-		audit(call, "task.create", NULL, "bad_input", "invalid task parameters");
+	/* a refusal is audited by the admin layer when it is answered */
+	admin_call_set_audit(call, srv_audit(g->s));
+	if (command_param(call, params, &cmd) < 0)
 		return;
-	}
 	if (targets_param(call, params, &names, &n) < 0) {
-		audit(call, "task.create", NULL, "bad_input", "invalid or unknown targets");
 		json_decref(cmd);
 		return;
 	}
@@ -1002,10 +1000,10 @@ static void m_create(admin_call *call, json_t *params)
 	if (r < 0) {
 		if (!sqlite3_get_autocommit(db))
 			sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-		audit(call, "task.create", NULL, tether_category_name(e.category), e.detail);
 		admin_reply_tether_error(call, &e);
 		goto out;
 	}
+	admin_call_set_audit(call, NULL);   /* one record per task instead */
 	arr = json_array();
 	for (i = 0; i < n; i++) {
 		task_rec rec;
@@ -1132,15 +1130,15 @@ static void m_cancel(admin_call *call, json_t *params)
 	json_t *res;
 
 	memset(&e, 0, sizeof(e));
-	if (id_param(call, "task.cancel", params, &id) < 0) {
-		audit(call, "task.cancel", NULL, "bad_input", "no task id");
+	/* a refusal is audited by the admin layer when it is answered */
+	admin_call_set_audit(call, srv_audit(g->s));
+	if (id_param(call, "task.cancel", params, &id) < 0)
 		return;
-	}
 	if (task_store_get(g->store, id, &r, &e) < 0) {
-		audit(call, "task.cancel", NULL, tether_category_name(e.category), e.detail);
 		admin_reply_tether_error(call, &e);
 		return;
 	}
+	admin_call_set_audit(call, NULL);   /* audited below, with the target */
 	if (task_state_final(r.state)) {
 		audit(call, "task.cancel", r.target, NULL, NULL);
 		admin_reply(call, task_json(&r));
@@ -1249,15 +1247,11 @@ static void tasks_stop(srv *s)
 
 	if (!m)
 		return;
+	/* long polls get what there is now; the CLI then finds the daemon
+	 * gone and waits for it to come back */
+	while (m->waiters)
+		waiter_answer(m->waiters);
 	g = NULL;               /* answers arriving from now on only free their task */
-	while (m->waiters) {
-		pollw *w = m->waiters;
-		m->waiters = w->next;
-		if (m->waiters)
-			m->waiters->prev = NULL;
-		w->next = w->prev = NULL;
-		waiter_answer(w);
-	}
 	while (m->tasks) {
 		task *t = m->tasks;
 		m->tasks = t->next;

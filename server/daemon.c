@@ -945,17 +945,24 @@ static void polling_get(srv *s, const reg_target *t,
 	uv_timer_start(&w->timer, pwaiter_timeout, s->pwait_ms ? s->pwait_ms : 1, 0);
 }
 
+/* An agent waiting in the registration role whose certificate is now a
+ * registered target reconnects as one. */
+static void preauth_recheck(srv *s)
+{
+	pconn *pc;
+
+	for (pc = s->pconns; pc; pc = pc->next)
+		if (pc->preauth && pc->c && tether_conn_is_open(pc->c) && pcache_lookup(s, pc->sha))
+			tether_conn_close(pc->c, "registered", "reconnect: this agent is now registered");
+}
+
 /* A target changed: drop its polling connections if its pin changed. */
 static void polling_target_changed(srv *s, const char *name)
 {
 	pconn *pc;
 
 	s->pcache_dirty = 1;
-	/* an agent waiting in the registration role may be a target now:
-	 * let it reconnect as one */
-	for (pc = s->pconns; pc; pc = pc->next)
-		if (pc->preauth && pc->c && tether_conn_is_open(pc->c))
-			tether_conn_close(pc->c, "registered", "reconnect: this agent is now registered");
+	preauth_recheck(s);
 	for (pc = s->pconns; pc; pc = pc->next)
 		if (pc->open && !strcmp(pc->name, name))
 			tether_conn_close(pc->c, "reconfigured", "the target was changed on the server");
@@ -1420,12 +1427,15 @@ static void on_admin(void *arg, admin_call *call, const char *method, json_t *pa
 		if (name && (!strcmp(method, "target.remove") || !strcmp(method, "target.set-thumbprint"))) {
 			close_held_of(s, name);
 			polling_target_changed(s, name);
-		} else if (name && !strcmp(method, "target.add")) {
-			polling_target_changed(s, name);
 		}
 	}
-	if (admin_targets_dispatch(s->reg, s->audit, call, method, params))
+	if (admin_targets_dispatch(s->reg, s->audit, call, method, params)) {
+		if (!strcmp(method, "target.add")) {
+			s->pcache_dirty = 1;
+			preauth_recheck(s);
+		}
 		return;
+	}
 	{
 		size_t i;
 		for (i = 0; srv_modules[i]; i++)

@@ -288,6 +288,7 @@ struct runner {
 	pthread_cond_t cond;
 	size_t n_done;
 	volatile int cancelling;
+	pthread_t main_thread;           /* woken with SIGUSR1 when a follower ends */
 };
 
 /* Write a record's bytes: as they are with one target, else line by line
@@ -383,6 +384,8 @@ static void follower_finish(follower *f)
 	R->n_done++;
 	pthread_cond_broadcast(&R->cond);
 	pthread_mutex_unlock(&R->lock);
+	if (!pthread_equal(pthread_self(), R->main_thread))
+		pthread_kill(R->main_thread, SIGUSR1);
 }
 
 /* Errors that mean the daemon itself is not there (now). */
@@ -539,6 +542,7 @@ static int run_remote(cli_ctx *c, json_t *params)
 	R.n = json_array_size(tasks);
 	R.several = R.n > 1;
 	R.f = tether_xcalloc(R.n, sizeof(*R.f));
+	R.main_thread = pthread_self();
 	pthread_mutex_init(&R.lock, NULL);
 	pthread_cond_init(&R.cond, NULL);
 	json_array_foreach(tasks, i, v) {
@@ -548,11 +552,13 @@ static int run_remote(cli_ctx *c, json_t *params)
 	}
 	json_decref(res);
 
-	/* Signals go to this thread only (sigtimedwait below). */
+	/* Signals go to this thread only (sigtimedwait below); SIGUSR1 comes
+	 * from a follower that ended. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &sigs, &old);
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, WORKER_STACK);
@@ -582,7 +588,7 @@ static int run_remote(cli_ctx *c, json_t *params)
 			break;
 		if (interrupted && tether_now_ms() > deadline)
 			break;
-		if (sigtimedwait(&sigs, &si, &ts) > 0 && !interrupted) {
+		if (sigtimedwait(&sigs, &si, &ts) > 0 && si.si_signo != SIGUSR1 && !interrupted) {
 			interrupted = 1;
 			deadline = tether_now_ms() + CANCEL_WAIT_MS;
 			note(&R, "interrupted: cancelling the command on %zu target%s", R.n - done,
@@ -600,6 +606,14 @@ static int run_remote(cli_ctx *c, json_t *params)
 	for (i = 0; i < R.n; i++)
 		if (R.f[i].started)
 			pthread_join(R.f[i].thread, NULL);
+	/* consume what is pending (the followers' SIGUSR1 would kill us once
+	 * unblocked; a second Ctrl-C changes nothing now) */
+	for (i = 0; i < 4 * R.n + 16; i++) {
+		struct timespec zero = { 0, 0 };
+		siginfo_t si;
+		if (sigtimedwait(&sigs, &si, &zero) < 0)
+			break;
+	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 
 	for (i = 0; i < R.n; i++) {

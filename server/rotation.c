@@ -496,6 +496,13 @@ static void do_finish(srv *s, admin_call *call, int force)
 		admin_reply_tether_error(call, &e);
 		return;
 	}
+	/* with --force: a cached TLS session of a target that trusted only the
+	 * dropped identity would still resume as that identity; drop it */
+	{
+		json_t *row;
+		json_array_foreach(remaining, i, row)
+			srv_target_close(s, json_string_value(json_object_get(row, "target")));
+	}
 	tether_audit_write(srv_audit(s), admin_call_user(call), "rotate-certificate --finish", NULL, "ok", NULL,
 	                   force ? "previous identity dropped with --force" : "previous identity dropped", NULL);
 	admin_reply(call, json_pack("{s:s, s:s, s:b, s:o}", "current", srv_sha256(s), "previous", prev,

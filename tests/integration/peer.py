@@ -9,6 +9,15 @@ third-party TLS stack).  Subcommands:
                                  'closed after N s' or 'still open'
   flood HOST PORT SRC N RATE     N TCP+TLS handshakes without a certificate
                                  from source address SRC at RATE per second
+  call HOST PORT CERT KEY METHOD PARAMS [METHOD PARAMS]...
+                                 mutual TLS + HELLO as a server, then each
+                                 request in turn on that one connection; prints
+                                 'result JSON' or 'error CODE MESSAGE' per
+                                 request ('closed' if the connection ends)
+  serve-call PORT CERT KEY SECS METHOD PARAMS [METHOD PARAMS]...
+                                 the same as the TLS server of one polling
+                                 agent that connects to 127.0.0.1:PORT within
+                                 SECS seconds (answers its HELLO first)
 """
 import json, os, socket, ssl, struct, sys, time
 
@@ -50,6 +59,27 @@ HELLO = {"protocol": "tether", "version": "1.0", "role": "server", "software_ver
 def hello(t):
     t.sendall(frame(1, 0, json.dumps(HELLO).encode()))
     return read_frame(t)
+
+def requests(t, pairs):
+    """Send each (method, params JSON) and print its answer, in order."""
+    for i in range(0, len(pairs) - 1, 2):
+        rid = i // 2 + 1
+        body = {"id": rid, "method": pairs[i], "params": json.loads(pairs[i + 1])}
+        t.sendall(frame(2, rid, json.dumps(body).encode()))
+        while True:
+            f = read_frame(t)
+            if f is None or f[0] == 3 or f[0] == 10:
+                break
+        if f is None or f[0] != 3:
+            print("closed"); sys.stdout.flush()
+            return 1
+        d = json.loads(f[2])
+        if "error" in d:
+            print("error", d["error"].get("code"), d["error"].get("message"))
+        else:
+            print("result", json.dumps(d.get("result"), sort_keys=True))
+        sys.stdout.flush()
+    return 0
 
 def is_closed(t, wait=3.0):
     t.settimeout(wait)
@@ -110,6 +140,36 @@ def main():
                 fail += 1
         print("handshakes %d refused %d in %.1f s" % (ok, fail, time.time() - start))
         return 0
+    if cmd == "call":
+        t = connect(*sys.argv[2:6])
+        f = hello(t)
+        if f is None or "error" in json.loads(f[2]):
+            print("closed" if f is None else "refused " + f[2].decode()); return 1
+        return requests(t, sys.argv[6:])
+    if cmd == "serve-call":
+        port, cert, key, secs = int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        c.load_cert_chain(cert, key)
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", port))
+        ls.listen(4)
+        ls.settimeout(secs)
+        try:
+            s, _ = ls.accept()
+        except socket.timeout:
+            print("no agent connected in %.0f s" % secs); return 1
+        s.settimeout(10)
+        try:
+            t = c.wrap_socket(s, server_side=True)
+            f = read_frame(t)
+        except (ssl.SSLError, OSError) as e:
+            print("closed", e); return 1
+        if f is None or f[0] != 1:
+            print("closed"); return 1
+        ans = dict(HELLO, mode=json.loads(f[2]).get("mode", "polling"))
+        t.sendall(frame(1, 0, json.dumps(ans).encode()))
+        return requests(t, sys.argv[6:])
     return 2
 
 if __name__ == "__main__":

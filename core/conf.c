@@ -344,9 +344,11 @@ static int apply_one(line **ls, size_t *n, const tether_config_edit *ed, tether_
 		if (l->key[0] || header != i)
 			last_in_section = i;
 	}
-	/* trailing blank lines don't extend the section */
+	/* trailing blank lines don't extend the section; nor do the lines of
+	 * other sections before a repeated header of this one */
 	while (last_in_section != (size_t)-1 && last_in_section > header &&
-	       !(*ls)[last_in_section].key[0])
+	       (!(*ls)[last_in_section].key[0] ||
+	        strcmp((*ls)[last_in_section].section, ed->section)))
 		last_in_section--;
 	switch (ed->op) {
 	case TETHER_CFG_SET:

@@ -6,8 +6,7 @@
  * and whatever opens beneath the fixture root -- through openat2 or the
  * component walk (first input byte chooses) -- really is inside it
  * (checked with /proc/self/fd).
- * Build: clang -fsanitize=fuzzer,address -Iinclude -Icore -I<builddir>
- *        tests/fuzz/fuzz_pathjail.c core/pathjail.c core/error.c
+ * Built and run by 'make fuzz-smoke' (tests/fuzz/Makefile.am).
  */
 #include <fcntl.h>
 #include <stddef.h>
@@ -29,9 +28,16 @@ static int rootfd = -1;
 /* A small tree with links in and out, made once per process. */
 static void fixture(void)
 {
-	char tmpl[] = "/tmp/tether-fuzz-pathjail-XXXXXX", p[512];
-	char *d = mkdtemp(tmpl);
+	const char *tmp = getenv("TMPDIR");
+	char tmpl[200], p[512];
+	char *d;
 	int fd;
+
+	/* under $TMPDIR when set ('make fuzz-smoke' points it at a directory
+	 * it removes afterwards) */
+	snprintf(tmpl, sizeof(tmpl), "%s/tether-fuzz-pathjail-XXXXXX",
+	         tmp && tmp[0] && strlen(tmp) < 100 ? tmp : "/tmp");
+	d = mkdtemp(tmpl);
 
 	if (!d)
 		abort();

@@ -121,6 +121,24 @@ static void newline_injection_refused(void **s)
 	assert_null(out);
 }
 
+/* Found by tests/fuzz/fuzz_conf.c: with a section header repeated and
+ * empty the second time, a new key went into the section before it. */
+static void edit_repeated_empty_section(void **s)
+{
+	static const char text[] = "[listen]\n\n[log]\nlevel = info\n[listen]\n\n"
+	                           "[log]\naudit = on\n";
+	tether_config_edit ed = { TETHER_CFG_SET, "listen", "address", "127.0.0.1:1" };
+	tether_config *c = NULL;
+	char *out = NULL;
+	(void)s;
+	assert_int_equal(tether_config_edit_text(text, &ed, 1, &out, NULL), 0);
+	assert_int_equal(tether_config_parse(out, "t", NULL, &c, NULL), 0);
+	assert_string_equal(tether_config_get(c, "listen", "address", "-"), "127.0.0.1:1");
+	assert_string_equal(tether_config_get(c, "log", "address", "-"), "-");
+	tether_config_free(c);
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -129,6 +147,7 @@ int main(void)
 		cmocka_unit_test(edit_keeps_comments),
 		cmocka_unit_test(apply_refuses_invalid_and_keeps_file),
 		cmocka_unit_test(newline_injection_refused),
+		cmocka_unit_test(edit_repeated_empty_section),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

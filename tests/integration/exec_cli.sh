@@ -12,6 +12,7 @@ H="$TMP/home"
 A=(--home "$H")
 APORT=$(free_port)
 DEAD=$(free_port)                     # nothing listens there
+SPORT=$(free_port)                    # the server's polling listener (unused here)
 
 last_task() { "$SERVER" task list "${A[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
 task_field() { "$SERVER" task show "${A[@]}" "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get(sys.argv[1], ""))' "$2"; }
@@ -32,6 +33,7 @@ start_agent() {
 "$SERVER" new-certificate "${A[@]}" >/dev/null
 AT=$("$AGENT" show-thumbprint "${A[@]}" | head -1)
 ST=$("$SERVER" show-thumbprint "${A[@]}" | head -1)
+printf '[polling]\naddress = 127.0.0.1:%s\n' "$SPORT" >> "$H/server-default/server.ini"
 run_ok "agent trusts the server" "$AGENT" configure "${A[@]}" --trust "$ST" --listen 127.0.0.1:$APORT
 start_agent
 ok $? "agent started"

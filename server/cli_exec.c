@@ -39,6 +39,8 @@
 #define DAEMON_LOST_MS 60000           /* how long a follower waits for the daemon to return */
 #define SCRIPT_MAX (512 * 1024)
 #define WORKER_STACK (256 * 1024)
+#define WORKERS_MAX 32                 /* follower threads (admin connections) */
+#define ROUND_PAUSE_MS 200
 
 enum { O_TAG = OPT__VERB_BASE, O_TIMEOUT, O_ISOLATION, O_ENV, O_CWD, O_SHELL, O_TARGET, O_LIMIT };
 
@@ -264,8 +266,6 @@ typedef struct linebuf {
 
 typedef struct follower {
 	runner *R;
-	pthread_t thread;
-	int started;
 	int64_t id;
 	char target[REG_NAME_MAX + 1];
 	linebuf lines[2];                /* stdout, stderr (several targets) */
@@ -275,14 +275,26 @@ typedef struct follower {
 	char error[TETHER_ERROR_DETAIL_MAX];
 	char category[40];
 	char retrying[TETHER_ERROR_DETAIL_MAX];
+	int64_t after;                   /* the last record seen */
+	uint64_t lost_since;             /* the daemon went away then (0: it is there) */
+	int over;                        /* the worker is done with it */
 	volatile int done;               /* under R->lock */
 } follower;
+
+typedef struct worker {
+	runner *R;
+	pthread_t thread;
+	int started;
+	size_t first, step;
+} worker;
 
 struct runner {
 	const char *progname, *verb;
 	const tether_instance *inst;
 	follower *f;
 	size_t n;
+	worker *w;
+	size_t nw;
 	int several;
 	pthread_mutex_t lock;            /* output and done flags */
 	pthread_cond_t cond;
@@ -388,6 +400,12 @@ static void follower_finish(follower *f)
 		pthread_kill(R->main_thread, SIGUSR1);
 }
 
+/* The daemon has too many admin connections (other CLIs): try again. */
+static int daemon_busy(const tether_error *e)
+{
+	return strstr(e->detail, "too many admin connections") != NULL;
+}
+
 /* Errors that mean the daemon itself is not there (now). */
 static int daemon_lost(const tether_error *e)
 {
@@ -395,89 +413,123 @@ static int daemon_lost(const tether_error *e)
 	       (e->code == TETHER_ERR_NOT_FOUND && strstr(e->detail, "is not running"));
 }
 
-static void *follow(void *arg)
+/* One task.poll of f (waiting up to wait_ms for news).  Returns 1 once the
+ * task is over for us (ended, or tether failed), 2 if the answer brought
+ * output, else 0. */
+static int poll_once(follower *f, int wait_ms)
 {
-	follower *f = arg;
 	runner *R = f->R;
-	int64_t after = 0;
-	uint64_t lost_since = 0;
-	unsigned polls = 0;
+	json_t *p, *res = NULL, *out, *rec, *retry;
+	tether_error e;
+	size_t i;
+	int r, got = 0;
 
-	for (;;) {
-		json_t *p, *res = NULL, *out, *rec, *retry;
-		tether_error e;
-		size_t i;
-		int r;
-
-		memset(&e, 0, sizeof(e));
-		p = json_pack("{s:I, s:I, s:i}", "id", (json_int_t)f->id, "after_seq", (json_int_t)after,
-		              "wait_ms", R->cancelling ? 2000 : POLL_WAIT_MS);
-		r = admin_client_call(R->inst, "task.poll", p, POLL_WAIT_MS + POLL_MARGIN_MS, &res, &e);
-		json_decref(p);
-		polls++;
-		if (r < 0) {
-			if (daemon_lost(&e)) {
-				uint64_t now = tether_now_ms();
-				if (!lost_since) {
-					lost_since = now;
+	memset(&e, 0, sizeof(e));
+	p = json_pack("{s:I, s:I, s:i}", "id", (json_int_t)f->id, "after_seq", (json_int_t)f->after,
+	              "wait_ms", wait_ms);
+	r = admin_client_call(R->inst, "task.poll", p, (uint32_t)wait_ms + POLL_MARGIN_MS, &res, &e);
+	json_decref(p);
+	if (r < 0) {
+		uint64_t now = tether_now_ms();
+		if (daemon_lost(&e) || daemon_busy(&e)) {
+			if (!f->lost_since) {
+				f->lost_since = now;
+				if (daemon_lost(&e))
 					note(R, "%s: lost the daemon (%s); task %lld goes on on the server: "
 					     "waiting up to %d s for the daemon", f->target, e.detail,
 					     (long long)f->id, DAEMON_LOST_MS / 1000);
-				}
-				if (now - lost_since < DAEMON_LOST_MS && !R->cancelling) {
-					struct timespec ts = { 1, 0 };
-					nanosleep(&ts, NULL);
-					continue;
-				}
 			}
-			snprintf(f->state, sizeof(f->state), "failed");
-			snprintf(f->category, sizeof(f->category), "%s",
-			         tether_category_name(e.category ? e.category : TETHER_CAT_INTERNAL));
-			snprintf(f->error, sizeof(f->error), "%s; task %lld may go on on the server: follow it "
-			         "with 'tether-server task logs %lld'", e.detail, (long long)f->id,
-			         (long long)f->id);
-			break;
-		}
-		if (lost_since) {
-			note(R, "%s: the daemon is back", f->target);
-			lost_since = 0;
-		}
-		out = json_object_get(res, "output");
-		pthread_mutex_lock(&R->lock);
-		json_array_foreach(out, i, rec) {
-			unsigned char *data = NULL;
-			size_t len = 0;
-			int fd = 1;
-			if (record_bytes(rec, &data, &len, &fd) == 0)
-				emit(f, fd, data, len);
-			free(data);
-		}
-		pthread_mutex_unlock(&R->lock);
-		if (json_is_integer(json_object_get(res, "next_seq")))
-			after = (int64_t)json_integer_value(json_object_get(res, "next_seq"));
-		retry = json_object_get(res, "retrying");
-		if (json_is_object(retry) && strcmp(f->retrying, jstr(retry, "error", ""))) {
-			snprintf(f->retrying, sizeof(f->retrying), "%s", jstr(retry, "error", ""));
-			note(R, "%s: %s (%s): retrying; the command may still be running there",
-			     f->target, f->retrying, jstr(retry, "category", "internal"));
-		} else if (!retry) {
-			f->retrying[0] = '\0';
-		}
-		if (task_state_final(jstr(res, "state", "")) && !json_is_true(json_object_get(res, "more"))) {
-			json_t *ec = json_object_get(res, "exit_code");
-			snprintf(f->state, sizeof(f->state), "%s", jstr(res, "state", ""));
-			if (json_is_integer(ec)) {
-				f->has_exit_code = 1;
-				f->exit_code = (int)json_integer_value(ec);
+			if (now - f->lost_since < DAEMON_LOST_MS && !R->cancelling) {
+				struct timespec ts = { 0, (daemon_busy(&e) ? 200 : 1000) * 1000000L };
+				nanosleep(&ts, NULL);
+				return 0;
 			}
-			snprintf(f->error, sizeof(f->error), "%s", jstr(res, "error", ""));
-			snprintf(f->category, sizeof(f->category), "%s", jstr(res, "category", ""));
-			json_decref(res);
-			break;
 		}
-		json_decref(res);
+		snprintf(f->state, sizeof(f->state), "failed");
+		snprintf(f->category, sizeof(f->category), "%s",
+		         tether_category_name(e.category ? e.category : TETHER_CAT_INTERNAL));
+		snprintf(f->error, sizeof(f->error), "%s; task %lld may go on on the server: follow it "
+		         "with 'tether-server task logs %lld'", e.detail, (long long)f->id,
+		         (long long)f->id);
+		follower_finish(f);
+		return 1;
 	}
-	follower_finish(f);
+	if (f->lost_since) {
+		note(R, "%s: the daemon is back", f->target);
+		f->lost_since = 0;
+	}
+	out = json_object_get(res, "output");
+	pthread_mutex_lock(&R->lock);
+	json_array_foreach(out, i, rec) {
+		unsigned char *data = NULL;
+		size_t len = 0;
+		int fd = 1;
+		if (record_bytes(rec, &data, &len, &fd) == 0)
+			emit(f, fd, data, len);
+		free(data);
+		got = 2;
+	}
+	pthread_mutex_unlock(&R->lock);
+	if (json_is_integer(json_object_get(res, "next_seq")))
+		f->after = (int64_t)json_integer_value(json_object_get(res, "next_seq"));
+	retry = json_object_get(res, "retrying");
+	if (json_is_object(retry) && strcmp(f->retrying, jstr(retry, "error", ""))) {
+		snprintf(f->retrying, sizeof(f->retrying), "%s", jstr(retry, "error", ""));
+		note(R, "%s: %s (%s): retrying; the command may still be running there",
+		     f->target, f->retrying, jstr(retry, "category", "internal"));
+	} else if (!retry) {
+		f->retrying[0] = '\0';
+	}
+	if (task_state_final(jstr(res, "state", "")) && !json_is_true(json_object_get(res, "more"))) {
+		json_t *ec = json_object_get(res, "exit_code");
+		snprintf(f->state, sizeof(f->state), "%s", jstr(res, "state", ""));
+		if (json_is_integer(ec)) {
+			f->has_exit_code = 1;
+			f->exit_code = (int)json_integer_value(ec);
+		}
+		snprintf(f->error, sizeof(f->error), "%s", jstr(res, "error", ""));
+		snprintf(f->category, sizeof(f->category), "%s", jstr(res, "category", ""));
+		json_decref(res);
+		follower_finish(f);
+		return 1;
+	}
+	if (json_is_true(json_object_get(res, "more")))
+		got = 2;
+	json_decref(res);
+	return got;
+}
+
+/* A worker follows tasks first, first + step, ...: with one task left it
+ * long-polls it; with several it polls each without waiting, and pauses
+ * when a round brought nothing (so at most WORKERS_MAX admin connections
+ * are open, whatever the number of targets). */
+static void *work(void *arg)
+{
+	worker *w = arg;
+	runner *R = w->R;
+	size_t i, left = 0;
+
+	for (i = w->first; i < R->n; i += w->step)
+		left++;
+	while (left) {
+		int news = 0;
+		for (i = w->first; i < R->n; i += w->step) {
+			follower *f = &R->f[i];
+			int r;
+			if (f->over)
+				continue;
+			r = poll_once(f, left == 1 ? (R->cancelling ? 2000 : POLL_WAIT_MS) : 0);
+			if (r == 1) {
+				f->over = 1;
+				left--;
+			}
+			news |= r;
+		}
+		if (left > 1 && !news) {
+			struct timespec ts = { 0, ROUND_PAUSE_MS * 1000000L };
+			nanosleep(&ts, NULL);
+		}
+	}
 	return NULL;
 }
 
@@ -516,7 +568,7 @@ static int run_remote(cli_ctx *c, json_t *params)
 	sigset_t sigs, old;
 	pthread_attr_t attr;
 	size_t i;
-	int r, interrupted = 0, status = 0;
+	int r, e, interrupted = 0, status = 0;
 	uint64_t deadline = 0;
 
 	r = cli_open_instance(c);
@@ -562,17 +614,27 @@ static int run_remote(cli_ctx *c, json_t *params)
 	pthread_sigmask(SIG_BLOCK, &sigs, &old);
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, WORKER_STACK);
-	for (i = 0; i < R.n; i++) {
-		if (pthread_create(&R.f[i].thread, &attr, follow, &R.f[i]) != 0) {
-			snprintf(R.f[i].state, sizeof(R.f[i].state), "failed");
-			snprintf(R.f[i].category, sizeof(R.f[i].category), "internal");
-			snprintf(R.f[i].error, sizeof(R.f[i].error), "cannot start a thread to follow task "
-			         "%lld: %s; follow it with 'tether-server task logs %lld'",
-			         (long long)R.f[i].id, strerror(errno), (long long)R.f[i].id);
-			follower_finish(&R.f[i]);
+	R.nw = R.n < WORKERS_MAX ? R.n : WORKERS_MAX;
+	R.w = tether_xcalloc(R.nw, sizeof(*R.w));
+	for (i = 0; i < R.nw; i++) {
+		worker *w = &R.w[i];
+		size_t k;
+		w->R = &R;
+		w->first = i;
+		w->step = R.nw;
+		if ((e = pthread_create(&w->thread, &attr, work, w)) == 0) {
+			w->started = 1;
 			continue;
 		}
-		R.f[i].started = 1;
+		for (k = i; k < R.n; k += R.nw) {
+			follower *f = &R.f[k];
+			snprintf(f->state, sizeof(f->state), "failed");
+			snprintf(f->category, sizeof(f->category), "internal");
+			snprintf(f->error, sizeof(f->error), "cannot start a thread to follow task %lld: %s; "
+			         "follow it with 'tether-server task logs %lld'", (long long)f->id,
+			         strerror(e), (long long)f->id);
+			follower_finish(f);
+		}
 	}
 	pthread_attr_destroy(&attr);
 
@@ -603,9 +665,9 @@ static int run_remote(cli_ctx *c, json_t *params)
 		     "'tether-server task list'", CANCEL_WAIT_MS / 1000);
 		_exit(EXIT_INTERRUPTED);
 	}
-	for (i = 0; i < R.n; i++)
-		if (R.f[i].started)
-			pthread_join(R.f[i].thread, NULL);
+	for (i = 0; i < R.nw; i++)
+		if (R.w[i].started)
+			pthread_join(R.w[i].thread, NULL);
 	/* consume what is pending (the followers' SIGUSR1 would kill us once
 	 * unblocked; a second Ctrl-C changes nothing now) */
 	for (i = 0; i < 4 * R.n + 16; i++) {
@@ -646,6 +708,7 @@ static int run_remote(cli_ctx *c, json_t *params)
 	pthread_mutex_destroy(&R.lock);
 	pthread_cond_destroy(&R.cond);
 	free(R.f);
+	free(R.w);
 	return interrupted ? EXIT_INTERRUPTED : status;
 }
 

@@ -1299,6 +1299,10 @@ void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity 
 }
 
 void srv_set_recovery_identity(srv *s, tether_identity *id) { s->recovery_id = id; }
+const char *srv_config_get(srv *s, const char *section, const char *key, const char *def)
+{
+	return tether_config_get(s->c->conf, section, key, def);
+}
 
 uv_loop_t *srv_loop(srv *s) { return s->loop; }
 void srv_set_preauth(srv *s, const srv_preauth *p) { s->preauth = p; }
@@ -1429,12 +1433,16 @@ static void on_admin(void *arg, admin_call *call, const char *method, json_t *pa
 			polling_target_changed(s, name);
 		}
 	}
-	if (admin_targets_dispatch(s->reg, s->audit, call, method, params)) {
-		if (!strcmp(method, "target.add")) {
-			s->pcache_dirty = 1;
-			preauth_recheck(s);
+	{
+		/* the call, its method and params are freed once it is answered */
+		int is_add = !strcmp(method, "target.add");
+		if (admin_targets_dispatch(s->reg, s->audit, call, method, params)) {
+			if (is_add) {
+				s->pcache_dirty = 1;
+				preauth_recheck(s);
+			}
+			return;
 		}
-		return;
 	}
 	{
 		size_t i;

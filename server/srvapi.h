@@ -24,6 +24,8 @@ registry *srv_registry(srv *s);
 tether_audit *srv_audit(srv *s);
 tether_prov *srv_prov(srv *s);
 const char *srv_state_dir(srv *s);
+/* A setting of the server's config file (def if absent). */
+const char *srv_config_get(srv *s, const char *section, const char *key, const char *def);
 /* This server's own SHA-256 thumbprint (hex). */
 const char *srv_sha256(srv *s);
 

@@ -246,8 +246,12 @@ static void test_errors(void **state)
 	                 &res, &err), TETHER_ERR_INVALID);
 	assert_non_null(strstr(err.detail, "needs the parameter \"address\""));
 	assert_int_equal(call(f, "target.show", json_pack("{s:i}", "name", 3), &res, &err), TETHER_ERR_INVALID);
+	/* a polling target is known by its thumbprint: it has no address */
 	assert_int_equal(call(f, "target.add", json_pack("{s:s, s:s, s:s, s:s}", "name", "p", "mode",
-	                 "polling", "address", "h", "sha256", TP_A), &res, &err), TETHER_ERR_UNSUPPORTED);
+	                 "polling", "address", "h", "sha256", TP_A), &res, &err), TETHER_ERR_INVALID);
+	assert_non_null(strstr(err.detail, "a polling target has no address"));
+	assert_int_equal(call(f, "target.add", json_pack("{s:s, s:s, s:s}", "name", "p", "mode",
+	                 "sideways", "sha256", TP_A), &res, &err), TETHER_ERR_INVALID);
 	assert_int_equal(call(f, "no.such", NULL, &res, &err), TETHER_ERR_UNSUPPORTED);
 	assert_non_null(strstr(err.detail, "unknown admin method"));
 	/* nothing of that changed the registry */

@@ -324,8 +324,16 @@ static void job_more(rot_job *j)
 		job_start_item(j, &j->items[j->next++]);
 	if (j->finished < j->n)
 		return;
-	if (j->kind == JOB_RECOVER)
+	if (j->kind == JOB_RECOVER) {
+		size_t i;
 		srv_set_recovery_identity(j->s, NULL);
+		/* a polling agent that reconnected while the recovery still ran was
+		 * given the recovery identity again (its connection can only call
+		 * trust.replace): make it reconnect to the new identity */
+		for (i = 0; i < j->n; i++)
+			if (!strcmp(j->items[i].mode, "polling"))
+				srv_target_close(j->s, j->items[i].name);
+	}
 	if (j->then) {
 		void (*then)(rot_job *) = j->then;
 		j->then = NULL;

@@ -260,10 +260,19 @@ static void reload_trust(agent *a, int force)
 	memset(&st, 0, sizeof(st));
 	stat(path, &st);
 	free(path);
+#ifdef _WIN32 /* no st_mtim: whole seconds, and the size in place of the nanoseconds */
+	{
+		struct timespec m = { st.st_mtime, (long)st.st_size };
+		if (!force && m.tv_sec == a->trust_mtime.tv_sec && m.tv_nsec == a->trust_mtime.tv_nsec)
+			return;
+		a->trust_mtime = m;
+	}
+#else
 	if (!force && st.st_mtim.tv_sec == a->trust_mtime.tv_sec &&
 	    st.st_mtim.tv_nsec == a->trust_mtime.tv_nsec)
 		return;
 	a->trust_mtime = st.st_mtim;
+#endif
 	t = tether_xcalloc(1, sizeof(*t));
 	if (tether_trust_load(a->c->inst->state_dir, t, &e) < 0) {
 		log_error("cannot reload trust, keeping the previous set: %s", e.detail);
@@ -1230,9 +1239,40 @@ static void abort_all_fn(tether_worker *w, void *arg)
 /* Main loop                                                           */
 /* ------------------------------------------------------------------ */
 
+#ifdef _WIN32
+/* The Service Control Manager's stop request (agent/service_win.c) comes on
+ * another thread: it starts the same drain as SIGTERM on the main loop. */
+static uv_async_t win_stop;
+static int win_stop_ready;
+static pthread_mutex_t win_stop_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_signal(uv_signal_t *s, int signum);
+static void on_win_stop(uv_async_t *h)
+{
+	agent *a = h->data;
+	on_signal(&a->sigterm, SIGTERM);
+}
+
+int agent_request_stop(void)
+{
+	int sent = 0;
+	pthread_mutex_lock(&win_stop_lock);
+	if (win_stop_ready)
+		sent = uv_async_send(&win_stop) == 0;
+	pthread_mutex_unlock(&win_stop_lock);
+	return sent ? 0 : TETHER_ERR_NOT_FOUND;
+}
+#endif
+
 static void on_drained(uv_timer_t *t)
 {
 	agent *a = t->data;
+#ifdef _WIN32
+	pthread_mutex_lock(&win_stop_lock);
+	win_stop_ready = 0;
+	pthread_mutex_unlock(&win_stop_lock);
+	uv_close((uv_handle_t *)&win_stop, NULL);
+#endif
 
 	tether_workers_broadcast(a->ws, abort_all_fn, a);
 	uv_fs_event_stop(&a->watch);
@@ -1496,7 +1536,16 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	uv_timer_start(&a.poll_timer, on_poll, 2000, 2000);
 	uv_timer_init(a.loop, &a.drain_timer);
 	a.drain_timer.data = &a;
+#ifdef _WIN32
+	uv_async_init(a.loop, &win_stop, on_win_stop);
+	win_stop.data = &a;
+	pthread_mutex_lock(&win_stop_lock);
+	win_stop_ready = 1;
+	pthread_mutex_unlock(&win_stop_lock);
+#endif
+#ifndef _WIN32 /* Windows has no SIGPIPE: a broken socket is an error return */
 	signal(SIGPIPE, SIG_IGN);
+#endif
 
 	uv_run(a.loop, UV_RUN_DEFAULT);
 

@@ -72,10 +72,8 @@ static const cli_verb verbs[] = {
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },
 	{ "show-configuration", verb_show_configuration, "show paths and settings" },
-#ifndef TETHER_NO_DAEMON /* Windows build until the daemon is ported (docs/windows.md) */
 	{ "run", verb_run, "run the agent in the foreground (listening mode)" },
 	{ "register-with", verb_register_with, "ask a server to register this agent (--server HOST:PORT --name NAME ...)" },
-#endif
 	{ "configure", verb_configure, "change trust and settings (--trust, --remove-trust, --listen, ...)" },
 	{ "list-trust", verb_list_trust, "list trusted server and recovery thumbprints" },
 	{ "new-certificate", verb_new_certificate, "generate a new certificate (replaces the current one)" },
@@ -83,7 +81,7 @@ static const cli_verb verbs[] = {
 	{ "export-certificate", verb_export_certificate, "export the certificate (PFX with key, or PEM)" },
 	{ "import-certificate", verb_import_certificate, "replace the certificate from a PFX or PEM file" },
 	{ "service", verb_service, "install, remove, start, stop or query the systemd service" },
-#ifndef TETHER_NO_DAEMON
+#ifndef TETHER_NO_DOCTOR /* Windows build: doctor is not ported (docs/windows.md) */
 	{ "doctor", verb_doctor, "check this instance and say how to fix what is wrong" },
 #endif
 	{ "version", verb_version, "show the version" },

@@ -810,11 +810,19 @@ static int file_init(const agent_env *env)
 	memset(&e, 0, sizeof(e));
 	E = env;
 	for (i = 0; env->file_roots && env->file_roots[i]; i++) {
+#ifdef _WIN32
+		if (!tether_pathjail_is_absolute(env->file_roots[i])) {
+			log_error("[files] roots: '%s' is not a full path with a drive (C:\\dir); give absolute "
+			          "directories, separated by commas", env->file_roots[i]);
+			return TETHER_ERR_INVALID;
+		}
+#else
 		if (env->file_roots[i][0] != '/') {
 			log_error("[files] roots: '%s' is not an absolute path; give absolute directories, "
 			          "separated by commas", env->file_roots[i]);
 			return TETHER_ERR_INVALID;
 		}
+#endif
 		if (env->file_enabled && !tether_is_dir(env->file_roots[i]))
 			log_warn("[files] roots: %s is not a directory (yet); transfers there fail until it exists",
 			         env->file_roots[i]);

@@ -55,6 +55,9 @@
 #include "rpc.h"
 #include "service.h"
 #include "util.h"
+#ifdef _WIN32
+#include "proctree_win.h"
+#endif
 
 #define TICKETS_MAX 256                       /* tickets held (not completed) */
 #define OUTPUT_CAP (1ULL << 30)               /* output.log bytes per ticket */
@@ -744,6 +747,10 @@ static void run_closed(uv_handle_t *h)
 
 	if (--ru->handles)
 		return;
+#ifdef _WIN32
+	if (ru->spawned)
+		proctree_release(ru->pid);
+#endif
 	pthread_mutex_lock(&S.lock);
 	if (ru->prev)
 		ru->prev->next = ru->next;
@@ -764,7 +771,14 @@ static void run_close(run *ru, uv_handle_t *h)
 
 static void kill_group(run *ru, int sig)
 {
+#ifdef _WIN32 /* the script's job object; immediate, whatever sig says */
+	(void)sig;
+	if (ru->pid > 0)
+		proctree_kill(ru->pid);
+	if (0)
+#else
 	if (ru->pid > 0 && kill(-(pid_t)ru->pid, sig) < 0 && errno != ESRCH)
+#endif
 		log_warn("script ticket %s: cannot signal process group %ld: %s", ru->t->id,
 		         ru->pid, strerror(errno));
 }
@@ -1139,6 +1153,9 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	o.env = env;
 	o.cwd = c->cwd ? c->cwd : workdir;
 	o.flags = UV_PROCESS_DETACHED;            /* setsid: its own process group */
+#ifdef _WIN32
+	o.flags |= UV_PROCESS_WINDOWS_HIDE;       /* no console window; the tree is a job object */
+#endif
 	o.stdio_count = 3;
 	o.stdio = io;
 	o.exit_cb = on_exit_cb;
@@ -1164,6 +1181,13 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	ru->handles++;
 	ru->spawned = 1;
 	ru->pid = ru->proc.pid;
+#ifdef _WIN32
+	{
+		char why[300];
+		if (proctree_track(ru->pid, why, sizeof(why)) < 0)
+			log_warn("script ticket %s: %s; cancelling it ends only its first process", t->id, why);
+	}
+#endif
 	for (i = 0; i < 2; i++)
 		uv_read_start((uv_stream_t *)&ru->pipe[i], on_alloc, on_read);
 	if (timeout_s)
@@ -1319,6 +1343,19 @@ static int parse_cmd(agent_req *r, json_t *p, cmd **out, json_t **summary)
 			}
 			sh = json_string_value(shell);
 		}
+#ifdef _WIN32 /* cmd (the default here) or powershell */
+		if (!shell)
+			sh = "cmd";
+		if (!strcmp(sh, "sh") || !strcmp(sh, "bash")) {
+			bad(r, "shell '%s' is not available on Windows agents; this agent runs "
+			       "\"cmd\" or \"powershell\" ('tether-server run-script --shell cmd')", sh);
+			goto out;
+		}
+		if (strcmp(sh, "cmd") && strcmp(sh, "powershell")) {
+			bad(r, "unknown shell '%.64s': use \"cmd\" (the default) or \"powershell\"", sh);
+			goto out;
+		}
+#else
 		if (!strcmp(sh, "cmd") || !strcmp(sh, "powershell")) {
 			bad(r, "shell '%s' is only available on Windows agents; this agent runs "
 			       "\"sh\" or \"bash\"", sh);
@@ -1328,6 +1365,7 @@ static int parse_cmd(agent_req *r, json_t *p, cmd **out, json_t **summary)
 			bad(r, "unknown shell '%.64s': use \"sh\" (the default) or \"bash\"", sh);
 			goto out;
 		}
+#endif
 		c->script_len = json_string_length(script);
 		c->script = tether_xmalloc(c->script_len + 1);
 		memcpy(c->script, json_string_value(script), c->script_len + 1);
@@ -1476,14 +1514,36 @@ static int prepare_dir(ticket *t, cmd *c, char **why)
 	}
 	if (c->script) {
 		free(p);
+#ifdef _WIN32 /* the interpreters go by the extension */
+		p = tether_asprintf("%s\\script.%s", t->dir, strcmp(c->shell, "cmd") ? "ps1" : "cmd");
+#else
 		p = tether_asprintf("%s/script", t->dir);
+#endif
 		if (tether_write_atomic(p, c->script, c->script_len, 0600, &err) < 0) {
 			*why = tether_strdup(err.detail);
 			goto out;
 		}
+#ifdef _WIN32
+		c->argv = tether_xcalloc(8, sizeof(char *));
+		if (!strcmp(c->shell, "cmd")) {
+			c->argv[0] = tether_strdup("cmd.exe");
+			c->argv[1] = tether_strdup("/d");
+			c->argv[2] = tether_strdup("/c");
+			c->argv[3] = tether_strdup(p);
+		} else {
+			c->argv[0] = tether_strdup("powershell.exe");
+			c->argv[1] = tether_strdup("-NoProfile");
+			c->argv[2] = tether_strdup("-NonInteractive");
+			c->argv[3] = tether_strdup("-ExecutionPolicy");
+			c->argv[4] = tether_strdup("Bypass");
+			c->argv[5] = tether_strdup("-File");
+			c->argv[6] = tether_strdup(p);
+		}
+#else
 		c->argv = tether_xcalloc(3, sizeof(char *));
 		c->argv[0] = tether_strdup(c->shell);
 		c->argv[1] = tether_strdup(p);
+#endif
 	}
 	rc = 0;
 out:
@@ -1951,21 +2011,31 @@ static void script_shutdown(void)
 		while (left && tether_now_ms() < until) {
 			left = 0;
 			for (ru = S.runs; ru; ru = ru->next)
+#ifdef _WIN32
+				if (ru->spawned && !ru->exited && ru->pid > 0 && proctree_alive(ru->pid))
+#else
 				if (ru->spawned && !ru->exited && ru->pid > 0 &&
 				    kill(-(pid_t)ru->pid, 0) == 0)
+#endif
 					left = 1;
 			if (left)
 				usleep(20000);
+#ifndef _WIN32
 			/* our children are zombies until reaped: reap them here */
 			for (ru = S.runs; ru; ru = ru->next)
 				if (ru->spawned && !ru->exited && ru->pid > 0 &&
 				    waitpid((pid_t)ru->pid, NULL, WNOHANG) == (pid_t)ru->pid)
 					ru->exited = 1;
+#endif
 		}
 		for (ru = S.runs; ru; ru = ru->next)
 			if (ru->spawned && !ru->exited) {
 				kill_group(ru, SIGKILL);
+#ifdef _WIN32
+				proctree_release(ru->pid);
+#else
 				waitpid((pid_t)ru->pid, NULL, 0);
+#endif
 			}
 	}
 	while ((ru = S.runs)) {

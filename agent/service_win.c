@@ -69,7 +69,6 @@ static wchar_t *wide(const char *s)
 
 /* ---- the service itself ---------------------------------------------- */
 
-#ifndef TETHER_NO_DAEMON
 static SERVICE_STATUS_HANDLE g_status;
 static cli_ctx *g_ctx;
 static char *g_argv[8];
@@ -97,8 +96,14 @@ static DWORD WINAPI on_control(DWORD ctl, DWORD type, LPVOID data, LPVOID ctx)
 	if (ctl == SERVICE_CONTROL_STOP || ctl == SERVICE_CONTROL_SHUTDOWN) {
 		report(SERVICE_STOP_PENDING, 0);
 		log_info("service stop requested by the Service Control Manager");
-		report(SERVICE_STOPPED, 0);
-		ExitProcess(0);
+		/* the daemon drains and returns; service_main then reports
+		 * SERVICE_STOPPED.  Before its loop runs there is nothing to
+		 * drain (all state is written atomically). */
+		if (agent_request_stop() < 0) {
+			report(SERVICE_STOPPED, 0);
+			ExitProcess(0);
+		}
+		return NO_ERROR;
 	}
 	return ctl == SERVICE_CONTROL_INTERROGATE ? NO_ERROR : ERROR_CALL_NOT_IMPLEMENTED;
 }
@@ -138,8 +143,6 @@ static int run_service(cli_ctx *c)
 		                "'service --run-service' is what the service runs; to run in a console use 'run'");
 	return 0;
 }
-
-#endif
 
 /* ---- management ------------------------------------------------------ */
 
@@ -253,14 +256,8 @@ int verb_service(cli_ctx *c, int argc, char **argv)
 	if (o.count != 1)
 		return cli_usage_error(c, "give one of --install, --uninstall, --start, --stop, --restart, --status");
 	if (o.action == A_RUN) {
-#ifdef TETHER_NO_DAEMON
-		return tether_err_set(&c->err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
-		                      "this build has no agent daemon yet ('run' is not ported to "
-		                      "Windows): see docs/windows.md");
-#else
 		r = cli_open_instance(c);
 		return r < 0 ? r : run_service(c);
-#endif
 	}
 	if (o.action == A_INSTALL) {
 		r = cli_open_instance(c);

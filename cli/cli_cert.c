@@ -14,7 +14,9 @@
 #include "pem.h"
 #include "secret.h"
 #include "util.h"
+#ifndef _WIN32
 #include "admin_client.h"
+#endif
 
 #define PFX_MAX (1024 * 1024)
 #define PW_ENV "TETHER_PFX_PASSWORD"
@@ -64,9 +66,13 @@ static void tell_daemon(cli_ctx *c)
 
 	if (strcmp(c->prog->program, "server") || !c->inst)
 		return;
+#ifndef _WIN32 /* tether-server is not built for Windows */
 	memset(&e, 0, sizeof(e));
 	if (admin_client_call(c->inst, "server.reload", NULL, 10000, &res, &e) == 0)
 		printf("The running tether-server daemon now uses it.\n");
+#else
+	(void)e;
+#endif
 	json_decref(res);
 }
 

@@ -141,11 +141,21 @@ static int apply_private(HANDLE h, const wchar_t *path)
 		return -1;
 	}
 	GetSecurityDescriptorDacl(sd, &present, &dacl, &defaulted);
-	if (h)
+	if (h) {
 		e = SetSecurityInfo(h, SE_FILE_OBJECT,
 		                    DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
 		                    NULL, NULL, dacl, NULL);
-	else
+		/* a descriptor from open() has no WRITE_DAC access: go by the
+		 * file's path (the handle keeps it where it is) */
+		if (e == ERROR_ACCESS_DENIED) {
+			wchar_t fp[MAX_PATH + 8];
+			DWORD n = GetFinalPathNameByHandleW(h, fp, MAX_PATH + 8, FILE_NAME_NORMALIZED | VOLUME_NAME_DOS);
+			if (n > 0 && n < MAX_PATH + 8)
+				e = SetNamedSecurityInfoW(fp, SE_FILE_OBJECT,
+				                          DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+				                          NULL, NULL, dacl, NULL);
+		}
+	} else
 		e = SetNamedSecurityInfoW((LPWSTR)path, SE_FILE_OBJECT,
 		                          DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
 		                          NULL, NULL, dacl, NULL);

@@ -57,6 +57,10 @@
 #ifndef TCP_KEEPINTVL
 #define TCP_KEEPINTVL 17
 #endif
+/* Retransmission timeout in seconds (ws2ipdef.h): TCP_USER_TIMEOUT's role. */
+#ifndef TCP_MAXRT
+#define TCP_MAXRT 5
+#endif
 
 /* format(printf, a, b) in our headers -> the C99 (GNU) checker. */
 #define format(archetype, ...) format(gnu_printf, __VA_ARGS__)
@@ -120,8 +124,51 @@ const char *tether_win_strerror(unsigned long code);
 /* sysconf(_SC_NPROCESSORS_ONLN) only. */
 long tether_win_sysconf(int name);
 
+/* Directory-relative calls and a few more (core/compat_win_fs.c); a
+ * directory descriptor wraps a directory handle (core/pathjail_win.c). */
+struct iovec {
+	void *iov_base;
+	size_t iov_len;
+};
+int tether_win_open_handle(HANDLE h, int flags);
+int tether_win_openat(int dirfd, const char *name, int flags, ...);
+int tether_win_unlinkat(int dirfd, const char *name, int flags);
+int tether_win_renameat2(int olddirfd, const char *oldname, int newdirfd, const char *newname,
+                         unsigned int flags);
+int tether_win_fstatat(int dirfd, const char *name, struct stat *st, int flags);
+int tether_win_fallocate(int fd, int mode, off_t offset, off_t len);
+ssize_t tether_win_pread(int fd, void *buf, size_t n, off_t off);
+ssize_t tether_win_writev(int fd, const struct iovec *iov, int cnt);
+char *tether_win_strndup(const char *s, size_t n);
+/* mkdtemp: the XXXXXX are replaced, the directory is made private. */
+char *tether_win_mkdtemp(char *tmpl);
+
 #ifdef __cplusplus
 }
+#endif
+
+#define openat tether_win_openat
+#define unlinkat(d, n, f) tether_win_unlinkat((d), (n), (f))
+#define renameat2(a, b, c, d, f) tether_win_renameat2((a), (b), (c), (d), (f))
+#define fstatat(d, n, st, f) tether_win_fstatat((d), (n), (st), (f))
+#define fallocate(fd, m, o, l) tether_win_fallocate((fd), (m), (o), (l))
+#define pread(fd, b, n, o) tether_win_pread((fd), (b), (n), (o))
+#define writev(fd, v, c) tether_win_writev((fd), (v), (c))
+#define strndup(s, n) tether_win_strndup((s), (n))
+#define timegm(tm) _mkgmtime(tm)
+#define mkdtemp(t) tether_win_mkdtemp(t)
+#define AT_SYMLINK_NOFOLLOW 0x100
+#define AT_REMOVEDIR 0x200
+#define RENAME_NOREPLACE 1
+#ifndef O_NONBLOCK
+#define O_NONBLOCK 0
+#endif
+/* Windows reports a full quota as a full disk (ERROR_DISK_QUOTA_EXCEEDED). */
+#ifndef EDQUOT
+#define EDQUOT ENOSPC
+#endif
+#ifndef EOPNOTSUPP
+#define EOPNOTSUPP 130
 #endif
 
 static inline void explicit_bzero(void *p, size_t n) { SecureZeroMemory(p, n); }

@@ -555,7 +555,7 @@ static void handshake_done(tether_conn *c)
 		return;
 	}
 	c->pinned = 1;
-	if (c->o.prov->t->tls_pinned(c->tls, &e) < 0)
+	if (c->o.prov->t->tls_pinned && c->o.prov->t->tls_pinned(c->tls, &e) < 0)
 		tether_debug("tls", "no session ticket for %s: %s", c->peer_addr, e.detail);
 	tether_debug("tls", "%s pinned %s (%s %s, %s%s)", c->peer_addr, hex, c->info.tls_version,
 	             c->info.cipher, c->info.group, c->info.resumed ? ", resumed" : "");
@@ -1137,10 +1137,17 @@ static void set_sockopts(tether_conn *c)
 	uv_tcp_keepalive(&c->tcp, 1, ka);
 	if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
 		int cnt = 3, intvl = (int)ka;
+#ifdef _WIN32 /* TCP_MAXRT: the same limit, in seconds */
+		DWORD uto = ka * 4;
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+		setsockopt(fd, IPPROTO_TCP, TCP_MAXRT, &uto, sizeof(uto));
+#else
 		unsigned int uto = (ka * 4) * 1000; /* data unacknowledged this long: dead */
 		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
 		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
+#endif
 	}
 }
 

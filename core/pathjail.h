@@ -58,6 +58,11 @@ int tether_pathjail_openat(int rootfd, const char *rel, int flags, mode_t mode,
 int tether_pathjail_open_parent(int rootfd, const char *rel, int *out,
                                 const char **base, tether_error *err);
 
+#ifdef _WIN32
+/* "X:\..." or "X:/...": a full path with a drive (core/pathjail_win.c). */
+int tether_pathjail_is_absolute(const char *path);
+#endif
+
 /* For tests: 1 forces the component walk even where openat2 exists. */
 void tether_pathjail_force_walk(int on);
 /* For tests: called by the walk before each component is opened, so a

@@ -111,6 +111,56 @@ static void thread_main(void *arg)
 	uv_run(&wi->w.loop, UV_RUN_DEFAULT);
 }
 
+#ifdef _WIN32
+/* Windows has no SO_REUSEPORT: one loop listens, bound by libuv. */
+static int start_one_listener(const struct sockaddr *sa, const char *address, tether_accept_fn on_accept,
+                              void *arg, tether_workers **out, tether_error *err)
+{
+	tether_workers *ws = tether_xcalloc(1, sizeof(*ws));
+	worker_impl *wi;
+	struct sockaddr_storage b;
+	int bl = sizeof(b), r;
+
+	ws->n = 1;
+	ws->w = tether_xcalloc(1, sizeof(*ws->w));
+	wi = &ws->w[0];
+	wi->fd = -1;
+	wi->w.ws = ws;
+	wi->on_accept = on_accept;
+	wi->accept_arg = arg;
+	pthread_mutex_init(&wi->lock, NULL);
+	wi->tail = &wi->jobs;
+	uv_loop_init(&wi->w.loop);
+	uv_async_init(&wi->w.loop, &wi->async, on_async);
+	wi->async.data = wi;
+	uv_tcp_init(&wi->w.loop, &wi->listen);
+	wi->listen.data = wi;
+	r = uv_tcp_bind(&wi->listen, sa, 0);
+	if (r == 0)
+		r = uv_listen((uv_stream_t *)&wi->listen, BACKLOG, on_connection);
+	if (r == 0)
+		r = uv_tcp_getsockname(&wi->listen, (struct sockaddr *)&b, &bl);
+	if (r < 0) {
+		uv_walk(&wi->w.loop, close_walk, NULL);
+		uv_run(&wi->w.loop, UV_RUN_DEFAULT);
+		uv_loop_close(&wi->w.loop);
+		pthread_mutex_destroy(&wi->lock);
+		free(ws->w);
+		free(ws);
+		return tether_err_set(err, r == UV_EACCES ? TETHER_ERR_PERMISSION : TETHER_ERR_IO, TETHER_CAT_IO,
+		                      "cannot listen on %s: %s%s", address, uv_strerror(r),
+		                      r == UV_EADDRINUSE ? " (another program, or another instance, uses that port: "
+		                      "stop it or choose another address with 'configure --listen')" :
+		                      r == UV_EADDRNOTAVAIL ? " (that address is not one of this machine's)" : "");
+	}
+	ws->port = ntohs(b.ss_family == AF_INET ? ((struct sockaddr_in *)&b)->sin_port :
+	                 ((struct sockaddr_in6 *)&b)->sin6_port);
+	wi->listening = 1;
+	uv_thread_create(&wi->thread, thread_main, wi);
+	*out = ws;
+	return 0;
+}
+#else
 static int bind_one(const struct sockaddr *sa, socklen_t salen, tether_error *err, const char *address)
 {
 	int fd, one = 1;
@@ -143,6 +193,7 @@ static int bind_one(const struct sockaddr *sa, socklen_t salen, tether_error *er
 	}
 	return fd;
 }
+#endif
 
 /* Loops without listening sockets (an agent in polling mode). */
 static int start_loops_only(int n, tether_workers **out)
@@ -199,6 +250,13 @@ int tether_workers_start(const char *address, int n, tether_accept_fn on_accept,
 		                      "of this machine)", address);
 	}
 	free(host);
+#ifdef _WIN32
+	(void)ws;
+	(void)i;
+	(void)r;
+	(void)salen;
+	return start_one_listener((struct sockaddr *)&ss, address, on_accept, arg, out, err);
+#else
 	ws = tether_xcalloc(1, sizeof(*ws));
 	ws->n = n;
 	ws->w = tether_xcalloc((size_t)n, sizeof(*ws->w));
@@ -272,6 +330,7 @@ fail:
 	free(ws->w);
 	free(ws);
 	return r;
+#endif
 }
 
 void tether_workers_broadcast(tether_workers *ws, tether_worker_fn fn, void *arg)

@@ -3,12 +3,13 @@
 # TOP and DEPS, then includes this file).  Objects land in the build
 # directory; nothing is written to the source tree.
 #
-#   tether-agent.exe      static, imports only system DLLs
+#   tether-agent.exe      static, imports only system DLLs (the daemon included:
+#                         run, polling and listening mode, service)
 #   tether-schannel.dll   the Schannel provider; exports only
 #                         tether_provider_init (providers/schannel/schannel.def)
 #
-# tether-ping is not cross-built: its probe handshakes use libssl directly
-# (tools/ping_probe.c), and there is no OpenSSL in this Windows build.
+#   tether-ping.exe       static; without the probe handshakes (they use
+#                         libssl directly, and this build has no OpenSSL)
 
 HOST ?= x86_64-w64-mingw32
 CC = $(HOST)-gcc
@@ -31,20 +32,14 @@ SYSLIBS = -lpsapi -luser32 -ladvapi32 -liphlpapi -luserenv -lws2_32 -lshell32 -l
 
 CORE_SRC = error.c log.c util.c fsutil.c thumbprint.c conf.c instance.c loader.c \
 	trust.c secret.c pem.c audit.c identity.c ratelimit.c ticketkey.c \
-	frame.c hello.c rpc.c compat_win.c
+	frame.c hello.c rpc.c conn.c workers.c compat_win.c compat_win_fs.c pathjail_win.c
 CLI_SRC = cli.c cli_instance.c cli_cert.c cli_tls.c
-AGENT_SRC = main.c cli_trust.c service_win.c
-# Not yet ported (Linux-only calls; see docs/windows.md): the daemon and its
-# services (agent/daemon.c, services.c, service_script.c, service_file.c),
-# core/conn.c, core/workers.c, core/pathjail.c, cli/cli_doctor.c.  Until
-# they are, TETHER_NO_DAEMON leaves 'run' and 'doctor' out of the verb table.
-ifeq ($(WITH_DAEMON),1)
-CORE_SRC += conn.c workers.c pathjail.c
-CLI_SRC += cli_doctor.c
-AGENT_SRC += daemon.c services.c service_script.c service_file.c
-else
-CPPFLAGS += -DTETHER_NO_DAEMON
-endif
+AGENT_SRC = main.c cli_trust.c cli_register.c service_win.c daemon.c services.c \
+	service_script.c service_file.c proctree_win.c
+# Not ported: cli/cli_doctor.c (POSIX ownership and permission checks, the
+# admin socket); TETHER_NO_DOCTOR leaves 'doctor' out of the verb table.
+# core/pathjail_win.c replaces core/pathjail.c (see docs/windows.md).
+CPPFLAGS += -DTETHER_NO_DOCTOR
 SCH_SRC = sch_provider.c sch_identity.c sch_pkcs12.c sch_tls.c sch_err.c
 
 CORE_OBJ = $(CORE_SRC:%.c=obj/core/%.o)
@@ -52,7 +47,12 @@ CLI_OBJ = $(CLI_SRC:%.c=obj/cli/%.o)
 AGENT_OBJ = $(AGENT_SRC:%.c=obj/agent/%.o)
 SCH_OBJ = $(SCH_SRC:%.c=obj/sch/%.o)
 
-PROGRAMS = tether-agent.exe tether-schannel.dll
+# tether-ping: the probe handshakes use libssl directly (tools/ping_probe.c);
+# tools/ping_probe_win.c says so instead.
+PING_SRC = ping.c ping_ident.c ping_tap.c ping_probe_win.c
+PING_OBJ = $(PING_SRC:%.c=obj/tools/%.o)
+
+PROGRAMS = tether-agent.exe tether-ping.exe tether-schannel.dll
 
 all: $(PROGRAMS)
 
@@ -83,6 +83,9 @@ obj/cli/%.o: $(TOP)/cli/%.c config.h
 obj/agent/%.o: $(TOP)/agent/%.c config.h
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -c $< -o $@
+obj/tools/%.o: $(TOP)/tools/%.c config.h
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -iquote $(TOP)/tools $(CFLAGS) -MMD -c $< -o $@
 obj/sch/%.o: $(TOP)/providers/schannel/%.c config.h
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -I$(TOP)/providers/schannel $(CFLAGS) -MMD -c $< -o $@
@@ -92,6 +95,11 @@ libtether.a: $(CORE_OBJ)
 
 tether-agent.exe: $(AGENT_OBJ) $(CLI_OBJ) libtether.a
 	$(CC) $(LDFLAGS) -o $@ $(AGENT_OBJ) $(CLI_OBJ) libtether.a \
+		$(DEPS)/lib/libinih.a $(DEPS)/lib/libjansson.a $(DEPS)/lib/libuv.a \
+		-lpthread $(SYSLIBS)
+
+tether-ping.exe: $(PING_OBJ) libtether.a
+	$(CC) $(LDFLAGS) -o $@ $(PING_OBJ) libtether.a \
 		$(DEPS)/lib/libinih.a $(DEPS)/lib/libjansson.a $(DEPS)/lib/libuv.a \
 		-lpthread $(SYSLIBS)
 
@@ -105,7 +113,7 @@ clean:
 	rm -rf obj *.a *.exe *.dll config.h
 
 .PHONY: all clean
--include $(CORE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(AGENT_OBJ:.o=.d) $(SCH_OBJ:.o=.d)
+-include $(CORE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(AGENT_OBJ:.o=.d) $(SCH_OBJ:.o=.d) $(PING_OBJ:.o=.d)
 
 # Test program run under Wine by tests/integration/windows.sh: the
 # provider's TLS client through the ABI against openssl s_server.

@@ -61,7 +61,12 @@ static void usage(FILE *f)
 	        "  --json                    print one JSON object\n"
 	        "common options:\n"
 	        "  --identity FILE           use this PEM certificate + key instead of a throw-away one\n"
+#ifdef _WIN32
+	        "  --provider NAME           crypto provider (default schannel)\n"
+	        "  (no probe handshakes in the Windows build: they need OpenSSL)\n"
+#else
 	        "  --provider NAME           crypto provider (default openssl)\n"
+#endif
 	        "Exit status: 0 success, 1 failure, 2 usage error.\n",
 	        PING_DEFAULT_PORT, DEFAULT_COUNT, PING_COUNT_MAX, DEFAULT_SIZE, PING_SIZE_MAX,
 	        DEFAULT_TIMEOUT_S);
@@ -808,7 +813,9 @@ static int do_connect(const ping_opts *po)
 	o.instance_id = tether_process_instance_id(p.pi->prov);
 	o.cbs = &connect_cbs;
 	o.cb_arg = &p;
+#ifndef _WIN32 /* Windows has no SIGPIPE */
 	signal(SIGPIPE, SIG_IGN);
+#endif
 	if (tether_conn_connect(p.loop, p.host, p.port, &o, &p.c, &e) < 0)
 		fail_with(&p, &e);
 	else

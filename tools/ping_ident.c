@@ -20,6 +20,10 @@ static char *make_temp_dir(tether_error *err)
 	const char *bases[3];
 	size_t i, n = 0;
 	const char *t = getenv("TMPDIR");
+#ifdef _WIN32 /* %TEMP%: the user's (or the service account's) */
+	if (!t || !t[0])
+		t = getenv("TEMP");
+#endif
 
 	/* in memory first: the key never reaches a disk there */
 	if (tether_is_dir("/dev/shm") && access("/dev/shm", W_OK) == 0)
@@ -82,7 +86,11 @@ int ping_ident_new(const char *provider, const char *pem_file, ping_ident **out,
 	po.state_dir = pi->state_dir;
 	po.instance = "ping";
 	po.program = "ping";
+#ifdef _WIN32 /* Windows builds have the Schannel provider */
+	r = tether_provider_load(provider ? provider : "schannel", &po, &pi->prov, err);
+#else
 	r = tether_provider_load(provider ? provider : "openssl", &po, &pi->prov, err);
+#endif
 	if (r < 0)
 		goto fail;
 	if (pem_file) {

@@ -14,7 +14,7 @@ if ! "$TOP_SRCDIR/scripts/build-windows" "$WBUILD" >"$TMP/build.log" 2>&1; then
 	sed 's/^/# /' "$TMP/build.log" | tail -30
 	done_testing
 fi
-pass "scripts/build-windows builds tether-agent.exe, tether-schannel.dll, sch_tls_probe.exe"
+pass "scripts/build-windows builds tether-agent.exe, tether-ping.exe, tether-schannel.dll, sch_tls_probe.exe"
 objdump_exports=$(x86_64-w64-mingw32-objdump -p "$WBUILD/tether-schannel.dll" | sed -n '/Ordinal\/Name Pointer/,/^$/p' | grep -cE '^[[:space:]]*\[ *[0-9]+\]')
 is "$objdump_exports" 1 "tether-schannel.dll exports exactly one symbol"
 x86_64-w64-mingw32-objdump -p "$WBUILD/tether-schannel.dll" | grep -q '\] tether_provider_init$'
@@ -108,7 +108,110 @@ run_exit 3 "an untrusted server thumbprint is refused" \
 like "$TMP/err" 'not pinned.*untrusted' "... with the category untrusted"
 unlike "$TMP/out" '^reply' "... and no application data was sent"
 
-echo "# not run under Wine (docs/windows.md): the agent daemon (run, polling mode) is not ported yet;"
-echo "# server role (AcceptSecurityContext), PFX export, TLS 1.3 and CNG keys need real Windows;"
-echo "# tether-ping.exe is not cross-built (its probe uses libssl)."
+# --- The agent daemon: a Windows polling agent under Wine against a Linux
+# tether-server (openssl provider).  The agent's identity is the one imported
+# from Linux above (or the one new-certificate made).
+wlong() { local i; for i in $(seq 1 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+if [ -x "$SERVER" ]; then
+	SH="$TMP/srv"; SA=(--home "$SH")
+	SPORT=$(free_port)
+	"$SERVER" create-instance "${SA[@]}" >/dev/null && "$SERVER" new-certificate "${SA[@]}" >/dev/null
+	ST=$("$SERVER" show-thumbprint "${SA[@]}" | head -n1)
+	printf '[polling]\naddress = 127.0.0.1:%s\nwait = 10\n' "$SPORT" >>"$SH/server-default/server.ini"
+	bg "$SERVER" run "${SA[@]}" 2>"$TMP/server.log"
+	wait_for test -S "$SH/server-default/run/admin.sock"
+	ok $? "Linux: tether-server runs (openssl provider, polling address 127.0.0.1:$SPORT)"
+	run_ok "agent.exe configure --mode polling --server --trust (the trust exchange, agent side)" \
+		WAGENT configure --home "$WH" --mode polling --server "127.0.0.1:$SPORT" --trust "$ST"
+	like "$TMP/win/agent-default/agent.ini" '^mode = polling' "agent.ini says mode = polling"
+	mkdir -p "$TMP/files" "$TMP/outside"
+	printf '\n[files]\nroots = %s\n' "$(winpath "$TMP/files")" >>"$TMP/win/agent-default/agent.ini"
+	WT=$(WAGENT show-thumbprint --home "$WH" | head -n1 | tr -d '\r')
+	run_ok "tether-server target add --polling (the trust exchange, server side)" \
+		"$SERVER" target add "${SA[@]}" win --polling --thumbprint "$WT"
+	bg timeout 900 wine "$WBUILD/tether-agent.exe" run --home "$WH" 2>"$TMP/wagent.log"
+	WPID=$LAST_PID
+	wlong grep -q "polling agent win connected" "$TMP/server.log"
+	ok $? "tether-agent.exe run (polling mode) connects to the Linux server"
+	like "$TMP/wagent.log" "connected to server $ST at 127.0.0.1:$SPORT \(TLSv1\.2" "agent log: connected to the server it trusts, TLS 1.2"
+	run_ok "health of the Windows target" "$SERVER" health "${SA[@]}" win --json
+	python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))[0]; assert d["state"]=="healthy" and d["peer_sha256"]==sys.argv[2] and d["tls_version"]=="TLSv1.2", d' "$TMP/out" "$WT"
+	ok $? "... healthy, TLSv1.2 (Wine caps Schannel there), peer_sha256 is the agent's thumbprint"
+
+	run_ok "exec win -- cmd /c echo hello" "$SERVER" exec "${SA[@]}" win -- cmd /c echo hello
+	printf 'hello\r\n' >"$TMP/want"
+	cmp -s "$TMP/out" "$TMP/want"
+	ok $? "... prints exactly 'hello' CR LF (cmd's line end)"
+	run_exit 3 "exec win -- cmd /c exit 3 returns 3" "$SERVER" exec "${SA[@]}" win -- cmd /c exit 3
+	printf '@echo off\r\necho from script\r\nexit /b 4\r\n' >"$TMP/s.cmd"
+	run_exit 4 "run-script --shell cmd returns the script's exit code" \
+		"$SERVER" run-script "${SA[@]}" win --shell cmd "$TMP/s.cmd"
+	like "$TMP/out" '^from script' "... and its output"
+	run_exit 255 "run-script with the default shell (sh) is refused by a Windows agent" \
+		"$SERVER" run-script "${SA[@]}" win "$TMP/s.cmd"
+	like "$TMP/err" "not available on Windows agents.*--shell cmd" "... saying which shells it has"
+	# a timeout ends the script's whole process tree (its job object): the
+	# grandchild started with 'start /b' would write the marker after ~3 s
+	MARK=$(winpath "$TMP/marker")
+	printf '@echo off\r\nstart /b cmd /c "ping -n 4 127.0.0.1 >nul & echo survived> %s"\r\nping -n 30 127.0.0.1 >nul\r\n' "$MARK" >"$TMP/tree.cmd"
+	run_exit 124 "run-script --timeout 1 of a script that starts a grandchild" \
+		"$SERVER" run-script "${SA[@]}" win --shell cmd --timeout 1 "$TMP/tree.cmd"
+	sleep 6
+	[ ! -e "$TMP/marker" ]
+	ok $? "... and the grandchild was ended with it (no marker after 6 s)"
+
+	head -c 1500000 /dev/urandom >"$TMP/up.bin"
+	UPSHA=$(sha256sum "$TMP/up.bin" | cut -d' ' -f1)
+	mkdir -p "$TMP/files/sub"
+	run_ok "upload 1.5 MB to the Windows agent" "$SERVER" upload "${SA[@]}" win "$TMP/up.bin" sub/up.bin
+	like "$TMP/out" "^sha256 $UPSHA$" "... upload prints the SHA-256"
+	is "$(sha256sum "$TMP/files/sub/up.bin" 2>/dev/null | cut -d' ' -f1)" "$UPSHA" "... sha256sum of the file the agent wrote matches"
+	run_ok "download it back" "$SERVER" download "${SA[@]}" win 'sub\up.bin' "$TMP/back.bin"
+	is "$(sha256sum "$TMP/back.bin" | cut -d' ' -f1)" "$UPSHA" "... sha256sum of the downloaded copy matches"
+	run_ok "upload to an absolute path (drive letter) inside the root" \
+		"$SERVER" upload "${SA[@]}" win "$TMP/s.cmd" "$(winpath "$TMP/files/abs.cmd")"
+	cmp -s "$TMP/s.cmd" "$TMP/files/abs.cmd"
+	ok $? "... written there"
+	run_exit 1 "upload to ..\\ is refused" "$SERVER" upload "${SA[@]}" win "$TMP/s.cmd" '..\outside\x'
+	run_exit 1 "upload to an absolute path outside the root is refused" \
+		"$SERVER" upload "${SA[@]}" win "$TMP/s.cmd" "$(winpath "$TMP/outside/x")"
+	like "$TMP/err" "outside the file roots" "... saying it is outside the file roots"
+	run_exit 1 "upload to an alternate data stream name is refused" "$SERVER" upload "${SA[@]}" win "$TMP/s.cmd" 'a.txt:evil'
+	[ -z "$(ls -A "$TMP/outside")" ] && ! ls -A "$TMP/files" | grep -q '^\.tether-upload-'
+	ok $? "... nothing written outside the root, no temporary file left"
+
+	# an untrusted server thumbprint is refused
+	run_ok "agent.exe configure --remove-trust (while the agent runs)" WAGENT configure --home "$WH" --remove-trust "$ST"
+	wlong grep -q "presented certificate $ST, which is not trusted here" "$TMP/wagent.log"
+	ok $? "the agent drops the server and refuses it when it reconnects (agent log)"
+	like "$TMP/wagent.log" "trust in $ST was removed" "... closing the live connection at once"
+	run_exit 1 "health of the target now fails" "$SERVER" health "${SA[@]}" win
+	kill "$WPID" 2>/dev/null
+	wait "$WPID" 2>/dev/null
+else
+	echo "# SKIP the Windows polling agent: $SERVER not built"
+fi
+
+# --- tether-ping.exe connect against a Linux tether-ping listen
+if [ -x "$PING" ]; then
+	PP=$(free_port)
+	bg "$PING" listen --port "$PP" --address 127.0.0.1 >"$TMP/plisten.out" 2>&1
+	wait_for grep -q '^thumbprint: ' "$TMP/plisten.out"
+	LT=$(sed -n 's/^thumbprint: //p' "$TMP/plisten.out")
+	run_ok "tether-ping.exe connect --count 3 --size 1000 --expect-thumbprint (Schannel, under Wine)" \
+		timeout 60 wine "$WBUILD/tether-ping.exe" connect "127.0.0.1:$PP" --count 3 --size 1000 --expect-thumbprint "$LT"
+	is "$(grep -c '^round [0-9]*: 1000 bytes sent, 1000 bytes echoed' "$TMP/out")" 3 "three rounds of 1000 bytes each way"
+	like "$TMP/out" '^TLS: TLSv1\.2, cipher ECDHE-' "TLS 1.2 with an ECDHE cipher"
+	like "$TMP/out" "^peer certificate: $LT" "the peer thumbprint is the listener's"
+	like "$TMP/out" '^peer: agent, protocol 1\.0' "HELLO answered"
+	run_exit 1 "tether-ping.exe with a wrong --expect-thumbprint fails" \
+		timeout 60 wine "$WBUILD/tether-ping.exe" connect "127.0.0.1:$PP" --count 1 --expect-thumbprint "$WRONG"
+else
+	echo "# SKIP tether-ping.exe: $PING not built"
+fi
+timeout 30 wineserver -k 2>/dev/null
+
+echo "# not run under Wine (docs/windows.md): a listening agent (server role, AcceptSecurityContext),"
+echo "# PFX export, TLS 1.3 and CNG keys need real Windows; so does the service under the SCM;"
+echo "# tether-ping.exe has no probe handshakes (they use libssl); doctor is not ported."
 done_testing

@@ -272,6 +272,8 @@ static int mb_read(void *arg, void *buf, size_t len)
 	pipe_end *pe = arg;
 	size_t n = pe->in->len < len ? pe->in->len : len;
 
+	if (n == 0)
+		return 0;    /* pe->in->b may still be NULL */
 	memcpy(buf, pe->in->b, n);
 	memmove(pe->in->b, pe->in->b + n, pe->in->len - n);
 	pe->in->len -= n;

@@ -49,3 +49,7 @@ free_port() {
 # wait_for CMD... : retry for up to 10 s
 wait_for() { local i; for i in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
 bg() { "$@" & _pids="$_pids $!"; LAST_PID=$!; }
+# True in a build configured with --enable-sanitizers (ASan + UBSan): memory
+# figures are then inflated by ASan's shadow and quarantine, and modules
+# dlopen'ed with RTLD_DEEPBIND refuse to load.
+sanitized() { grep -q '^SAN_CFLAGS = -fsanitize' "$TOP_BUILDDIR/Makefile" 2>/dev/null; }

@@ -9,6 +9,16 @@ third-party TLS stack).  Subcommands:
                                  'closed after N s' or 'still open'
   flood HOST PORT SRC N RATE     N TCP+TLS handshakes without a certificate
                                  from source address SRC at RATE per second
+  abuse HOST PORT CERT KEY CASE  mutual TLS, then one protocol-level abuse
+                                 (see ABUSE below); prints one line: what
+                                 the peer answered and whether it closed
+  slowloris HOST PORT N SECS     N TCP connections that send 3 bytes of a TLS
+                                 record and stall; prints how many the peer
+                                 closed within SECS
+  relay PORT UPSTREAM SECS        a TCP relay on 127.0.0.1:PORT to
+                                 127.0.0.1:UPSTREAM that delays every byte by
+                                 SECS each way (latency where the kernel has
+                                 no netem)
   call HOST PORT CERT KEY METHOD PARAMS [METHOD PARAMS]...
                                  mutual TLS + HELLO as a server, then each
                                  request in turn on that one connection; prints
@@ -56,6 +66,9 @@ def read_frame(t):
 HELLO = {"protocol": "tether", "version": "1.0", "role": "server", "software_version": "test-peer",
          "capabilities": [], "instance_id": "0123456789abcdef0123456789abcdef", "mode": "listening"}
 
+if os.environ.get("PEER_ROLE") == "agent":      # talk to a server's polling port
+    HELLO = dict(HELLO, role="agent", mode="polling")
+
 def hello(t):
     t.sendall(frame(1, 0, json.dumps(HELLO).encode()))
     return read_frame(t)
@@ -92,6 +105,170 @@ def is_closed(t, wait=3.0):
         return True
     except socket.timeout:
         return False
+
+
+def outcome(t, wait=5.0):
+    """Read what the peer sends for up to `wait` s: 'closed' or 'open',
+    after the types (and error codes/messages) of the frames it sent."""
+    t.settimeout(wait)
+    buf, seen, closed = b"", [], False
+    end = time.time() + wait
+    try:
+        while time.time() < end:
+            d = t.recv(65536)
+            if not d:
+                closed = True
+                break
+            buf += d
+            while len(buf) >= 12:
+                ftype, _, _, fid, ln = struct.unpack(">BBHII", buf[:12])
+                if len(buf) < 12 + ln:
+                    break
+                body, buf = buf[12:12 + ln], buf[12 + ln:]
+                if ftype in (1, 3, 7):
+                    try:
+                        o = json.loads(body)
+                        e = o.get("error") if isinstance(o, dict) else None
+                        if isinstance(e, dict):
+                            seen.append("%d:%s:%s" % (ftype, e.get("code"), e.get("message")))
+                            continue
+                    except ValueError:
+                        pass
+                    seen.append("%d" % ftype)
+                elif ftype == 10:
+                    seen.append("goaway:" + body[4:].decode("utf-8", "replace"))
+                elif ftype != 9:
+                    seen.append("%d" % ftype)
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        closed = True
+    except socket.timeout:
+        pass
+    return ("closed" if closed else "open") + " " + " | ".join(seen)
+
+def req(rid, method, params, raw=None):
+    return frame(2, rid, raw if raw is not None else json.dumps({"id": rid, "method": method, "params": params}).encode())
+
+# ABUSE cases: name -> (send HELLO first?, bytes to send after it)
+def abuse_cases():
+    ping = frame(8, 0, b"12345678")
+    nested = b'{"id": 1, "method": "health", "params": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    return {
+        "truncated-frame": (True, req(1, "health", {})[:20]),
+        "short-length": (True, struct.pack(">BBHII", 2, 0, 0, 1, 10) + b'{"id": 1, "method": "health", "params": {}}'),
+        "unknown-type": (True, frame(0x42, 1, b"{}")),
+        "reserved-flags": (True, struct.pack(">BBHII", 2, 0x80, 0, 1, 2) + b"{}"),
+        "reserved-field": (True, struct.pack(">BBHII", 2, 0, 0x1234, 1, 2) + b"{}"),
+        "hello-twice": (True, frame(1, 0, json.dumps(HELLO).encode())),
+        "hello-major-2": (False, frame(1, 0, json.dumps(dict(HELLO, version="2.0")).encode())),
+        "request-before-hello": (False, req(1, "health", {})),
+        "oversized-json": (True, req(1, "health", {"pad": "x" * (2 << 20)})),
+        "oversized-length": (True, struct.pack(">BBHII", 2, 0, 0, 1, 0x7fffffff) + b"{"),
+        "nested-json": (True, frame(2, 1, nested)),
+        "invalid-json": (True, req(1, None, None, b'{"id": 1, "method": "health", "params": {')),
+        "invalid-utf8": (True, req(1, None, None, b'{"id": 1, "method": "he\xff\xfelth", "params": {}}')),
+        "wrong-types": (True, req(1, None, None, b'{"id": "one", "method": 5, "params": []}')),
+        "id-mismatch": (True, req(1, None, None, b'{"id": 2, "method": "health", "params": {}}')),
+        "unknown-method": (True, req(1, "no.such.method", {})),
+        "id-reused": (True, req(1, "health", {}) + req(1, "health", {})),
+        "stream-unknown-id": (True, frame(4, 4242, b"data")),
+        "stream-end-unknown-id": (True, frame(5, 4242, b"\0" * 32)),
+        "window-overflow": (True, frame(6, 4242, struct.pack(">I", 0xffffffff))),
+        "window-zero": (True, frame(6, 0, struct.pack(">I", 0))),
+        "ping-wrong-size": (True, frame(8, 0, b"123")),
+        "ping-flood": (True, ping * 20000),
+        "response-unasked": (True, frame(3, 77, json.dumps({"id": 77, "result": {}}).encode())),
+        "upload-id-reused": (True, req(1, "file.upload", {"path": "abuse-reused.bin", "size": 100}) +
+                             frame(4, 1, b"x" * 10) +
+                             req(1, "file.upload", {"path": "abuse-reused2.bin", "size": 5})),
+        "stream-overrun": (True, req(1, "file.upload", {"path": "abuse-overrun.bin", "size": 5}) +
+                           frame(4, 1, b"x" * 10) + frame(5, 1, b"\0" * 32 + b'{"size": 10}')),
+        "requests-unread": (True, b"".join(req(i, "health", {}) for i in range(1, 10001))),
+        "goaway": (True, frame(10, 0, struct.pack(">I", 0) + json.dumps({"code": "shutdown", "message": "bye"}).encode())),
+    }
+
+def unread(t, data):
+    """Send 10 000 requests without reading (the peer must stop reading us
+    or queue a bounded amount), report, then read every answer."""
+    t.settimeout(2)
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += t.send(data[sent:sent + 65536])
+    except socket.timeout:
+        pass
+    print("sent %d of %d bytes before the peer stopped reading" % (sent, len(data)))
+    sys.stdout.flush()
+    time.sleep(float(os.environ.get("PEER_UNREAD_WAIT", "3")))
+    print("reading"); sys.stdout.flush()
+    t.settimeout(10)
+    n, buf = 0, b""
+    try:
+        if sent < len(data):
+            t.setblocking(True)
+            t.settimeout(30)
+            t.sendall(data[sent:]) if len(data) - sent < 8 << 20 else None
+    except (socket.timeout, ssl.SSLError, OSError):
+        pass
+    try:
+        while n < 10000:
+            d = t.recv(65536)
+            if not d:
+                break
+            buf += d
+            while len(buf) >= 12:
+                ln = struct.unpack(">I", buf[8:12])[0]
+                if len(buf) < 12 + ln:
+                    break
+                if buf[0] == 3:
+                    n += 1
+                buf = buf[12 + ln:]
+    except (socket.timeout, ssl.SSLError, OSError):
+        pass
+    print("answers %d" % n)
+    return 0
+
+def relay(port, upstream, delay):
+    import asyncio
+
+    async def pump(r, w):
+        q = asyncio.Queue()
+
+        async def rd():
+            while True:
+                try:
+                    d = await r.read(65536)
+                except OSError:
+                    d = b""
+                await q.put((time.monotonic() + delay, d))
+                if not d:
+                    return
+
+        async def wr():
+            while True:
+                due, d = await q.get()
+                if due > time.monotonic():
+                    await asyncio.sleep(due - time.monotonic())
+                if not d:
+                    w.close()
+                    return
+                w.write(d)
+                await w.drain()
+        await asyncio.gather(rd(), wr(), return_exceptions=True)
+
+    async def handle(cr, cw):
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", upstream)
+        except OSError:
+            cw.close()
+            return
+        await asyncio.gather(pump(cr, uw), pump(ur, cw), return_exceptions=True)
+
+    async def serve():
+        s = await asyncio.start_server(handle, "127.0.0.1", port)
+        print("relaying", flush=True)
+        async with s:
+            await s.serve_forever()
+    asyncio.run(serve())
 
 def main():
     cmd = sys.argv[1]
@@ -139,6 +316,54 @@ def main():
             except Exception:
                 fail += 1
         print("handshakes %d refused %d in %.1f s" % (ok, fail, time.time() - start))
+        return 0
+    if cmd == "abuse":
+        first, data = abuse_cases()[sys.argv[6]]
+        try:
+            t = connect(*sys.argv[2:6])
+            if first:
+                f = hello(t)
+                if f is None:
+                    print("closed at HELLO"); return 1
+            if sys.argv[6] == "requests-unread":
+                return unread(t, data)
+            t.sendall(data)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as e:
+            print("closed while sending (%s)" % e.__class__.__name__); return 0
+        print(outcome(t))
+        return 0
+    if cmd == "slowloris":
+        import resource, select
+        host, port, n, secs = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < n + 64:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 64), hard))
+        socks, refused = [], 0
+        for i in range(n):
+            try:
+                s = socket.create_connection((host, port), timeout=5)
+                s.sendall(b"\x16\x03\x01")
+                socks.append(s)
+            except OSError:
+                refused += 1
+        print("opened %d refused %d" % (len(socks), refused)); sys.stdout.flush()
+        closed, end = set(), time.time() + secs
+        while time.time() < end and len(closed) < len(socks):
+            live = [s for s in socks if s.fileno() not in closed]
+            r, _, _ = select.select(live[:1000], [], [], 0.5)
+            for s in r:
+                try:
+                    d = s.recv(4096)
+                except OSError:
+                    d = b""
+                if not d:
+                    closed.add(s.fileno())
+        print("closed by the peer %d of %d within %.0f s" % (len(closed), len(socks), secs))
+        for s in socks:
+            s.close()
+        return 0
+    if cmd == "relay":
+        relay(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
         return 0
     if cmd == "call":
         t = connect(*sys.argv[2:6])

@@ -296,8 +296,13 @@ int verb_list_trust(cli_ctx *c, int argc, char **argv)
 			char hex[TETHER_THUMBPRINT_HEX], when[32];
 			tether_thumbprint_hex(&t->trusted[i].tp, hex);
 			tether_iso8601(t->trusted[i].added, when, sizeof(when));
-			json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "sha256", hex, "added", when,
-			                                   "note", t->trusted[i].note));
+			json_t *o = json_pack("{s:s, s:s, s:s}", "sha256", hex, "added", when, "note", t->trusted[i].note);
+			if (t->trusted[i].has_predecessor) {
+				char pre[TETHER_THUMBPRINT_HEX];
+				tether_thumbprint_hex(&t->trusted[i].predecessor, pre);
+				json_object_set_new(o, "successor_of", json_string(pre));
+			}
+			json_array_append_new(a, o);
 		}
 		for (i = 0; i < t->nrecovery; i++) {
 			char hex[TETHER_THUMBPRINT_HEX], when[32];
@@ -315,7 +320,13 @@ int verb_list_trust(cli_ctx *c, int argc, char **argv)
 	for (i = 0; i < t->ntrusted; i++) {
 		char hex[TETHER_THUMBPRINT_HEX];
 		tether_thumbprint_hex(&t->trusted[i].tp, hex);
-		printf("trusted  %s\n", hex);
+		if (t->trusted[i].has_predecessor) {
+			char pre[TETHER_THUMBPRINT_HEX];
+			tether_thumbprint_hex(&t->trusted[i].predecessor, pre);
+			printf("trusted  %s (successor of %.16s..., pending)\n", hex, pre);
+		} else {
+			printf("trusted  %s\n", hex);
+		}
 	}
 	for (i = 0; i < t->nrecovery; i++) {
 		char hex[TETHER_THUMBPRINT_HEX];

@@ -93,6 +93,9 @@ typedef struct agent {
 	char **roots;
 	const char *caps[8];
 	int polling;                    /* [tether] mode = polling */
+	/* bumped when the identity or the trust set changes: cached TLS
+	 * sessions made before must not be resumed */
+	volatile unsigned session_gen;
 	struct poller *pollers;
 	size_t npollers;
 	char proxy_host[256];
@@ -112,6 +115,7 @@ typedef struct poller {
 	agent_conn *ac;
 	unsigned char *session;
 	size_t session_len;
+	unsigned session_gen;
 	uint64_t opened_ms;
 	int stopping;
 	int fails;
@@ -288,6 +292,7 @@ static void reload_trust(agent *a, int force)
 	free(a->trust);
 	a->trust = t;
 	a->trust_gen++;
+	__atomic_add_fetch(&a->session_gen, 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&a->lock);
 	log_info("trust loaded: %zu trusted server%s, %zu recovery thumbprint%s", t->ntrusted,
 	         t->ntrusted == 1 ? "" : "s", t->nrecovery, t->nrecovery == 1 ? "" : "s");
@@ -591,6 +596,7 @@ static void service_identity(agent *a, agent_conn *ac, agent_req *r)
 		old = a->tls;
 		a->tls = t;
 		pthread_mutex_unlock(&a->lock);
+		__atomic_add_fetch(&a->session_gen, 1, __ATOMIC_SEQ_CST);
 		tlsref_release(a, old);
 		log_info("server %s switched this agent to its new identity %s", ac->tphex, t->summary.sha256);
 		agent_req_reply(r, json_pack("{s:s}", "sha256", t->summary.sha256));
@@ -854,6 +860,7 @@ static void on_open(void *arg, tether_conn *c)
 			if (p->session)
 				tether_free_wiped(p->session, p->session_len);
 			p->session = sess;
+			p->session_gen = a->session_gen;
 			p->session_len = sl;
 		}
 		log_info("connected to server %s at %s (%s, %s%s); waiting for its requests", hex,
@@ -1013,6 +1020,12 @@ static void poller_connect(poller *p)
 	o.prov = a->prov;
 	o.tls_ctx = ac->tls->ctx;
 	o.server_name = hint[0] ? hint : NULL;
+	if (p->session && p->session_gen != a->session_gen) {
+		/* identity or trust changed since: a full handshake */
+		tether_free_wiped(p->session, p->session_len);
+		p->session = NULL;
+		p->session_len = 0;
+	}
 	o.session = p->session;
 	o.session_len = p->session_len;
 	o.connect_ms = a->handshake_ms;
@@ -1300,6 +1313,7 @@ static void reload_identity(agent *a)
 	old = a->tls;
 	a->tls = t;
 	pthread_mutex_unlock(&a->lock);
+	__atomic_add_fetch(&a->session_gen, 1, __ATOMIC_SEQ_CST);
 	log_info("identity %s loaded; existing connections drain on the old one", t->summary.sha256);
 	tlsref_release(a, old);
 }

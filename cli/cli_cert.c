@@ -256,6 +256,25 @@ int verb_show_thumbprint(cli_ctx *c, int argc, char **argv)
 		                      "instance '%s' has no certificate yet: run '%s new-certificate%s%s'",
 		                      c->inst->name, c->prog->progname,
 		                      c->instance_name ? " --instance " : "", c->instance_name ? c->instance_name : "");
+	{
+		json_t *flags = tether_cert_flags(s[TETHER_SLOT_CURRENT].info.cert_signature_algorithm,
+		                                  s[TETHER_SLOT_CURRENT].info.key_type,
+		                                  s[TETHER_SLOT_CURRENT].info.key_bits,
+		                                  s[TETHER_SLOT_CURRENT].info.not_after);
+		if (c->json) {
+			json_t *j = tether_id_summary_json(&s[TETHER_SLOT_CURRENT]);
+			json_object_set_new(j, "flags", flags);
+			json_object_set_new(j, "provider", json_string(c->prov->t->name));
+			for (i = 1; i < TETHER_SLOT__COUNT; i++)
+				if (s[i].present)
+					json_object_set_new(j, tether_slot_names[i], tether_id_summary_json(&s[i]));
+			cli_print_json(j);
+			return 0;
+		}
+		if (json_array_size(flags))
+			fprintf(stderr, "warning: %s\n", tether_cert_flags_advice(flags));
+		json_decref(flags);
+	}
 	if (c->json) {
 		json_t *j = tether_id_summary_json(&s[TETHER_SLOT_CURRENT]);
 		json_object_set_new(j, "provider", json_string(c->prov->t->name));

@@ -131,6 +131,8 @@ struct tether_conn {
 	pending_req *pending;
 	size_t npending;
 	size_t inflight_in;             /* requests received, not yet answered */
+	int draining;                   /* close once nothing is in flight */
+	char drain_msg[128];
 	uint64_t started_ms, last_rx_ms, last_activity_ms, ping_sent_ms;
 	int ping_outstanding;
 	uint64_t ping_seq;
@@ -471,6 +473,7 @@ static int keep_rest(tether_conn *c)
 }
 
 static void arm_keepalive(tether_conn *c);
+static void drain_check(tether_conn *c);
 static void proxy_input(tether_conn *c, const unsigned char *p, size_t n);
 static void on_timer(uv_timer_t *t);
 static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n);
@@ -828,6 +831,7 @@ static void handle_response(tether_conn *c, const tether_frame *f)
 	p->cb(p->arg, c, &resp, NULL);
 	free(p);
 	tether_rpc_response_clear(&resp);
+	drain_check(c);
 }
 
 static stream *stream_find(tether_conn *c, uint32_t id)
@@ -1085,6 +1089,7 @@ static void on_timer(uv_timer_t *t)
 		return;
 	}
 	expire_requests(c, now);
+	drain_check(c);
 	if (c->state != ST_OPEN)
 		return;
 	if (c->o.keepalive_ms) {
@@ -1515,7 +1520,7 @@ int tether_conn_request_id(tether_conn *c, const char *method, json_t *params,
 	uint32_t id;
 	int r;
 
-	if (c->state != ST_OPEN) {
+	if (c->state != ST_OPEN || c->draining) {
 		json_decref(params);
 		return tether_err_set(err, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
 		                      "the connection to %s is not open", c->peer_addr);
@@ -1585,6 +1590,7 @@ int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
 	send_frame(c, f, fl);
 	free(f);
 	flush(c);
+	drain_check(c);
 	return 0;
 }
 
@@ -1747,7 +1753,24 @@ void tether_conn_stream_release(tether_conn *c, uint32_t id)
 /* Accessors                                                           */
 /* ------------------------------------------------------------------ */
 
-int tether_conn_is_open(const tether_conn *c) { return c->state == ST_OPEN; }
+int tether_conn_is_open(const tether_conn *c) { return c->state == ST_OPEN && !c->draining; }
+
+static void drain_check(tether_conn *c)
+{
+	if (c->draining && c->state == ST_OPEN && !c->npending && !c->inflight_in)
+		tether_conn_close(c, "reconfigured", c->drain_msg);
+}
+
+void tether_conn_close_when_idle(tether_conn *c, const char *message)
+{
+	if (c->state != ST_OPEN) {
+		tether_conn_close(c, "reconfigured", message);
+		return;
+	}
+	c->draining = 1;
+	snprintf(c->drain_msg, sizeof(c->drain_msg), "%s", message ? message : "closing");
+	drain_check(c);
+}
 const char *tether_conn_peer_addr(const tether_conn *c) { return c->peer_addr; }
 const tether_tls_info *tether_conn_tls_info(const tether_conn *c) { return &c->info; }
 const tether_hello *tether_conn_peer_hello(const tether_conn *c) { return &c->peer_hello; }

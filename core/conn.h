@@ -124,6 +124,9 @@ int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
 
 /* Orderly close: GOAWAY, close_notify, then close.  Idempotent. */
 void tether_conn_close(tether_conn *c, const char *code, const char *message);
+/* Take no new requests; close (as tether_conn_close) once the requests in
+ * flight both ways are answered. */
+void tether_conn_close_when_idle(tether_conn *c, const char *message);
 /* Close at once. */
 void tether_conn_abort(tether_conn *c, int category, const char *why);
 

@@ -1,6 +1,7 @@
 #include "config.h"
 #include <stdio.h>
 #include <string.h>
+#include <ctype.h>
 #include <time.h>
 #include "error.h"
 #include "identity.h"
@@ -118,4 +119,56 @@ void tether_id_summary_print(FILE *f, const tether_id_summary *s, const char *in
 	        s->info.curve[0] ? " " : "", s->info.curve);
 	fprintf(f, "%sValid: %s to %s%s\n", indent, s->not_before, s->not_after,
 	        s->expired ? " (EXPIRED: still trusted by its pin, but renew it with new-certificate)" : "");
+}
+
+/* Case-insensitive substring test (strcasestr is not portable). */
+static int contains_ci(const char *hay, const char *needle)
+{
+	char low[128];
+	size_t i;
+
+	for (i = 0; hay[i] && i < sizeof(low) - 1; i++)
+		low[i] = (char)tolower((unsigned char)hay[i]);
+	low[i] = '\0';
+	return strstr(low, needle) != NULL;
+}
+
+json_t *tether_cert_flags(const char *sig_alg, const char *key_type, int key_bits, int64_t not_after)
+{
+	json_t *f = json_array();
+	time_t now = time(NULL);
+
+	if (sig_alg && contains_ci(sig_alg, "md5"))
+		json_array_append_new(f, json_string("md5_signature"));
+	else if (sig_alg && contains_ci(sig_alg, "sha1"))
+		json_array_append_new(f, json_string("sha1_signature"));
+	if (key_type && !strcmp(key_type, "rsa") && key_bits > 0 && key_bits < 2048)
+		json_array_append_new(f, json_string("rsa_key_too_small"));
+	if (not_after > 0 && not_after < now)
+		json_array_append_new(f, json_string("expired"));
+	else if (not_after > 0 && not_after < now + 30 * 86400)
+		json_array_append_new(f, json_string("expires_within_30_days"));
+	return f;
+}
+
+const char *tether_cert_flags_advice(json_t *flags)
+{
+	size_t i;
+	json_t *v;
+
+	json_array_foreach(flags, i, v) {
+		const char *f = json_string_value(v);
+		if (!strcmp(f, "sha1_signature") || !strcmp(f, "md5_signature"))
+			return "the certificate is signed with a broken hash: it still works because the pin is the "
+			       "trust, but regenerate it ('new-certificate' there, or 'tether-server "
+			       "rotate-agent-certificate TARGET'); tether never generates SHA-1 certificates";
+		if (!strcmp(f, "rsa_key_too_small"))
+			return "the RSA key is shorter than 2048 bits: regenerate the certificate";
+		if (!strcmp(f, "expired"))
+			return "the certificate has expired: it still connects (the pin is the trust) but renew it";
+		if (!strcmp(f, "expires_within_30_days"))
+			return "the certificate expires within 30 days: renew it (it keeps working after expiry, "
+			       "but scanners and policies will flag it)";
+	}
+	return NULL;
 }

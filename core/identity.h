@@ -33,6 +33,11 @@ int tether_cert_summary(tether_prov *p, const unsigned char *der, size_t len,
 int tether_slot_summary(tether_prov *p, int slot, tether_id_summary *out,
                         tether_error *err);
 json_t *tether_id_summary_json(const tether_id_summary *s);
+/* Weak or expiring: an array of "sha1_signature", "md5_signature",
+ * "rsa_key_too_small", "expired", "expires_within_30_days" (may be empty). */
+json_t *tether_cert_flags(const char *sig_alg, const char *key_type, int key_bits, int64_t not_after);
+/* One line telling what to do about the flags, or NULL if none. */
+const char *tether_cert_flags_advice(json_t *flags);
 /* Human text, several lines, each prefixed by indent. */
 void tether_id_summary_print(FILE *f, const tether_id_summary *s, const char *indent);
 

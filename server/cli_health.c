@@ -110,6 +110,8 @@ int verb_health(cli_ctx *c, int argc, char **argv)
 			       str(row, "tls_version")[0] ? str(row, "tls_version") : "-",
 			       str(row, "cipher")[0] ? str(row, "cipher") : "-",
 			       str(row, "cert_signature_algorithm")[0] ? str(row, "cert_signature_algorithm") : "-");
+			if (str(row, "advice")[0])
+				printf("    warning: %s\n", str(row, "advice"));
 			if (str(row, "error")[0]) {
 				printf("    %s (%s)\n", str(row, "error"), str(row, "category"));
 				printf("    hint: %s\n", category_hint(str(row, "category")));

@@ -63,6 +63,7 @@ typedef struct held {
 	size_t session_len;
 	struct srv *s;
 	tether_identity *presenting;    /* identity this connection presents (NULL: current) */
+	int retried;                    /* retried with the current identity once */
 } held;
 
 struct srv {
@@ -178,6 +179,9 @@ static void held_notify(held *h, tether_conn *c, const tether_error *err)
 }
 
 static int nextpin_match(struct srv *s, const char *name, const tether_thumbprint *tp);
+static void held_connect(struct srv *s, held *h);
+static void held_drop_session(held *h);
+int srv_target_set_trusts(struct srv *s, const char *target, const char *sha);
 
 static int srv_check_peer(void *arg, tether_conn *c, const tether_thumbprint *tp)
 {
@@ -201,6 +205,8 @@ static void srv_on_open(void *arg, tether_conn *c)
 		return;
 	}
 	h->open = 1;
+	if (h->presenting && h->presenting == h->s->prev_id)
+		srv_rotation_target_back(h->s, h->name);
 	if (tether_conn_session(c, &sess, &sl) == 0) {
 		if (h->session)
 			tether_free_wiped(h->session, h->session_len);
@@ -236,6 +242,18 @@ static void srv_on_close(void *arg, tether_conn *c, const tether_error *why)
 	}
 	h->c = NULL;
 	h->open = 0;
+	/* The agent refused the previous identity we presented (its operator
+	 * moved it to the current one by hand): switch it over and retry once. */
+	if (e.category == TETHER_CAT_UNTRUSTED && !h->refused_by_us && h->presenting &&
+	    h->presenting == h->s->prev_id && h->waiters && !h->retried) {
+		log_info("target %s no longer trusts the previous server identity: presenting the current one",
+		         h->name);
+		srv_target_set_trusts(h->s, h->name, h->s->summary.sha256);
+		held_drop_session(h);
+		h->retried = 1;
+		held_connect(h->s, h);
+		return;
+	}
 	if (!e.code && h->waiters)
 		tether_err_set(&e, TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET,
 		               "the connection closed before the protocol greeting: %s", why->detail);
@@ -245,6 +263,38 @@ static void srv_on_close(void *arg, tether_conn *c, const tether_error *why)
 static const tether_conn_cbs srv_cbs = { srv_check_peer, srv_on_open, srv_on_request, srv_on_close };
 
 static tether_identity *srv_identity_for_target(struct srv *s, const char *name);
+
+static void held_connect(srv *s, held *h)
+{
+	tether_conn_opts o;
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	memset(&o, 0, sizeof(o));
+	o.tls_role = TETHER_TLS_CLIENT;
+	o.local_role = TETHER_ROLE_SERVER;
+	o.mode = TETHER_MODE_LISTENING;
+	o.prov = s->prov;
+	o.tls_ctx = s->tls;
+	h->presenting = srv_identity_for_target(s, h->name);
+	o.identity = h->presenting;
+	/* resume only a session made with the same identity */
+	o.session = h->presenting ? NULL : h->session;
+	o.session_len = h->presenting ? 0 : h->session_len;
+	o.connect_ms = s->connect_ms;
+	o.handshake_ms = s->handshake_ms;
+	o.idle_ms = s->idle_ms;
+	o.keepalive_ms = s->keepalive_ms;
+	o.instance_id = tether_process_instance_id(s->prov);
+	o.cbs = &srv_cbs;
+	o.cb_arg = h;
+	h->refused_by_us = 0;
+	h->presented[0] = '\0';
+	if (tether_conn_connect(s->loop, h->host, h->port, &o, &h->c, &e) < 0) {
+		h->c = NULL;
+		held_notify(h, NULL, &e);
+	}
+}
 
 /* Get an open connection to a target (connecting if needed); ready() is
  * called once, with the connection or an error. */
@@ -298,31 +348,8 @@ static void held_get(srv *s, const reg_target *t, void (*ready)(void *, tether_c
 	w->next = h->waiters;
 	h->waiters = w;
 	if (!h->c) {
-		tether_conn_opts o;
-		memset(&o, 0, sizeof(o));
-		o.tls_role = TETHER_TLS_CLIENT;
-		o.local_role = TETHER_ROLE_SERVER;
-		o.mode = TETHER_MODE_LISTENING;
-		o.prov = s->prov;
-		o.tls_ctx = s->tls;
-		h->presenting = srv_identity_for_target(s, h->name);
-		o.identity = h->presenting;
-		/* resume only a session made with the same identity */
-		o.session = h->presenting ? NULL : h->session;
-		o.session_len = h->presenting ? 0 : h->session_len;
-		o.connect_ms = s->connect_ms;
-		o.handshake_ms = s->handshake_ms;
-		o.idle_ms = s->idle_ms;
-		o.keepalive_ms = s->keepalive_ms;
-		o.instance_id = tether_process_instance_id(s->prov);
-		o.cbs = &srv_cbs;
-		o.cb_arg = h;
-		h->refused_by_us = 0;
-		h->presented[0] = '\0';
-		if (tether_conn_connect(s->loop, h->host, h->port, &o, &h->c, &e) < 0) {
-			h->c = NULL;
-			held_notify(h, NULL, &e);
-		}
+		h->retried = 0;
+		held_connect(s, h);
 	}
 }
 
@@ -428,8 +455,27 @@ static void health_finish(health_job *j)
 		json_object_set_new(row, "peer_sha256", it->peer_sha256[0] ? json_string(it->peer_sha256) : json_null());
 		json_object_set_new(row, "cert_signature_algorithm",
 		                    it->sig_alg[0] ? json_string(it->sig_alg) : json_null());
-		if (it->result)
+		if (it->result) {
+			json_t *ce = json_object_get(it->result, "certificate");
+			const char *na = json_string_value(json_object_get(ce, "not_after"));
+			struct tm tm;
+			int64_t nat = 0;
+			json_t *flags;
+			memset(&tm, 0, sizeof(tm));
+			if (na && strptime(na, "%Y-%m-%dT%H:%M:%SZ", &tm))
+				nat = (int64_t)timegm(&tm);
+			flags = tether_cert_flags(json_string_value(json_object_get(ce, "cert_signature_algorithm")),
+			                          json_string_value(json_object_get(ce, "key_type")),
+			                          (int)json_integer_value(json_object_get(ce, "key_bits")), nat);
+			if (json_array_size(flags)) {
+				log_warn("target %s: %s", it->t.name, tether_cert_flags_advice(flags));
+				json_object_set_new(row, "warnings", flags);
+				json_object_set_new(row, "advice", json_string(tether_cert_flags_advice(flags)));
+			} else {
+				json_decref(flags);
+			}
 			json_object_set(row, "agent", it->result);
+		}
 		json_array_append_new(arr, row);
 		if (strcmp(it->state, "healthy"))
 			all_ok = 0;
@@ -800,6 +846,21 @@ static void p_on_open(void *arg, tether_conn *c)
 	}
 	pc->open = 1;
 	pt->last_connected = time(NULL);
+	{
+		/* the identity it asked for with its pin hint is the one it trusts */
+		const char *sni = tether_conn_tls_info(c)->server_name;
+		const char *which = s->summary.sha256;
+		if (sni && !strncmp(sni, "p-", 2) && s->prev_id && !strncasecmp(sni + 2, s->prev_summary.sha256, 16))
+			which = s->prev_summary.sha256;
+		if (!s->recovery_id) {
+			char cur[65];
+			srv_target_trusts(s, pc->name, cur);
+			if (strcmp(cur, which))
+				srv_target_set_trusts(s, pc->name, which);
+		}
+		if (s->prev_id && !strcmp(which, s->prev_summary.sha256))
+			srv_rotation_target_back(s, pc->name);
+	}
 	pt->last_problem[0] = '\0';
 	log_info("polling agent %s connected from %s (%s, %s%s)", pc->name, tether_conn_peer_addr(c),
 	         tether_conn_tls_info(c)->tls_version, tether_conn_tls_info(c)->cipher,
@@ -1250,13 +1311,14 @@ void srv_target_close(srv *s, const char *target)
 		tether_conn *old = h->c;
 		h->c = NULL;
 		h->open = 0;
+		/* requests in flight on it finish first */
 		if (old)
-			tether_conn_close(old, "reconfigured", "the server is switching identities");
+			tether_conn_close_when_idle(old, "the server is switching identities");
 		held_drop_session(h);
 	}
 	for (pc = s->pconns; pc; pc = pc->next)
 		if (pc->open && !strcmp(pc->name, target))
-			tether_conn_close(pc->c, "reconfigured", "the server is switching identities");
+			tether_conn_close_when_idle(pc->c, "the server is switching identities");
 }
 
 static int nextpin_match(srv *s, const char *name, const tether_thumbprint *tp)

@@ -176,6 +176,45 @@ static void item_next(rot_item *it)
 
 /* ---- agent identity rotation, per target ---- */
 
+static void agent_step_reply(void *arg, const tether_rpc_response *resp, const tether_error *err);
+
+static void agent_health_reply(void *arg, tether_conn *c, const tether_rpc_response *resp,
+                               const tether_error *err)
+{
+	(void)c;
+	agent_step_reply(arg, resp, err);
+}
+
+/* The fresh connection must authenticate the NEW certificate in its
+ * handshake, not only report it in health. */
+static void agent_fresh_conn(void *arg, tether_conn *c, const tether_error *err)
+{
+	rot_item *it = arg;
+	tether_thumbprint tp;
+	char hex[TETHER_THUMBPRINT_HEX];
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (!c) {
+		agent_step_reply(it, NULL, err);
+		return;
+	}
+	if (tether_conn_peer_tp(c, &tp) < 0) {
+		tether_err_set(&e, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED, "no peer certificate");
+		agent_step_reply(it, NULL, &e);
+		return;
+	}
+	tether_thumbprint_hex(&tp, hex);
+	if (strcasecmp(hex, it->next_pin)) {
+		tether_err_set(&e, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED,
+		               "the fresh connection authenticated certificate %s, not the new %s", hex, it->next_pin);
+		agent_step_reply(it, NULL, &e);
+		return;
+	}
+	if (tether_conn_request(c, "health", json_object(), 0, agent_health_reply, it, &e) < 0)
+		agent_step_reply(it, NULL, &e);
+}
+
 static void agent_step_reply(void *arg, const tether_rpc_response *resp, const tether_error *err)
 {
 	rot_item *it = arg;
@@ -216,7 +255,7 @@ static void agent_step_reply(void *arg, const tether_rpc_response *resp, const t
 	if (it->step == 2) {
 		it->step = 3;
 		srv_target_close(s, it->name);
-		srv_target_call(s, it->name, "health", json_object(), 0, agent_step_reply, it);
+		srv_target_conn(s, it->name, agent_fresh_conn, it);
 		return;
 	}
 	if (it->step == 3) {
@@ -346,7 +385,10 @@ static void job_more(rot_job *j)
 		if (j->report) {
 			json_object_set(res, "steps", j->report);
 		}
-		admin_reply(j->call, res);
+		if (j->call)
+			admin_reply(j->call, res);
+		else
+			json_decref(res); /* a rotation continued by itself: logged per target */
 	}
 	job_free(j);
 }
@@ -409,7 +451,7 @@ static rot_job *job_new(srv *s, admin_call *call, int kind)
 	j->s = s;
 	j->call = call;
 	j->kind = kind;
-	snprintf(j->who, sizeof(j->who), "%s", admin_call_user(call));
+	snprintf(j->who, sizeof(j->who), "%s", call ? admin_call_user(call) : "server (rotation continued)");
 	snprintf(j->cur, sizeof(j->cur), "%s", srv_sha256(s));
 	snprintf(j->prev, sizeof(j->prev), "%s", srv_previous_sha256(s));
 	return j;
@@ -683,24 +725,6 @@ static void start_recovery(srv *s, admin_call *call, json_t *params, int key_typ
 
 /* ---- weak and expiring certificates ---- */
 
-json_t *tether_cert_flags(const char *sig_alg, const char *key_type, int key_bits, int64_t not_after);
-
-json_t *tether_cert_flags(const char *sig_alg, const char *key_type, int key_bits, int64_t not_after)
-{
-	json_t *f = json_array();
-	time_t now = time(NULL);
-
-	if (sig_alg && (strcasestr(sig_alg, "sha1") || strcasestr(sig_alg, "md5")))
-		json_array_append_new(f, json_string(strcasestr(sig_alg, "md5") ? "md5_signature" : "sha1_signature"));
-	if (key_type && !strcmp(key_type, "rsa") && key_bits > 0 && key_bits < 2048)
-		json_array_append_new(f, json_string("rsa_key_too_small"));
-	if (not_after > 0 && not_after < now)
-		json_array_append_new(f, json_string("expired"));
-	else if (not_after > 0 && not_after < now + 30 * 86400)
-		json_array_append_new(f, json_string("expires_within_30_days"));
-	return f;
-}
-
 typedef struct check_job {
 	srv *s;
 	admin_call *call;
@@ -861,6 +885,36 @@ static int rot_admin(srv *s, struct admin_call *call, const char *method, json_t
 		start_server_rotation(s, call, kt, rekey_after_server, report);
 	}
 	return 1;
+}
+
+void srv_rotation_target_back(srv *s, const char *target)
+{
+	rot_job *j;
+	char t[65];
+
+	if (g_job || !srv_previous_sha256(s)[0])
+		return;
+	srv_target_trusts(s, target, t);
+	if (strcmp(t, srv_previous_sha256(s)))
+		return;
+	j = job_new(s, NULL, JOB_SERVER);
+	j->items = tether_xcalloc(1, sizeof(*j->items));
+	snprintf(j->items[0].name, sizeof(j->items[0].name), "%s", target);
+	{
+		reg_target rt;
+		tether_error e;
+		memset(&e, 0, sizeof(e));
+		if (registry_target_get(srv_registry(s), target, &rt, &e) == 0) {
+			snprintf(j->items[0].mode, sizeof(j->items[0].mode), "%s", rt.mode);
+			reg_target_clear(&rt);
+		}
+	}
+	j->items[0].job = j;
+	j->n = 1;
+	g_job = j;
+	log_info("rotate-certificate: target %s is back and still trusts the previous identity: "
+	         "continuing its rotation", target);
+	job_more(j);
 }
 
 static void rot_stop(srv *s)

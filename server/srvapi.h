@@ -61,6 +61,10 @@ void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity 
  * in progress); NULL ends it. */
 void srv_set_recovery_identity(srv *s, tether_identity *id);
 
+/* A target that still trusts the previous identity is connected: the
+ * rotation module continues its rotation by itself (server/rotation.c). */
+void srv_rotation_target_back(srv *s, const char *target);
+
 /* Modules hook into the admin socket: return 1 if method was handled. */
 struct admin_call;
 typedef int (*srv_admin_fn)(srv *s, struct admin_call *call, const char *method, json_t *params);

@@ -1330,7 +1330,11 @@ static int parse_cmd(agent_req *r, json_t *p, cmd **out, json_t **summary)
 		goto out;
 	}
 	if (script) {
+#ifdef _WIN32
+		const char *sh = "cmd";
+#else
 		const char *sh = "sh";
+#endif
 		if (!json_is_string(script) ||
 		    strlen(json_string_value(script)) != json_string_length(script)) {
 			bad(r, "'script' must be a string with no NUL character");

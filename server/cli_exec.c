@@ -156,7 +156,7 @@ static const cli_opt exec_spec[] = {
 };
 
 static const cli_opt script_spec[] = {
-	{ "shell", required_argument, O_SHELL, "SHELL", "the shell that runs the script: sh (default) or bash" },
+	{ "shell", required_argument, O_SHELL, "SHELL", "the shell that runs the script: sh or bash (default: the agent's, sh; cmd on Windows)" },
 	{ "tag", required_argument, O_TAG, "TAG", "run on every target with this tag" },
 	{ "timeout", required_argument, O_TIMEOUT, "S", "stop the script after S seconds (exit code 124)" },
 	{ "isolation", required_argument, O_ISOLATION, "NAME", "never run at once with another script of the same NAME on a target" },
@@ -843,7 +843,8 @@ int verb_run_script(cli_ctx *c, int argc, char **argv)
 	}
 	params = base_params(&o, argv + oi, nt);
 	json_object_set_new(params, "script", json_stringn(text, len));
-	json_object_set_new(params, "shell", json_string(o.shell ? o.shell : "sh"));
+	if (o.shell) /* else the agent's default: sh, or cmd on Windows */
+		json_object_set_new(params, "shell", json_string(o.shell));
 	free(text);
 	json_decref(o.env);
 	r = run_remote(c, params);
@@ -881,7 +882,7 @@ static void describe_command(json_t *cmd, char *out, size_t cap)
 			n += (size_t)k;
 		}
 	} else if (json_is_string(json_object_get(cmd, "script"))) {
-		snprintf(out, cap, "script (%s, %zu bytes)", jstr(cmd, "shell", "sh"),
+		snprintf(out, cap, "script (%s, %zu bytes)", jstr(cmd, "shell", "the agent's default shell"),
 		         json_string_length(json_object_get(cmd, "script")));
 	}
 	for (i = 0; out[i]; i++)

@@ -829,7 +829,8 @@ static int command_param(admin_call *call, json_t *params, json_t **out)
 			goto bad;
 		}
 		json_object_set(cmd, "script", script);
-		json_object_set_new(cmd, "shell", json_is_string(shell) ? json_incref(shell) : json_string("sh"));
+		if (json_is_string(shell)) /* else the agent's default shell */
+			json_object_set(cmd, "shell", shell);
 	}
 	if (env && !json_is_null(env)) {
 		if (!json_is_object(env)) {

@@ -624,6 +624,7 @@ static void download_finish(download *d)
 	char hex[TETHER_SHA256_LEN * 2 + 1];
 	size_t n = sizeof(sha);
 	int rc = E->prov->t->digest_final(d->dg, sha, &n);
+	json_t *trailer;
 
 	d->dg = NULL;
 	if (rc < 0) {
@@ -631,7 +632,10 @@ static void download_finish(download *d)
 		return;
 	}
 	d->stream_open = 0;
-	if (agent_req_end_stream(d->r, sha, json_pack("{s:I}", "size", (json_int_t)d->sent)) < 0) {
+	trailer = json_pack("{s:I}", "size", (json_int_t)d->sent);
+	rc = agent_req_end_stream(d->r, sha, trailer);
+	json_decref(trailer);    /* stream_end only reads it */
+	if (rc < 0) {
 		download_fail(d, TETHER_RPC_ERR_CANCELLED, "the connection closed at the end of the download");
 		return;
 	}

@@ -320,7 +320,11 @@ static void up_pump(xfer *x)
 				x->dg = NULL;
 				tether_hex(sha, sizeof(sha), x->sha);
 				x->stream_open = 0;
-				if (tether_conn_stream_end(x->c, x->rid, sha, json_pack("{s:I}", "size", (json_int_t)x->total)) < 0)
+				json_t *trailer = json_pack("{s:I}", "size", (json_int_t)x->total);
+				int er = tether_conn_stream_end(x->c, x->rid, sha, trailer);
+
+				json_decref(trailer);    /* stream_end only reads it */
+				if (er < 0)
 					set_error(x, "connection_reset", "the connection to %s closed at the end of the upload",
 					          x->target);
 				x->state = X_VERIFYING;

@@ -20,7 +20,10 @@ trap cleanup EXIT
 
 ok() { # ok COND-EXIT-STATUS DESCRIPTION
 	_n=$((_n + 1))
-	if [ "$1" -eq 0 ]; then echo "ok $_n - $2"; else echo "not ok $_n - $2"; _failed=$((_failed + 1)); fi
+	if [ "$1" -eq 0 ]; then echo "ok $_n - $2"; else echo "not ok $_n - $2"
+		# a known bug marked "# TODO reason" is reported (XFAIL), not a failure
+		case "$2" in *"# TODO"*) ;; *) _failed=$((_failed + 1)) ;; esac
+	fi
 }
 pass() { ok 0 "$1"; }
 fail() { ok 1 "$1"; }

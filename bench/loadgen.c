@@ -784,6 +784,7 @@ int main(int argc, char **argv)
 		r = fleet_run(g, &e);
 		if (r < 0)
 			goto out;
+		uv_update_time(g->loop);
 		uv_timer_start(&g->deadline, on_deadline, (g->o.duration_s ? g->o.duration_s : 3600) * 1000, 0);
 	} else {
 		r = make_identity(g, g->o.pem, 0, &g->id, sha, &e);
@@ -792,6 +793,8 @@ int main(int argc, char **argv)
 		if (r < 0)
 			goto out;
 	}
+	/* identities took a while: timers count from now, not from loop start */
+	uv_update_time(g->loop);
 	if (!strcmp(g->o.mode, "hs")) {
 		g->t0 = uv_hrtime();
 		uv_timer_start(&g->deadline, hs_deadline, (g->o.duration_s ? g->o.duration_s : 5) * 1000, 0);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include "conn.h"
 #include "error.h"
 #include "frame.h"
@@ -30,6 +31,7 @@
 
 #define READ_CHUNK (64 * 1024)
 #define LANDING_MAX 2048
+#define PROXY_MAX 4096
 #define LANDING_WAIT_MS 3000
 #define CARRY_MAX (256 * 1024)
 #define MAX_PENDING_REQUESTS 1024
@@ -94,7 +96,7 @@ struct tether_conn {
 	char *proxy_auth;
 	struct sockaddr_storage bind_sa; /* opts.bind_address, parsed */
 	int has_bind;
-	unsigned char proxy_buf[4096];
+	unsigned char *proxy_buf;        /* PROXY_MAX, only while talking to a proxy */
 	size_t proxy_len;
 	unsigned char *session;
 	size_t session_len;
@@ -118,10 +120,11 @@ struct tether_conn {
 	int has_peer_tp;
 	int pinned;
 	tether_tls_info info;
-	tether_hello local_hello, peer_hello;
+	tether_hello *local_hello;       /* until the greeting is done */
+	tether_hello peer_hello;
 	tether_frame_decoder dec;
 	int dec_inited;
-	unsigned char landing[LANDING_MAX];
+	unsigned char *landing;          /* LANDING_MAX, only for a certless caller */
 	size_t landing_len;
 
 	uint32_t next_id;
@@ -169,6 +172,9 @@ static void on_handle_closed(uv_handle_t *h)
 	free(c->carry);
 	free(c->server_name);
 	free(c->proxy_host);
+	free(c->proxy_buf);
+	free(c->landing);
+	free(c->local_hello);
 	if (c->proxy_auth)
 		tether_free_secret(c->proxy_auth);
 	if (c->session)
@@ -504,7 +510,7 @@ static void send_hello(tether_conn *c)
 	size_t fl = 0;
 	tether_error e;
 
-	if (tether_hello_encode(&c->local_hello, &f, &fl, &e) < 0) {
+	if (tether_hello_encode(c->local_hello, &f, &fl, &e) < 0) {
 		proto_fail(c, "internal", &e);
 		return;
 	}
@@ -513,6 +519,24 @@ static void send_hello(tether_conn *c)
 }
 
 /* After the handshake: the pin decides, before any application data. */
+/* An expired certificate is no reason to refuse a pinned peer (the pin is
+ * the trust), but its owner should renew it. */
+static void warn_if_expired(tether_conn *c, const unsigned char *der, size_t len,
+                            const char *hex)
+{
+	tether_cert_info ci;
+	tether_error e;
+	char when[32];
+
+	if (!c->o.prov->t->cert_info || c->o.prov->t->cert_info(der, len, &ci, &e) < 0 ||
+	    ci.not_after >= (int64_t)time(NULL))
+		return;
+	tether_iso8601(ci.not_after, when, sizeof(when));
+	log_warn("%s presented certificate %s, which expired on %s: accepted because its "
+	         "thumbprint is pinned (the pin is the trust); renew it on that side with "
+	         "'new-certificate'", c->peer_addr, hex, when);
+}
+
 static void handshake_done(tether_conn *c)
 {
 	const unsigned char *der = NULL;
@@ -558,6 +582,7 @@ static void handshake_done(tether_conn *c)
 		return;
 	}
 	c->pinned = 1;
+	warn_if_expired(c, der, len, hex);
 	if (c->o.prov->t->tls_pinned && c->o.prov->t->tls_pinned(c->tls, &e) < 0)
 		tether_debug("tls", "no session ticket for %s: %s", c->peer_addr, e.detail);
 	tether_debug("tls", "%s pinned %s (%s %s, %s%s)", c->peer_addr, hex, c->info.tls_version,
@@ -570,7 +595,11 @@ static void handshake_done(tether_conn *c)
 static void landing_input(tether_conn *c, const unsigned char *p, size_t n)
 {
 	static const char *methods[] = { "GET ", "HEAD ", "POST ", "PUT ", "OPTIONS ", NULL };
-	size_t room = LANDING_MAX - c->landing_len, i;
+	size_t room, i;
+
+	if (!c->landing)
+		c->landing = tether_xmalloc(LANDING_MAX);
+	room = LANDING_MAX - c->landing_len;
 	int is_http = 0;
 
 	if (n > room)
@@ -758,7 +787,7 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 		proto_fail(c, "bad_hello", &e);
 		return;
 	}
-	if (tether_hello_negotiate(&c->local_hello, &c->peer_hello, &ag, peer_code, peer_msg,
+	if (tether_hello_negotiate(c->local_hello, &c->peer_hello, &ag, peer_code, peer_msg,
 	                           sizeof(peer_msg), &e) < 0) {
 		log_warn("refusing %s: %s", c->peer_addr, e.detail);
 		set_close_err(c, TETHER_ERR_PROTOCOL, e.category ? e.category : TETHER_CAT_PROTOCOL_VERSION,
@@ -766,7 +795,7 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 		if (c->o.tls_role == TETHER_TLS_SERVER) {
 			unsigned char *out = NULL;
 			size_t ol = 0;
-			if (tether_hello_answer_encode(&c->local_hello, peer_code[0] ? peer_code : "refused",
+			if (tether_hello_answer_encode(c->local_hello, peer_code[0] ? peer_code : "refused",
 			                               peer_msg, &out, &ol, NULL) == 0)
 				send_frame(c, out, ol);
 			free(out);
@@ -777,6 +806,9 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 	}
 	if (c->o.tls_role == TETHER_TLS_SERVER)
 		send_hello(c);
+	/* the greeting is done: its memory is not needed any more */
+	free(c->local_hello);
+	c->local_hello = NULL;
 	c->state = ST_OPEN;
 	c->last_activity_ms = now_ms();
 	uv_timer_stop(&c->timer);
@@ -1209,14 +1241,15 @@ static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
 	c->timer_inited = 1;
 	tether_frame_decoder_init(&c->dec, 0, NULL);
 	c->dec_inited = 1;
-	tether_hello_init(&c->local_hello, opts->local_role, opts->mode, PACKAGE_VERSION,
+	c->local_hello = tether_xcalloc(1, sizeof(*c->local_hello));
+	tether_hello_init(c->local_hello, opts->local_role, opts->mode, PACKAGE_VERSION,
 	                  opts->instance_id, NULL);
 	if (opts->local_role == TETHER_ROLE_AGENT)
-		tether_hello_add_capability(&c->local_hello, "health", NULL);
+		tether_hello_add_capability(c->local_hello, "health", NULL);
 	if (opts->capabilities) {
 		size_t i;
 		for (i = 0; opts->capabilities[i] && i < 32; i++)
-			tether_hello_add_capability(&c->local_hello, opts->capabilities[i], NULL);
+			tether_hello_add_capability(c->local_hello, opts->capabilities[i], NULL);
 	}
 	return c;
 }
@@ -1337,7 +1370,9 @@ static void proxy_input(tether_conn *c, const unsigned char *p, size_t n)
 	int code = 0;
 	tether_error e;
 
-	if (n > sizeof(c->proxy_buf) - c->proxy_len) {
+	if (!c->proxy_buf)
+		c->proxy_buf = tether_xmalloc(PROXY_MAX + 1);
+	if (n > PROXY_MAX - c->proxy_len) {
 		set_close_err(c, TETHER_ERR_PROTOCOL, TETHER_CAT_NOT_TLS,
 		              "the proxy %s sent an over-long answer to CONNECT", c->peer_addr);
 		conn_destroy(c);
@@ -1345,6 +1380,7 @@ static void proxy_input(tether_conn *c, const unsigned char *p, size_t n)
 	}
 	memcpy(c->proxy_buf + c->proxy_len, p, n);
 	c->proxy_len += n;
+	c->proxy_buf[c->proxy_len] = '\0';
 	end = memmem(c->proxy_buf, c->proxy_len, "\r\n\r\n", 4);
 	if (!end)
 		return;
@@ -1374,6 +1410,8 @@ static void proxy_input(tether_conn *c, const unsigned char *p, size_t n)
 		memcpy(c->carry, c->proxy_buf + hdr_len, rest);
 		c->carry_len = rest;
 	}
+	free(c->proxy_buf);
+	c->proxy_buf = NULL;
 	memset(&e, 0, sizeof(e));
 	if (start_tls(c, &e) < 0) {
 		set_close_err(c, e.code, e.category, "%s", e.detail);

@@ -41,6 +41,84 @@ typedef struct waiter {
 	void *arg;
 } waiter;
 
+/* A small string-keyed hash map (open addressing), for fleets of
+ * thousands of polling agents: thumbprint -> target name, name -> state. */
+typedef struct smap {
+	char **keys;
+	void **vals;
+	size_t cap, n;
+} smap;
+
+static size_t smap_hash(const char *k)
+{
+	size_t h = 1469598103934665603ull;
+	for (; *k; k++)
+		h = (h ^ (unsigned char)*k) * 1099511628211ull;
+	return h;
+}
+
+static void *smap_get(const smap *m, const char *k)
+{
+	size_t i;
+	if (!m->cap)
+		return NULL;
+	for (i = smap_hash(k) & (m->cap - 1); m->keys[i]; i = (i + 1) & (m->cap - 1))
+		if (!strcmp(m->keys[i], k))
+			return m->vals[i];
+	return NULL;
+}
+
+static void smap_put(smap *m, const char *k, void *v);
+
+static void smap_grow(smap *m)
+{
+	smap old = *m;
+	size_t i;
+
+	m->cap = old.cap ? old.cap * 2 : 64;
+	m->keys = tether_xcalloc(m->cap, sizeof(char *));
+	m->vals = tether_xcalloc(m->cap, sizeof(void *));
+	m->n = 0;
+	for (i = 0; i < old.cap; i++)
+		if (old.keys[i]) {
+			smap_put(m, old.keys[i], old.vals[i]);
+			free(old.keys[i]);
+		}
+	free(old.keys);
+	free(old.vals);
+}
+
+static void smap_put(smap *m, const char *k, void *v)
+{
+	size_t i;
+
+	if ((m->n + 1) * 2 > m->cap)
+		smap_grow(m);
+	for (i = smap_hash(k) & (m->cap - 1); m->keys[i]; i = (i + 1) & (m->cap - 1))
+		if (!strcmp(m->keys[i], k)) {
+			m->vals[i] = v;
+			return;
+		}
+	m->keys[i] = tether_strdup(k);
+	m->vals[i] = v;
+	m->n++;
+}
+
+/* free_val: called on each value (may be NULL). */
+static void smap_clear(smap *m, void (*free_val)(void *))
+{
+	size_t i;
+	for (i = 0; i < m->cap; i++)
+		if (m->keys[i]) {
+			free(m->keys[i]);
+			if (free_val)
+				free_val(m->vals[i]);
+		}
+	free(m->keys);
+	free(m->vals);
+	memset(m, 0, sizeof(*m));
+}
+
 typedef struct nextpin {
 	struct nextpin *next;
 	char name[REG_NAME_MAX + 1];
@@ -100,9 +178,9 @@ struct srv {
 	tether_tls_ctx *stls;            /* server role, for polling agents */
 	struct ptarget *ptargets;
 	struct pconn *pconns;            /* every polling connection */
-	char **pcache_sha;               /* polling targets: sha256 -> name */
-	char **pcache_name;
-	size_t pcache_n;
+	smap pcache;                     /* polling targets: sha256 -> name (malloc'd) */
+	smap ptmap;                      /* name -> ptarget */
+	int pcache_valid;
 	int pcache_dirty;
 	uint32_t pwait_ms;
 	tether_ratelimit *rl;
@@ -122,6 +200,7 @@ typedef struct pconn {
 	int counted;
 	int open;
 	int preauth;                     /* unregistered: registration requests only */
+	struct pconn *tnext, *tprev;     /* the target's open connections */
 	uv_timer_t *ptimer;              /* preauth: closed unless it registers in time */
 } pconn;
 
@@ -141,6 +220,7 @@ typedef struct ptarget {
 	unsigned rr;
 	pwaiter *waiters;
 	char last_problem[TETHER_ERROR_DETAIL_MAX];
+	pconn *conns;                    /* open connections of this target */
 } ptarget;
 
 static void polling_get(struct srv *s, const reg_target *t,
@@ -666,39 +746,32 @@ static void do_health(srv *s, admin_call *call, json_t *params)
 
 static ptarget *ptarget_get(srv *s, const char *name)
 {
-	ptarget *pt;
+	ptarget *pt = smap_get(&s->ptmap, name);
 
-	for (pt = s->ptargets; pt; pt = pt->next)
-		if (!strcmp(pt->name, name))
-			return pt;
+	if (pt)
+		return pt;
 	pt = tether_xcalloc(1, sizeof(*pt));
 	snprintf(pt->name, sizeof(pt->name), "%s", name);
 	pt->next = s->ptargets;
 	s->ptargets = pt;
+	smap_put(&s->ptmap, name, pt);
 	return pt;
 }
 
 static void pcache_free(srv *s)
 {
-	size_t i;
-	for (i = 0; i < s->pcache_n; i++) {
-		free(s->pcache_sha[i]);
-		free(s->pcache_name[i]);
-	}
-	free(s->pcache_sha);
-	free(s->pcache_name);
-	s->pcache_sha = s->pcache_name = NULL;
-	s->pcache_n = 0;
+	smap_clear(&s->pcache, free);
+	s->pcache_valid = 0;
 }
 
 /* The name of the polling target pinned to this thumbprint, or NULL. */
 static const char *pcache_lookup(srv *s, const char *sha)
 {
-	size_t i;
+	const char *name;
 
-	if (s->pcache_dirty || !s->pcache_sha) {
+	if (s->pcache_dirty || !s->pcache_valid) {
 		reg_target *list = NULL;
-		size_t n = 0;
+		size_t n = 0, i;
 		tether_error e;
 		pcache_free(s);
 		memset(&e, 0, sizeof(e));
@@ -706,20 +779,16 @@ static const char *pcache_lookup(srv *s, const char *sha)
 			log_error("cannot read the registry: %s", e.detail);
 			return NULL;
 		}
-		s->pcache_sha = tether_xcalloc(n + 1, sizeof(char *));
-		s->pcache_name = tether_xcalloc(n + 1, sizeof(char *));
 		for (i = 0; i < n; i++)
-			if (!strcmp(list[i].mode, "polling")) {
-				s->pcache_sha[s->pcache_n] = tether_strdup(list[i].sha256);
-				s->pcache_name[s->pcache_n] = tether_strdup(list[i].name);
-				s->pcache_n++;
-			}
+			if (!strcmp(list[i].mode, "polling"))
+				smap_put(&s->pcache, list[i].sha256, tether_strdup(list[i].name));
 		reg_target_list_free(list, n);
 		s->pcache_dirty = 0;
+		s->pcache_valid = 1;
 	}
-	for (i = 0; i < s->pcache_n; i++)
-		if (!strcmp(s->pcache_sha[i], sha))
-			return s->pcache_name[i];
+	name = smap_get(&s->pcache, sha);
+	if (name)
+		return name;
 	{
 		nextpin *np;
 		tether_thumbprint tp;
@@ -774,8 +843,9 @@ static tether_conn *ptarget_pick(srv *s, ptarget *pt)
 	pconn *pc, *open[64];
 	unsigned n = 0;
 
-	for (pc = s->pconns; pc && n < 64; pc = pc->next)
-		if (pc->open && !strcmp(pc->name, pt->name) && tether_conn_is_open(pc->c))
+	(void)s;
+	for (pc = pt->conns; pc && n < 64; pc = pc->tnext)
+		if (pc->open && tether_conn_is_open(pc->c))
 			open[n++] = pc;
 	if (!n)
 		return NULL;
@@ -815,7 +885,8 @@ static void p_on_open(void *arg, tether_conn *c)
 	ptarget *pt = ptarget_get(s, pc->name);
 
 	if (pc->counted) {
-		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 0);
+		/* a pinned agent's handshake does not count against its address */
+		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, !pc->preauth);
 		pc->counted = 0;
 	}
 	snprintf(pc->instance, sizeof(pc->instance), "%s", h->instance_id);
@@ -828,8 +899,7 @@ static void p_on_open(void *arg, tether_conn *c)
 		uv_timer_start(pc->ptimer, preauth_expire, PREAUTH_WAIT_MS, 0);
 		return;
 	}
-	(void)pt;
-	for (o = s->pconns; o; o = o->next) {
+	for (o = pt->conns; o; o = o->tnext) {
 		if (o != pc && o->open && !strcmp(o->sha, pc->sha) && strcmp(o->instance, pc->instance)) {
 			snprintf(pt->last_problem, sizeof(pt->last_problem),
 			         "cloned identity: certificate %s is used by two agent processes (instance %s at %s "
@@ -845,6 +915,10 @@ static void p_on_open(void *arg, tether_conn *c)
 		}
 	}
 	pc->open = 1;
+	pc->tnext = pt->conns;
+	if (pt->conns)
+		pt->conns->tprev = pc;
+	pt->conns = pc;
 	pt->last_connected = time(NULL);
 	{
 		/* the identity it asked for with its pin hint is the one it trusts */
@@ -896,6 +970,12 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 			s->preauth->closed(s, c, pc->sha);
 	} else if (pc->open) {
 		ptarget *pt = ptarget_get(s, pc->name);
+		if (pc->tprev)
+			pc->tprev->tnext = pc->tnext;
+		else if (pt->conns == pc)
+			pt->conns = pc->tnext;
+		if (pc->tnext)
+			pc->tnext->tprev = pc->tprev;
 		pt->last_disconnected = time(NULL);
 		log_info("polling agent %s (%s) disconnected%s%s", pc->name, tether_conn_peer_addr(c),
 		         why->code ? ": " : "", why->code ? why->detail : "");
@@ -1113,6 +1193,7 @@ static void polling_stop(srv *s)
 
 static void polling_free(srv *s)
 {
+	smap_clear(&s->ptmap, NULL);
 	while (s->ptargets) {
 		ptarget *pt = s->ptargets;
 		s->ptargets = pt->next;

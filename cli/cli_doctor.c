@@ -406,6 +406,15 @@ static void check_tls(doctor *d, tether_identity *id)
 			    info.sig_scheme[0] ? info.sig_scheme : "-");
 			continue;
 		}
+		/* The pkcs11 provider refuses TLS 1.3 for an RSA key on a token
+		 * without CKM_RSA_PKCS_PSS: the identity is capped at TLS 1.2. */
+		if (pol[i].policy == TETHER_TLS_POLICY_TLS13_ONLY && strstr(e.detail, "has no RSA-PSS")) {
+			snprintf(fix, sizeof(fix), "for TLS 1.3 make an EC identity on the token ('%s "
+			         "new-certificate --key-type ec-p256%s') or use a token with CKM_RSA_PKCS_PSS",
+			         d->c->prog->progname, d->sfx);
+			add(d, ST_WARN, name, fix, "this identity is capped at TLS 1.2: %s", e.detail);
+			continue;
+		}
 		if (strstr(e.detail, "md too weak"))
 			regen_fix(d, fix, sizeof(fix), "the certificate's signature digest (SHA-1) is below the "
 			          "security level of the OpenSSL configuration, so TLS cannot use it: regenerate it");

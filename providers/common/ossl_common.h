@@ -82,6 +82,12 @@ int ossl_err_set(tether_error *err, int code, int category,
                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* ---- ossl_tls.c: TLS over memory buffers ---- */
+/* A policy bit of the providers' own, outside the ABI's flags: the key
+ * cannot sign RSA-PSS (a PKCS#11 token without CKM_RSA_PKCS_PSS), so only
+ * PKCS#1 v1.5 and ECDSA signature schemes are offered and accepted (TLS
+ * 1.2 would otherwise still pick rsa_pss_rsae_*).  Use with
+ * TETHER_TLS_POLICY_TLS12_ONLY. */
+#define OSSL_TLS_POLICY_NO_RSA_PSS (1u << 30)
 int ossl_tls_ctx_new(const tether_host *host,
                      const tether_tls_ctx_params *params,
                      tether_tls_ctx **out, tether_error *err);

@@ -90,6 +90,10 @@
 	"rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pkcs1_sha256:" \
 	"rsa_pkcs1_sha384:ecdsa_secp256r1_sha256:ecdsa_secp384r1_sha384"
 
+#define SIGALGS_NO_PSS \
+	"rsa_pkcs1_sha256:rsa_pkcs1_sha384:ecdsa_secp256r1_sha256:" \
+	"ecdsa_secp384r1_sha384"
+
 #define MAX_ERRS 8
 
 struct tether_tls_ctx {
@@ -801,8 +805,10 @@ int ossl_tls_ctx_new(const tether_host *host,
 	    !SSL_CTX_set_ciphersuites(ctx, fips ? SUITES_TLS13_FIPS :
 	                                          SUITES_TLS13) ||
 	    !SSL_CTX_set1_groups_list(ctx, fips ? GROUPS_FIPS : GROUPS) ||
-	    !SSL_CTX_set1_sigalgs_list(ctx, SIGALGS) ||
-	    !SSL_CTX_set1_client_sigalgs_list(ctx, SIGALGS)) {
+	    !SSL_CTX_set1_sigalgs_list(ctx, (params->policy & OSSL_TLS_POLICY_NO_RSA_PSS) ?
+	                                    SIGALGS_NO_PSS : SIGALGS) ||
+	    !SSL_CTX_set1_client_sigalgs_list(ctx, (params->policy & OSSL_TLS_POLICY_NO_RSA_PSS) ?
+	                                           SIGALGS_NO_PSS : SIGALGS)) {
 		r = ossl_err_set(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
 		                 "cannot set the TLS algorithms");
 		goto fail;

@@ -28,7 +28,10 @@ int pk11_tls_ctx_new(tether_provider_ctx *p, const tether_tls_ctx_params *params
 			                    CKR_OK, "token '%s' has no RSA-PSS, so its RSA identity "
 			                    "cannot do TLS 1.3, which this policy requires: use an "
 			                    "EC key or a token with CKM_RSA_PKCS_PSS", p->token_label);
-		tp.policy |= TETHER_TLS_POLICY_TLS12_ONLY;
+		/* TLS 1.2 alone is not enough: libssl would still sign with
+		 * rsa_pss_rsae_* when the peer offers it (seen: CKM_RSA_PKCS_PSS
+		 * unavailable), so PKCS#1 v1.5 only. */
+		tp.policy |= TETHER_TLS_POLICY_TLS12_ONLY | OSSL_TLS_POLICY_NO_RSA_PSS;
 		pk11_log(p, TETHER_LOG_DEBUG, "tls",
 		         "token '%s' has no RSA-PSS: TLS 1.2 only for this identity",
 		         p->token_label);

@@ -147,8 +147,11 @@ if [ -x "$SERVER" ]; then
 	run_exit 4 "run-script --shell cmd returns the script's exit code" \
 		"$SERVER" run-script "${SA[@]}" win --shell cmd "$TMP/s.cmd"
 	like "$TMP/out" '^from script' "... and its output"
-	run_exit 255 "run-script with the default shell (sh) is refused by a Windows agent" \
+	run_exit 4 "run-script without --shell uses the Windows agent's default shell (cmd)" \
 		"$SERVER" run-script "${SA[@]}" win "$TMP/s.cmd"
+	like "$TMP/out" '^from script' "... and its output"
+	run_exit 255 "run-script --shell sh is refused by a Windows agent" \
+		"$SERVER" run-script "${SA[@]}" win --shell sh "$TMP/s.cmd"
 	like "$TMP/err" "not available on Windows agents.*--shell cmd" "... saying which shells it has"
 	# a timeout ends the script's whole process tree (its job object): the
 	# grandchild started with 'start /b' would write the marker after ~3 s

@@ -95,20 +95,21 @@ healthy web1; ok $? "agent, upload-id-reused: still serves the server"
 
 # 10 000 requests whose answers are not read: the agent must stop reading
 # (back-pressure) or queue a bounded amount, and answer all once read.
-rss() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
-r0=$(rss $APID)
-PEER_UNREAD_WAIT=4 timeout 120 $PEER abuse 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" requests-unread >"$TMP/o" 2>&1 &
-UP=$!
-sleep 3
-r1=$(rss $APID)
-wait $UP
+# Peak RSS (VmHWM) over the whole exchange, against the RSS before it; the
+# bound is twice the send queue the engine allows streams (4 MiB) plus slack.
+mem() { awk -v k="$2" '$1 == k":" {print $2}' /proc/$1/status; }
+r0=$(mem $APID VmRSS)
+h0=$(mem $APID VmHWM)
+PEER_UNREAD_WAIT=4 timeout 120 $PEER abuse 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" requests-unread >"$TMP/o" 2>&1
+r1=$(mem $APID VmHWM)
+[ "$h0" -gt "$r1" ] && r1=$h0
 like "$TMP/o" '^answers 10000$' "10 000 unread requests: every answer arrives once read"
-echo "# agent RSS ${r0} kB before, ${r1} kB while 10 000 answers were unread ($(head -1 "$TMP/o"))"
+echo "# agent RSS ${r0} kB before, peak ${r1} kB with 10 000 answers unread ($(head -1 "$TMP/o"))"
 if sanitized; then
 	pass "10 000 unread requests: memory not judged in an AddressSanitizer build # SKIP sanitizers"
 else
-	[ $((r1 - r0)) -lt 32768 ]
-	ok $? "10 000 unread requests: agent memory grew by $(( (r1 - r0) / 1024 )) MiB (bound 32 MiB) # TODO core/conn.c keeps reading while its answers pile up (no read-side back-pressure)"
+	[ $((r1 - r0)) -lt 10240 ]
+	ok $? "10 000 unread requests: agent peak memory grew by $(( (r1 - r0) / 1024 )) MiB (bound 10 MiB) # TODO core/conn.c keeps reading while its answers pile up (no read-side back-pressure)"
 fi
 healthy web1; ok $? "agent still serves the server after the unread flood"
 
@@ -181,8 +182,7 @@ sleep 1
 run_ok "an expired pinned server connects" $PEER hello 127.0.0.1 $APORT "$TMP/expired.pem" "$TMP/expired.pem"
 like "$TMP/out" '^hello agent' "and is answered"
 for i in $(seq 1 30); do new_lines "$TMP/agent.log"; grep -qi "expired" "$TMP/new" && break; sleep 0.1; done
-grep -q "[Ee]xpired" "$TMP/new"
-ok $? "agent log warns that the server's certificate has expired # TODO the daemons warn about their own expired certificate, not a peer's (core/conn.c handshake_done)"
+like "$TMP/new" "presented certificate $ET, which expired on 2020-02-01.*accepted because its thumbprint is pinned" "agent log warns that the server's certificate has expired"
 "$AGENT" configure "${A[@]}" --remove-trust "$ET" >/dev/null
 
 echo "# --- the server's polling port: a registered agent sends garbage ---"

@@ -135,6 +135,15 @@ struct tether_conn {
 	size_t npending;
 	size_t inflight_in;             /* requests received, not yet answered */
 	int draining;                   /* close once nothing is in flight */
+	/* handshake steps on the libuv thread pool (MAY_BLOCK providers, busy
+	 * listeners): while one runs the loop does not touch the TLS state or
+	 * the buffers, reading is stopped, and closing waits for it */
+	int offload;
+	int hs_busy;
+	int destroy_pending;
+	uv_work_t hs_work;
+	int hs_r;
+	tether_error hs_err;
 	char drain_msg[128];
 	uint64_t started_ms, last_rx_ms, last_activity_ms, ping_sent_ms;
 	int ping_outstanding;
@@ -225,6 +234,10 @@ static void conn_destroy(tether_conn *c)
 {
 	if (c->state == ST_CLOSED)
 		return;
+	if (c->hs_busy) {
+		c->destroy_pending = 1; /* after the handshake step comes back */
+		return;
+	}
 	c->state = ST_CLOSED;
 	report_close(c);
 	c->handles_open = 0;
@@ -304,6 +317,12 @@ void tether_conn_close(tether_conn *c, const char *code, const char *message)
 {
 	if (c->state == ST_CLOSED || c->state == ST_CLOSING)
 		return;
+	if (c->hs_busy) {
+		set_close_err(c, 0, TETHER_CAT_NONE, "closed locally");
+		c->close_err.code = 0;
+		c->destroy_pending = 1;
+		return;
+	}
 	if (c->state == ST_OPEN) {
 		unsigned char *f = NULL;
 		size_t fl = 0;
@@ -480,6 +499,10 @@ static int keep_rest(tether_conn *c)
 
 static void arm_keepalive(tether_conn *c);
 static void drain_check(tether_conn *c);
+static void hs_start(tether_conn *c);
+static void hs_finish(tether_conn *c, int r, tether_error *e);
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void proxy_input(tether_conn *c, const unsigned char *p, size_t n);
 static void on_timer(uv_timer_t *t);
 static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n);
@@ -496,6 +519,8 @@ static int verify_cb(void *arg, const unsigned char *der, size_t len)
 		return -1;
 	c->peer_tp = tp;
 	c->has_peer_tp = 1;
+	if (c->offload)
+		return 0; /* on a pool thread: the pin is checked on the loop right after */
 	if (c->o.cbs->check_peer(c->o.cb_arg, c, &tp) < 0) {
 		tether_thumbprint_hex(&tp, hex);
 		tether_debug("tls", "pin check refused %s from %s in the handshake", hex, c->peer_addr);
@@ -577,6 +602,17 @@ static void handshake_done(tether_conn *c)
 	if (c->o.cbs->check_peer(c->o.cb_arg, c, &c->peer_tp) < 0) {
 		set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED,
 		              "%s presented certificate %s, which is not trusted here", c->peer_addr, hex);
+		if (c->offload && c->o.tls_role == TETHER_TLS_SERVER && c->local_hello) {
+			/* the handshake already completed (the pin was checked after
+			 * it, off the pool): say why in a refusing HELLO answer */
+			unsigned char *out = NULL;
+			size_t ol = 0;
+			char msg[200];
+			snprintf(msg, sizeof(msg), "certificate %s is not trusted by this peer", hex);
+			if (tether_hello_answer_encode(c->local_hello, "untrusted", msg, &out, &ol, NULL) == 0)
+				send_frame(c, out, ol);
+			free(out);
+		}
 		c->o.prov->t->tls_reject(c->tls);
 		close_after_flush(c);
 		return;
@@ -638,34 +674,69 @@ static void landing_input(tether_conn *c, const unsigned char *p, size_t n)
 }
 
 /* Drive TLS with whatever input is available. */
+/* The outcome of a handshake step: 0 to go on reading plaintext (or wait
+ * for more input), -1 if the connection is gone. */
+static int hs_result(tether_conn *c, int r, tether_error *e)
+{
+	if (r < 0) {
+		char hex[TETHER_THUMBPRINT_HEX] = "";
+		if (c->has_peer_tp)
+			tether_thumbprint_hex(&c->peer_tp, hex);
+		if (e->category == TETHER_CAT_UNTRUSTED && hex[0])
+			set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED,
+			              "%s presented certificate %s, which is not trusted here", c->peer_addr, hex);
+		else
+			set_close_err(c, TETHER_ERR_TLS, e->category ? e->category : TETHER_CAT_HANDSHAKE,
+			              "TLS handshake with %s failed (%s): %s", c->peer_addr,
+			              tether_category_name(e->category), e->detail);
+		flush(c);
+		conn_destroy(c);
+		return -1;
+	}
+	if (r == TETHER_TLS_WANT_READ)
+		return 0;
+	handshake_done(c);
+	return 0;
+}
+
+static void pump(tether_conn *c);
+
+/* Back on the loop after a pooled handshake step. */
+static void hs_finish(tether_conn *c, int r, tether_error *e)
+{
+	flush(c);
+	if (hs_result(c, r, e) < 0 || c->state == ST_CLOSED)
+		return;
+	if (c->state == ST_CLOSING)
+		return;
+	if (c->tcp_inited && !uv_is_closing((uv_handle_t *)&c->tcp))
+		uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+	if (c->state == ST_HANDSHAKE) {
+		/* more input may have been buffered meanwhile: another step */
+		if (c->carry_len)
+			hs_start(c);
+		return;
+	}
+	pump(c); /* plaintext that came with the last flight (the HELLO) */
+}
+
 static void pump(tether_conn *c)
 {
 	unsigned char buf[16384];
 	tether_error e;
 	int r;
 
+	if (c->state == ST_HANDSHAKE && c->offload) {
+		if (!c->hs_busy)
+			hs_start(c);
+		return;
+	}
 	if (c->state == ST_HANDSHAKE) {
 		memset(&e, 0, sizeof(e));
 		r = c->o.prov->t->tls_handshake(c->tls, &e);
-		if (r < 0) {
-			char hex[TETHER_THUMBPRINT_HEX] = "";
-			if (c->has_peer_tp)
-				tether_thumbprint_hex(&c->peer_tp, hex);
-			if (e.category == TETHER_CAT_UNTRUSTED && hex[0])
-				set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED,
-				              "%s presented certificate %s, which is not trusted here", c->peer_addr, hex);
-			else
-				set_close_err(c, TETHER_ERR_TLS, e.category ? e.category : TETHER_CAT_HANDSHAKE,
-				              "TLS handshake with %s failed (%s): %s", c->peer_addr,
-				              tether_category_name(e.category), e.detail);
-			flush(c);
-			conn_destroy(c);
+		if (hs_result(c, r, &e) < 0)
 			return;
-		}
-		if (r == TETHER_TLS_WANT_READ)
-			goto out;
-		handshake_done(c);
-		if (c->state == ST_CLOSED || c->state == ST_CLOSING)
+		if (c->state != ST_LANDING && c->state != ST_HELLO && c->state != ST_OPEN)
 			goto out;
 	}
 	while (c->state == ST_LANDING || c->state == ST_HELLO || c->state == ST_OPEN) {
@@ -700,6 +771,40 @@ static void pump(tether_conn *c)
 out:
 	if (c->state != ST_CLOSED)
 		flush(c);
+}
+
+static void hs_run(uv_work_t *w)
+{
+	tether_conn *c = w->data;
+	memset(&c->hs_err, 0, sizeof(c->hs_err));
+	c->hs_r = c->o.prov->t->tls_handshake(c->tls, &c->hs_err);
+}
+
+static void hs_after(uv_work_t *w, int status)
+{
+	tether_conn *c = w->data;
+	(void)status;
+
+	c->hs_busy = 0;
+	if (c->destroy_pending) {
+		conn_destroy(c);
+		return;
+	}
+	hs_finish(c, c->hs_r, &c->hs_err);
+}
+
+/* Run one handshake step on the pool with the input buffered so far. */
+static void hs_start(tether_conn *c)
+{
+	if (c->tcp_inited)
+		uv_read_stop((uv_stream_t *)&c->tcp);
+	c->hs_busy = 1;
+	c->hs_work.data = c;
+	if (uv_queue_work(c->loop, &c->hs_work, hs_run, hs_after) < 0) {
+		c->hs_busy = 0;
+		set_close_err(c, TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL, "cannot queue the handshake");
+		conn_destroy(c);
+	}
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -758,6 +863,23 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	c->rx_bytes += (uint64_t)nread;
+	if (c->offload && c->state == ST_HANDSHAKE) {
+		/* the pool thread reads from carry: keep everything there */
+		c->in = (const unsigned char *)buf->base;
+		c->in_len = (size_t)nread;
+		c->in_off = 0;
+		if (keep_rest(c) < 0) {
+			free(buf->base);
+			set_close_err(c, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+			              "%s sent more than the TLS layer could take", c->peer_addr);
+			conn_destroy(c);
+			return;
+		}
+		free(buf->base);
+		if (!c->hs_busy)
+			hs_start(c);
+		return;
+	}
 	c->in = (const unsigned char *)buf->base;
 	c->in_len = (size_t)nread;
 	c->in_off = 0;
@@ -790,8 +912,12 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 	if (tether_hello_negotiate(c->local_hello, &c->peer_hello, &ag, peer_code, peer_msg,
 	                           sizeof(peer_msg), &e) < 0) {
 		log_warn("refusing %s: %s", c->peer_addr, e.detail);
-		set_close_err(c, TETHER_ERR_PROTOCOL, e.category ? e.category : TETHER_CAT_PROTOCOL_VERSION,
-		              "%s", e.detail);
+		if (c->peer_hello.has_error && !strcmp(c->peer_hello.error_code, "untrusted"))
+			set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED, "%s refused this connection: %s",
+			              c->peer_addr, c->peer_hello.error_message);
+		else
+			set_close_err(c, TETHER_ERR_PROTOCOL, e.category ? e.category : TETHER_CAT_PROTOCOL_VERSION,
+			              "%s", e.detail);
 		if (c->o.tls_role == TETHER_TLS_SERVER) {
 			unsigned char *out = NULL;
 			size_t ol = 0;
@@ -1215,6 +1341,8 @@ static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
 	c->loop = loop;
 	c->o = *opts;
 	c->data = opts->data;
+	c->offload = opts->offload_handshake ||
+	             (opts->prov->t->flags & TETHER_PROVIDER_MAY_BLOCK) != 0;
 	if (opts->server_name) {
 		c->server_name = tether_strdup(opts->server_name);
 		c->o.server_name = c->server_name;

@@ -69,6 +69,10 @@ typedef struct tether_conn_opts {
 	const char *proxy_host;
 	int proxy_port;
 	const char *proxy_auth;         /* "user:password" for Basic auth, or NULL */
+	/* Run the TLS handshake steps on the libuv thread pool, so one loop's
+	 * handshakes use every core (always on for a MAY_BLOCK provider).  The
+	 * pin is then checked on the loop right after the handshake. */
+	int offload_handshake;
 	/* HELLO capabilities (NULL-terminated); NULL: none beyond the role's */
 	const char *const *capabilities;
 	/* client role: bind the socket to this local IP address (port 0)

@@ -368,6 +368,7 @@ static void held_connect(srv *s, held *h)
 	o.instance_id = tether_process_instance_id(s->prov);
 	o.cbs = &srv_cbs;
 	o.cb_arg = h;
+	o.offload_handshake = 1;
 	h->refused_by_us = 0;
 	h->presented[0] = '\0';
 	if (tether_conn_connect(s->loop, h->host, h->port, &o, &h->c, &e) < 0) {
@@ -1026,6 +1027,7 @@ static void p_on_connection(uv_stream_t *server, int status)
 	o.instance_id = tether_process_instance_id(s->prov);
 	o.cbs = &p_cbs;
 	o.cb_arg = pc;
+	o.offload_handshake = 1; /* one loop, every core for the handshakes */
 	memset(&e, 0, sizeof(e));
 	if (tether_conn_accept(s->loop, server, &o, &c, &e) < 0)
 		return; /* on_close freed pc */

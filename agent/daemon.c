@@ -1481,14 +1481,16 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	r = build_tls(&a, &a.tls, &e);
 	if (r < 0) {
 		c->err = e;
-		return r;
+		goto early_out;
 	}
 	{
 		char *ap = tether_asprintf("%s/audit.log", c->inst->state_dir);
 		r = tether_audit_open(ap, &a.audit, &c->err);
 		free(ap);
-		if (r < 0)
-			return r;
+		if (r < 0) {
+			tlsref_release(&a, a.tls);
+			goto early_out;
+		}
 	}
 	a.rl = tether_ratelimit_new(20.0, 40.0, 256);
 	if (a.polling) {
@@ -1582,4 +1584,9 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	uv_loop_close(a.loop);
 	log_info("stopped");
 	return 0;
+early_out:    /* refused to start: nothing runs yet */
+	free_env(&a);
+	free(a.trust);
+	pthread_mutex_destroy(&a.lock);
+	return r;
 }

@@ -56,6 +56,7 @@ typedef struct pending_req {
 } pending_req;
 
 #define SEND_QUEUE_HIGH (4u << 20)  /* stop taking stream data above this */
+#define READ_PAUSE_QUEUE (8u << 20) /* stop reading a peer that does not read its answers */
 #define GRANT_BATCH (256u << 10)     /* send WINDOW once this much is consumed */
 #define DEAD_IDS 64
 
@@ -135,6 +136,7 @@ struct tether_conn {
 	size_t npending;
 	size_t inflight_in;             /* requests received, not yet answered */
 	int draining;                   /* close once nothing is in flight */
+	int read_paused;                /* back-pressure: the peer is not reading */
 	/* handshake steps on the libuv thread pool (MAY_BLOCK providers, busy
 	 * listeners): while one runs the loop does not touch the TLS state or
 	 * the buffers, reading is stopped, and closing waits for it */
@@ -378,6 +380,9 @@ static int io_write(void *arg, const void *buf, size_t len)
 	return (int)len;
 }
 
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
 static size_t send_queue(tether_conn *c)
 {
 	if (!c->tcp_inited)
@@ -413,6 +418,11 @@ static void after_write(uv_write_t *req, int status)
 		              "cannot send to %s: %s", c->peer_addr, uv_strerror(status));
 		conn_destroy(c);
 		return;
+	}
+	if (c->read_paused && c->state == ST_OPEN && send_queue(c) < READ_PAUSE_QUEUE / 2 &&
+	    c->tcp_inited && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+		c->read_paused = 0;
+		uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 	}
 	if (c->state == ST_OPEN && c->streams)
 		notify_writable(c);
@@ -771,6 +781,14 @@ static void pump(tether_conn *c)
 out:
 	if (c->state != ST_CLOSED)
 		flush(c);
+	if (c->state == ST_OPEN && !c->read_paused && !c->hs_busy && send_queue(c) >= READ_PAUSE_QUEUE &&
+	    c->tcp_inited && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+		/* the peer sends requests but does not read the answers: stop
+		 * reading until it catches up (bounded memory) */
+		c->read_paused = 1;
+		uv_read_stop((uv_stream_t *)&c->tcp);
+		tether_debug("rpc", "%s is not reading its answers: pausing its requests", c->peer_addr);
+	}
 }
 
 static void hs_run(uv_work_t *w)
@@ -943,6 +961,8 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 		c->o.cbs->on_open(c->o.cb_arg, c);
 }
 
+static stream *stream_find(tether_conn *c, uint32_t id);
+
 static void handle_request(tether_conn *c, const tether_frame *f)
 {
 	tether_rpc_request req;
@@ -951,6 +971,13 @@ static void handle_request(tether_conn *c, const tether_frame *f)
 	memset(&e, 0, sizeof(e));
 	if (tether_rpc_request_parse(f->id, f->body, f->body_len, &req, &e) < 0) {
 		proto_fail(c, "bad_request", &e);
+		return;
+	}
+	if (stream_find(c, req.id)) {
+		tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE,
+		               "%s reused request id %u while that request is still in flight", c->peer_addr, req.id);
+		tether_rpc_request_clear(&req);
+		proto_fail(c, "bad_frame_id", &e);
 		return;
 	}
 	c->inflight_in++;

@@ -90,7 +90,7 @@ abuse goaway '^closed' 'is closing the connection \(shutdown: bye\)'
 mark_log "$TMP/agent.log"
 timeout 60 $PEER abuse 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" upload-id-reused >"$TMP/o" 2>&1
 grep -qE '^closed' "$TMP/o"
-ok $? "agent, upload-id-reused: connection closed # TODO core/conn.c does not refuse a request id that is in flight"
+ok $? "agent, upload-id-reused: connection closed"
 healthy web1; ok $? "agent, upload-id-reused: still serves the server"
 
 # 10 000 requests whose answers are not read: the agent must stop reading
@@ -108,8 +108,11 @@ echo "# agent RSS ${r0} kB before, peak ${r1} kB with 10 000 answers unread ($(h
 if sanitized; then
 	pass "10 000 unread requests: memory not judged in an AddressSanitizer build # SKIP sanitizers"
 else
-	[ $((r1 - r0)) -lt 10240 ]
-	ok $? "10 000 unread requests: agent peak memory grew by $(( (r1 - r0) / 1024 )) MiB (bound 10 MiB) # TODO core/conn.c keeps reading while its answers pile up (no read-side back-pressure)"
+	# the agent stops reading a peer once 8 MiB of its answers wait unread
+	# (core/conn.c READ_PAUSE_QUEUE): peak = that queue + buffers and heap
+	# slack, whatever the number of requests (30 MiB here before the pause)
+	[ $((r1 - r0)) -lt 20480 ]
+	ok $? "10 000 unread requests: agent peak memory grew by $(( (r1 - r0) / 1024 )) MiB (bound 20 MiB)"
 fi
 healthy web1; ok $? "agent still serves the server after the unread flood"
 

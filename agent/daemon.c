@@ -1438,9 +1438,11 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	int oi, r, nloops;
 
 	r = cli_parse(c, argc, argv, NULL, "",
-	              "Run the agent in the foreground (logs to stderr; systemd-friendly). It listens on\n"
-	              "[listen] address for servers it trusts. SIGTERM drains and exits; SIGHUP reloads the\n"
-	              "identity and trust. Trust changes made with 'configure' apply at once.",
+	              "Run the agent in the foreground (logs to stderr; systemd-friendly). In listening mode it\n"
+	              "listens on [listen] address for servers it trusts; in polling mode ([tether] mode = polling)\n"
+	              "it connects out to each [polling] server and holds the connection. SIGTERM drains and\n"
+	              "exits; SIGHUP reloads the identity and trust. Trust changes made with 'configure' and a\n"
+	              "new certificate apply without a restart.",
 	              NULL, NULL, &oi);
 	if (r)
 		return r > 0 ? 0 : r;

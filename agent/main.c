@@ -72,7 +72,7 @@ static const cli_verb verbs[] = {
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },
 	{ "show-configuration", verb_show_configuration, "show paths and settings" },
-	{ "run", verb_run, "run the agent in the foreground (listening mode)" },
+	{ "run", verb_run, "run the agent in the foreground (listening or polling mode)" },
 	{ "register-with", verb_register_with, "ask a server to register this agent (--server HOST:PORT --name NAME ...)" },
 	{ "configure", verb_configure, "change trust and settings (--trust, --remove-trust, --listen, ...)" },
 	{ "list-trust", verb_list_trust, "list trusted server and recovery thumbprints" },

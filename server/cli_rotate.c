@@ -271,8 +271,15 @@ int verb_rekey_all(cli_ctx *c, int argc, char **argv)
 	if (r < 0)
 		return r;
 	if (c->json) {
+		const char *keys[] = { "recovery", "server", "agents" };
+		size_t k, i;
+		json_t *row;
+		for (k = 0; k < 3; k++)
+			json_array_foreach(json_object_get(res, keys[k]), i, row)
+				if (strcmp(jstr(row, "state"), "rotated") && strcmp(jstr(row, "state"), "replaced"))
+					bad = 1;
 		cli_print_json(res);
-		return 0;
+		return bad;
 	}
 	printf("Server identity now %s\n", jstr(res, "current"));
 	if (json_object_get(res, "recovery"))

@@ -157,7 +157,7 @@ static int target_add(cli_ctx *c, int argc, char **argv)
 	int oi, r, port;
 
 	options_first(argc, argv, opts);
-	r = cli_parse(c, argc, argv, opts, "NAME --listening HOST:PORT | --polling  --thumbprint SHA256 [--tag TAG]...",
+	r = cli_parse(c, argc, argv, opts, "NAME (--listening HOST:PORT | --polling) --thumbprint SHA256 [--tag TAG]...",
 	              "Register an agent as a target. Listening: the daemon connects to it at HOST:PORT.\n"
 	              "Polling: the agent connects to this server and is known only by its authenticated\n"
 	              "thumbprint. Either way it is trusted only if its certificate has this SHA-256 thumbprint.",

@@ -53,7 +53,7 @@ static const cli_verb verbs[] = {
 	{ "delete-instance", verb_delete_instance, "delete an instance, its identity and state" },
 	{ "list-instances", verb_list_instances, "list the instances on this machine" },
 	{ "show-configuration", verb_show_configuration, "show paths and settings" },
-	{ "configure", verb_server_configure, "change settings (--provider, --pkcs11-module, --pkcs11-token, --pkcs11-pin-file)" },
+	{ "configure", verb_server_configure, "change settings (--polling-listen, --polling-wait, --provider, --pkcs11-*)" },
 	{ "new-certificate", verb_new_certificate, "generate a new STAGED certificate (the current one stays in use)" },
 	{ "rotate-certificate", verb_rotate_certificate, "rotate the server's certificate on every target, no downtime" },
 	{ "rotate-agent-certificate", verb_rotate_agent_certificate, "give agents new certificates over the trusted channel" },

@@ -89,6 +89,43 @@ int cli_parse(cli_ctx *c, int argc, char **argv, const cli_opt *opts,
 	return 0;
 }
 
+/* See cli.h. */
+void cli_options_first(int argc, char **argv, const cli_opt *opts)
+{
+	static const char *const common_with_value[] = { "instance", "home", "provider", NULL };
+	char **pos = tether_xcalloc((size_t)argc + 1, sizeof(char *));
+	int i, o = 1, np = 0, k;
+
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		size_t n;
+		int takes = 0;
+
+		if (!strcmp(a, "--")) {
+			break;
+		}
+		if (strncmp(a, "--", 2)) {
+			pos[np++] = argv[i];
+			continue;
+		}
+		n = strcspn(a + 2, "=");
+		for (k = 0; opts && opts[k].name; k++)
+			if (strlen(opts[k].name) == n && !strncmp(opts[k].name, a + 2, n))
+				takes = opts[k].has_arg == required_argument;
+		for (k = 0; common_with_value[k]; k++)
+			if (strlen(common_with_value[k]) == n && !strncmp(common_with_value[k], a + 2, n))
+				takes = 1;
+		argv[o++] = argv[i];
+		if (takes && !a[2 + n] && i + 1 < argc)
+			argv[o++] = argv[++i];
+	}
+	for (; i < argc; i++)           /* "--" and whatever follows it */
+		pos[np++] = argv[i];
+	for (k = 0; k < np; k++)
+		argv[o++] = pos[k];
+	free(pos);
+}
+
 static const char *prov_config_get(void *arg, const char *section, const char *key)
 {
 	cli_ctx *c = arg;

@@ -61,6 +61,11 @@ int cli_parse(cli_ctx *c, int argc, char **argv, const cli_opt *opts,
               const char *usage, const char *description,
               int (*on_opt)(cli_ctx *c, int id, const char *val, void *arg),
               void *arg, int *optind_out);
+/* Move positional arguments after the options in argv[1..argc), keeping
+ * their order and leaving "--" and what follows it last, so that
+ * "VERB NAME --opt V" parses as documented.  opts: the verb's options (to
+ * know which take a value); the common ones are known here. */
+void cli_options_first(int argc, char **argv, const cli_opt *opts);
 int cli_usage_error(cli_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Open the instance (must exist) and its config. */

@@ -48,43 +48,6 @@ enum { O_TAG = OPT__VERB_BASE, O_TIMEOUT, O_ISOLATION, O_ENV, O_CWD, O_SHELL, O_
 /* Argument helpers                                                    */
 /* ------------------------------------------------------------------ */
 
-/* Move positional arguments after the options (keeping their order) in
- * argv[1..argc), so that "exec web1 --timeout 5" parses as documented;
- * options: the verb's (to know which take a value). */
-static void options_first(int argc, char **argv, const cli_opt *opts)
-{
-	static const char *const common_with_value[] = { "instance", "home", "provider", NULL };
-	char **pos = tether_xcalloc((size_t)argc + 1, sizeof(char *));
-	int i, o = 1, np = 0, k;
-
-	for (i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		size_t n;
-		int takes = 0;
-
-		if (!strcmp(a, "--"))
-			break;
-		if (strncmp(a, "--", 2)) {
-			pos[np++] = argv[i];
-			continue;
-		}
-		n = strcspn(a + 2, "=");
-		for (k = 0; opts && opts[k].name; k++)
-			if (strlen(opts[k].name) == n && !strncmp(opts[k].name, a + 2, n))
-				takes = opts[k].has_arg == required_argument;
-		for (k = 0; common_with_value[k]; k++)
-			if (strlen(common_with_value[k]) == n && !strncmp(common_with_value[k], a + 2, n))
-				takes = 1;
-		argv[o++] = argv[i];
-		if (takes && !a[2 + n] && i + 1 < argc)
-			argv[o++] = argv[++i];
-	}
-	for (; i < argc; i++)
-		pos[np++] = argv[i];
-	for (k = 0; k < np; k++)
-		argv[o++] = pos[k];
-	free(pos);
-}
 
 static int parse_id(cli_ctx *c, const char *s, int64_t *id)
 {
@@ -722,7 +685,7 @@ int verb_exec(cli_ctx *c, int argc, char **argv)
 	for (dd = 1; dd < argc; dd++)
 		if (!strcmp(argv[dd], "--"))
 			break;
-	options_first(dd, argv, exec_spec);
+	cli_options_first(dd, argv, exec_spec);
 	r = cli_parse(c, dd, argv, exec_spec, "TARGET... [--tag TAG] [OPTIONS] -- COMMAND [ARG...]",
 	              "Run COMMAND (no shell) on each target, streaming its output here as it comes: byte\n"
 	              "for byte with one target, each line prefixed with the target's name with several.\n"
@@ -819,7 +782,7 @@ int verb_run_script(cli_ctx *c, int argc, char **argv)
 	int oi, r, nt;
 
 	memset(&o, 0, sizeof(o));
-	options_first(argc, argv, script_spec);
+	cli_options_first(argc, argv, script_spec);
 	r = cli_parse(c, argc, argv, script_spec, "TARGET... [--tag TAG] [--shell sh|bash] [OPTIONS] FILE",
 	              "Send the script FILE ('-': standard input) to each target and run it there with the\n"
 	              "shell, streaming its output as exec does. Same exit status as exec.",
@@ -940,7 +903,7 @@ static int task_list(cli_ctx *c, int argc, char **argv)
 	size_t i;
 	int oi, r;
 
-	options_first(argc, argv, list_spec);
+	cli_options_first(argc, argv, list_spec);
 	r = cli_parse(c, argc, argv, list_spec, "[--target NAME] [--limit N] [--json]",
 	              "List the remote execution tasks, newest first.", list_opt, &o, &oi);
 	if (r)
@@ -984,7 +947,7 @@ static int one_id(cli_ctx *c, int argc, char **argv, const char *usage, const ch
 {
 	int oi, r;
 
-	options_first(argc, argv, NULL);
+	cli_options_first(argc, argv, NULL);
 	r = cli_parse(c, argc, argv, NULL, usage, desc, NULL, NULL, &oi);
 	if (r)
 		return r > 0 ? 1 : r;

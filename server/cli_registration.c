@@ -21,40 +21,6 @@ typedef struct sub {
 	int (*fn)(cli_ctx *c, int argc, char **argv);
 } sub;
 
-/* Options before positional arguments ("accept 3 --name web" works). */
-static void options_first(int argc, char **argv, const cli_opt *opts)
-{
-	char **pos = tether_xcalloc((size_t)argc + 1, sizeof(char *));
-	int i, o = 1, np = 0, k;
-
-	for (i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		size_t n;
-		int takes = 0;
-
-		if (!strcmp(a, "--"))
-			break;
-		if (strncmp(a, "--", 2)) {
-			pos[np++] = argv[i];
-			continue;
-		}
-		n = strcspn(a + 2, "=");
-		for (k = 0; opts && opts[k].name; k++)
-			if (strlen(opts[k].name) == n && !strncmp(opts[k].name, a + 2, n))
-				takes = opts[k].has_arg == required_argument;
-		if ((n == 8 && !strncmp(a + 2, "instance", 8)) || (n == 4 && !strncmp(a + 2, "home", 4)) ||
-		    (n == 8 && !strncmp(a + 2, "provider", 8)))
-			takes = 1;
-		argv[o++] = argv[i];
-		if (takes && !a[2 + n] && i + 1 < argc)
-			argv[o++] = argv[++i];
-	}
-	for (; i < argc; i++)
-		pos[np++] = argv[i];
-	for (k = 0; k < np; k++)
-		argv[o++] = pos[k];
-	free(pos);
-}
 
 static int call(cli_ctx *c, const char *method, json_t *params, json_t **result)
 {
@@ -142,7 +108,7 @@ static int reg_list(cli_ctx *c, int argc, char **argv)
 	size_t i, wn = 4;
 	int oi, r;
 
-	options_first(argc, argv, opts);
+	cli_options_first(argc, argv, opts);
 	r = cli_parse(c, argc, argv, opts, "[--state STATE] [--json]",
 	              "List the agents that asked to be registered, oldest first, and what became of them.",
 	              reg_opt, &o, &oi);
@@ -196,7 +162,7 @@ static int reg_decide(cli_ctx *c, int argc, char **argv, int accept)
 	long long id = 0;
 	int oi, r;
 
-	options_first(argc, argv, accept ? accept_opts : NULL);
+	cli_options_first(argc, argv, accept ? accept_opts : NULL);
 	r = cli_parse(c, argc, argv, accept ? accept_opts : NULL, accept ? "ID [--name NEW]" : "ID",
 	              accept ? "Accept a registration: create its target, pinned to the certificate the agent\n"
 	                       "presented when it registered. A name already used by a target is never replaced:\n"
@@ -311,7 +277,7 @@ static int tok_create(cli_ctx *c, int argc, char **argv)
 
 	o.expires = 0;
 	o.tags = json_array();
-	options_first(argc, argv, opts);
+	cli_options_first(argc, argv, opts);
 	r = cli_parse(c, argc, argv, opts, "[--expires DURATION] [--tag T]...",
 	              "Create a one-time registration token for an automated install. An agent that registers\n"
 	              "with it ('tether-agent register-with --token-file F') is accepted at once, unless its\n"

@@ -12,45 +12,6 @@
 #include "thumbprint.h"
 #include "util.h"
 
-/* cli_parse stops at the first positional argument (POSIX order), but the
- * documented form is "target add NAME --listening ...": move positional
- * arguments after the options, keeping their order.  opts: the verb's own
- * options (to know which take a value). */
-static void options_first(int argc, char **argv, const cli_opt *opts)
-{
-	static const char *const common_with_value[] = { "instance", "home", "provider", NULL };
-	char **pos = tether_xcalloc((size_t)argc + 1, sizeof(char *));
-	int i, o = 1, np = 0, k;
-
-	for (i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		size_t n;
-		int takes = 0;
-
-		if (!strcmp(a, "--")) {
-			break;
-		}
-		if (strncmp(a, "--", 2)) {
-			pos[np++] = argv[i];
-			continue;
-		}
-		n = strcspn(a + 2, "=");
-		for (k = 0; opts && opts[k].name; k++)
-			if (strlen(opts[k].name) == n && !strncmp(opts[k].name, a + 2, n))
-				takes = opts[k].has_arg == required_argument;
-		for (k = 0; common_with_value[k]; k++)
-			if (strlen(common_with_value[k]) == n && !strncmp(common_with_value[k], a + 2, n))
-				takes = 1;
-		argv[o++] = argv[i];
-		if (takes && !a[2 + n] && i + 1 < argc)
-			argv[o++] = argv[++i];
-	}
-	for (; i < argc; i++)           /* "--" and whatever follows it */
-		pos[np++] = argv[i];
-	for (k = 0; k < np; k++)
-		argv[o++] = pos[k];
-	free(pos);
-}
 
 static int call(cli_ctx *c, const char *method, json_t *params, json_t **result)
 {
@@ -156,7 +117,7 @@ static int target_add(cli_ctx *c, int argc, char **argv)
 	tether_error e;
 	int oi, r, port;
 
-	options_first(argc, argv, opts);
+	cli_options_first(argc, argv, opts);
 	r = cli_parse(c, argc, argv, opts, "NAME (--listening HOST:PORT | --polling) --thumbprint SHA256 [--tag TAG]...",
 	              "Register an agent as a target. Listening: the daemon connects to it at HOST:PORT.\n"
 	              "Polling: the agent connects to this server and is known only by its authenticated\n"
@@ -255,7 +216,7 @@ static int target_list(cli_ctx *c, int argc, char **argv)
 	size_t i, wn = 4, wa = 7, ws = 10;
 	int oi, r;
 
-	options_first(argc, argv, opts);
+	cli_options_first(argc, argv, opts);
 	r = cli_parse(c, argc, argv, opts, "[--tag TAG] [--json]",
 	              "List the registered targets with the result of their last health check.",
 	              list_opt, &o, &oi);
@@ -317,7 +278,7 @@ static int target_show(cli_ctx *c, int argc, char **argv)
 	size_t i;
 	int oi, r;
 
-	options_first(argc, argv, NULL);
+	cli_options_first(argc, argv, NULL);
 	r = cli_parse(c, argc, argv, NULL, "NAME [--json]",
 	              "Show a target: its address, pinned thumbprint, tags and last health check.",
 	              NULL, NULL, &oi);
@@ -362,7 +323,7 @@ static int target_remove(cli_ctx *c, int argc, char **argv)
 	json_t *res = NULL;
 	int oi, r;
 
-	options_first(argc, argv, NULL);
+	cli_options_first(argc, argv, NULL);
 	r = cli_parse(c, argc, argv, NULL, "NAME",
 	              "Remove a target from the registry: the daemon stops contacting it.",
 	              NULL, NULL, &oi);
@@ -389,7 +350,7 @@ static int target_set_thumbprint(cli_ctx *c, int argc, char **argv)
 	json_t *res = NULL;
 	int oi, r;
 
-	options_first(argc, argv, NULL);
+	cli_options_first(argc, argv, NULL);
 	r = cli_parse(c, argc, argv, NULL, "NAME SHA256",
 	              "Pin a new SHA-256 thumbprint for a target (after the agent got a new "
 	              "certificate); the old one is no longer trusted.", NULL, NULL, &oi);

@@ -39,15 +39,33 @@ static int schema_has_section(const tether_config_key *schema, const char *secti
 	return 0;
 }
 
+static void trim(char *s)
+{
+	char *e, *b = s;
+	while (*b && isspace((unsigned char)*b))
+		b++;
+	if (b != s)
+		memmove(s, b, strlen(b) + 1);
+	e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+}
+
 /* inih calls this for each name=value (line counted by our own reader). */
 static int on_entry(void *user, const char *section, const char *name, const char *value)
 {
 	struct parse_state *st = user;
 	tether_config *c = st->c;
 	const tether_config_key *k;
+	char sec[128];
 
 	if (st->failed)
 		return 0;
+	/* inih keeps the blanks inside "[ log ]"; a person means [log], and
+	 * the in-place editor below reads the header that way too. */
+	snprintf(sec, sizeof(sec), "%s", section);
+	trim(sec);
+	section = sec;
 	if (st->schema) {
 		if (!schema_has_section(st->schema, section)) {
 			tether_err_set(st->err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
@@ -225,17 +243,6 @@ typedef struct line {
 	char value[1024];
 } line;
 
-static void trim(char *s)
-{
-	char *e, *b = s;
-	while (*b && isspace((unsigned char)*b))
-		b++;
-	if (b != s)
-		memmove(s, b, strlen(b) + 1);
-	e = s + strlen(s);
-	while (e > s && isspace((unsigned char)e[-1]))
-		*--e = '\0';
-}
 
 static size_t split_lines(const char *text, line **out)
 {

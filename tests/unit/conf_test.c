@@ -139,6 +139,28 @@ static void edit_repeated_empty_section(void **s)
 	free(out);
 }
 
+/* Found by tests/fuzz/fuzz_conf.c in CI: inih keeps the blanks of
+ * "[ log]", the editor trimmed them, so 'configure' added a second
+ * [log] level under a section the loader then called " log". */
+static void section_header_blanks(void **s)
+{
+	static const char text[] = "[ log ]\nlevel = info\n";
+	tether_config_edit ed = { TETHER_CFG_SET, "log", "level", "debug" };
+	tether_config *c = NULL;
+	char *out = NULL;
+	(void)s;
+	assert_int_equal(tether_config_parse(text, "t", NULL, &c, NULL), 0);
+	assert_string_equal(tether_config_get(c, "log", "level", "-"), "info");
+	tether_config_free(c);
+	c = NULL;
+	assert_int_equal(tether_config_edit_text(text, &ed, 1, &out, NULL), 0);
+	assert_string_equal(out, "[ log ]\nlevel = debug\n");
+	assert_int_equal(tether_config_parse(out, "t", NULL, &c, NULL), 0);
+	assert_string_equal(tether_config_get(c, "log", "level", "-"), "debug");
+	tether_config_free(c);
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -148,6 +170,7 @@ int main(void)
 		cmocka_unit_test(apply_refuses_invalid_and_keeps_file),
 		cmocka_unit_test(newline_injection_refused),
 		cmocka_unit_test(edit_repeated_empty_section),
+		cmocka_unit_test(section_header_blanks),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -476,8 +476,15 @@ static void wake_waiters_locked(ticket *t)
 }
 
 /* Write meta.json from the ticket's state now.  Serialised per ticket so
- * that the last write always holds the newest state. */
-static void meta_write(ticket *t)
+ * that the last write always holds the newest state.
+ * Durability: the states a server may ask about after the machine restarts
+ * (queued: the ticket exists; ended: the exit code) are fsynced.  The move
+ * to running (start time, pid) only has to survive the agent process: after
+ * a machine restart the process is gone whatever the file says, and a
+ * ticket found queued or running is reported lost either way.  Skipping
+ * those two fsyncs takes about a third of the disk waits out of every exec. */
+enum { META_SYNC = 0, META_NOSYNC = TETHER_WRITE_NOSYNC };
+static void meta_write_flags(ticket *t, unsigned flags)
 {
 	tether_error err = { 0 };
 	char created[40], started[40], ended[40];
@@ -510,13 +517,18 @@ static void meta_write(ticket *t)
 	text = json_dumps(m, JSON_COMPACT);
 	json_decref(m);
 	path = tether_asprintf("%s/meta.json", t->dir);
-	if (!text || tether_write_atomic(path, text, strlen(text), 0600, &err) < 0)
+	if (!text || tether_write_atomic_flags(path, text, strlen(text), 0600, flags, &err) < 0)
 		log_error("script ticket %s: cannot record its state in %s: %s; a server asking "
 		          "after an agent restart may get an outdated state: check the disk",
 		          t->id, path, text ? err.detail : "out of memory");
 	free(path);
 	free(text);
 	pthread_mutex_unlock(&t->meta_lock);
+}
+
+static void meta_write(ticket *t)
+{
+	meta_write_flags(t, META_SYNC);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1198,7 +1210,7 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	pthread_mutex_unlock(&S.lock);
 	if (cancel)
 		uv_async_send(&ru->async);
-	meta_write(t);
+	meta_write_flags(t, META_NOSYNC);
 	tether_debug("script", "ticket %s: started %s as process %ld", t->id, c->argv[0], ru->pid);
 out:
 	free(path);
@@ -1499,7 +1511,7 @@ static int prepare_dir(ticket *t, cmd *c, char **why)
 {
 	tether_error err = { 0 };
 	char *p = NULL;
-	int rc = -1;
+	int rc = -1, fd;
 
 	if (mkdir(t->dir, 0700) < 0) {
 		*why = tether_asprintf("cannot create %s: %s", t->dir, strerror(errno));
@@ -1511,11 +1523,15 @@ static int prepare_dir(ticket *t, cmd *c, char **why)
 		goto out;
 	}
 	free(p);
+	/* A new, empty file in the new directory: the fsynced meta.json that
+	 * follows makes the directory's entries durable, this one included. */
 	p = tether_asprintf("%s/output.log", t->dir);
-	if (tether_write_atomic(p, "", 0, 0600, &err) < 0) {
-		*why = tether_strdup(err.detail);
+	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		*why = tether_asprintf("cannot create %s: %s", p, strerror(errno));
 		goto out;
 	}
+	close(fd);
 	if (c->script) {
 		free(p);
 #ifdef _WIN32 /* the interpreters go by the extension */
@@ -1523,7 +1539,10 @@ static int prepare_dir(ticket *t, cmd *c, char **why)
 #else
 		p = tether_asprintf("%s/script", t->dir);
 #endif
-		if (tether_write_atomic(p, c->script, c->script_len, 0600, &err) < 0) {
+		/* read only by the process started below: it need not outlive
+		 * the agent (a ticket found queued after a restart is not run) */
+		if (tether_write_atomic_flags(p, c->script, c->script_len, 0600,
+		                              TETHER_WRITE_NOSYNC, &err) < 0) {
 			*why = tether_strdup(err.detail);
 			goto out;
 		}

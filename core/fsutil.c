@@ -61,6 +61,12 @@ static int fsync_dir_of(const char *path)
 int tether_write_atomic(const char *path, const void *data, size_t len,
                         mode_t mode, tether_error *err)
 {
+	return tether_write_atomic_flags(path, data, len, mode, 0, err);
+}
+
+int tether_write_atomic_flags(const char *path, const void *data, size_t len,
+                              mode_t mode, unsigned flags, tether_error *err)
+{
 	char *tmp = NULL;
 	const unsigned char *p = data;
 	int fd = -1, r = 0, tries;
@@ -95,7 +101,7 @@ int tether_write_atomic(const char *path, const void *data, size_t len,
 		}
 		off += (size_t)w;
 	}
-	if (fsync(fd) < 0) {
+	if (!(flags & TETHER_WRITE_NOSYNC) && fsync(fd) < 0) {
 		r = tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, "cannot fsync %s: %s",
 		                   tmp, strerror(errno));
 		goto out;
@@ -107,7 +113,8 @@ int tether_write_atomic(const char *path, const void *data, size_t len,
 		                   tmp, path, strerror(errno));
 		goto out;
 	}
-	fsync_dir_of(path);
+	if (!(flags & TETHER_WRITE_NOSYNC))
+		fsync_dir_of(path);
 out:
 	if (fd >= 0)
 		close(fd);

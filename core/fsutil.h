@@ -13,6 +13,13 @@ int tether_mkdirs(const char *path, mode_t mode, tether_error *err);
  * fsync, rename over path, fsync the directory. */
 int tether_write_atomic(const char *path, const void *data, size_t len,
                         mode_t mode, tether_error *err);
+/* The same with flags: TETHER_WRITE_NOSYNC skips both fsyncs, for state
+ * that need only survive the process (a crash or kill of the daemon), not
+ * the machine: the rename is still atomic, so readers see the old or the
+ * new whole file, never part of one. */
+#define TETHER_WRITE_NOSYNC 1u
+int tether_write_atomic_flags(const char *path, const void *data, size_t len,
+                              mode_t mode, unsigned flags, tether_error *err);
 /* Read a whole file of at most max bytes.  *out is NUL-terminated
  * (not counted in *len); free with free() or tether_free_wiped(). */
 int tether_read_file(const char *path, size_t max, unsigned char **out,

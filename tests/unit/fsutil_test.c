@@ -25,6 +25,14 @@ static void atomic_write_mode(void **s)
 	assert_int_equal(tether_read_file(p, 100, &buf, &len, NULL), 0);
 	assert_int_equal(len, 3);
 	free(buf);
+	/* without the fsyncs: the same whole-file replace, same mode */
+	assert_int_equal(tether_write_atomic_flags(p, "nosync", 6, 0600, TETHER_WRITE_NOSYNC, NULL), 0);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	assert_int_equal(tether_read_file(p, 100, &buf, &len, NULL), 0);
+	assert_int_equal(len, 6);
+	assert_memory_equal(buf, "nosync", 6);
+	free(buf);
 	/* bound */
 	{
 		tether_error e;

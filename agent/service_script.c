@@ -531,6 +531,63 @@ static void meta_write(ticket *t)
 	meta_write_flags(t, META_SYNC);
 }
 
+/* Make a ticket's files durable off the event loop: fsync output.log,
+ * meta.json and the directory on a thread of libuv's pool.  Used for the
+ * two states that must outlive the machine (queued, ended): they are
+ * written without fsync first (so the agent process may die at any point
+ * after), the answer goes out at once, and the disk catches up in the
+ * background instead of holding up this request and every other
+ * connection on the loop.  A ticket removed meanwhile (script.complete)
+ * is simply not there any more. */
+#ifndef _WIN32 /* Windows: meta.json is written with its flushes (meta_write) */
+typedef struct sync_job {
+	uv_work_t w;
+	char *dir;
+} sync_job;
+
+static void sync_one(int dirfd, const char *name)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (fsync(fd) < 0 && errno != EINVAL)
+		log_warn("script ticket: cannot fsync %s: %s", name, strerror(errno));
+	close(fd);
+}
+
+static void sync_work(uv_work_t *w)
+{
+	sync_job *j = w->data;
+	int dfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return;
+	sync_one(dfd, "output.log");
+	sync_one(dfd, "meta.json");
+	if (fsync(dfd) < 0 && errno != EINVAL)
+		log_warn("script ticket: cannot fsync directory %s: %s", j->dir, strerror(errno));
+	close(dfd);
+}
+
+static void sync_done(uv_work_t *w, int status)
+{
+	sync_job *j = w->data;
+	(void)status;
+	free(j->dir);
+	free(j);
+}
+
+static void ticket_sync_later(uv_loop_t *loop, ticket *t)
+{
+	sync_job *j = tether_xcalloc(1, sizeof(*j));
+	j->dir = tether_strdup(t->dir);
+	j->w.data = j;
+	if (uv_queue_work(loop, &j->w, sync_work, sync_done) < 0) {
+		sync_work(&j->w);
+		sync_done(&j->w, 0);
+	}
+}
+#endif
+
 /* ------------------------------------------------------------------ */
 /* Answers                                                             */
 /* ------------------------------------------------------------------ */
@@ -1018,9 +1075,11 @@ static void finalize(run *ru)
 		state = ST_FINISHED;
 		code = ru->term_signal ? 128 + ru->term_signal : (int)ru->exit_status;
 	}
-	if (ru->fd >= 0) {
+	if (ru->fd >= 0) {   /* made durable with meta.json below */
+#ifdef _WIN32
 		if (fsync(ru->fd) < 0 && errno != EINVAL)
-			log_warn("script ticket %s: cannot fsync output.log: %s", t->id, strerror(errno));
+			log_warn("script ticket %s: cannot flush output.log: %s", t->id, strerror(errno));
+#endif
 		close(ru->fd);
 		ru->fd = -1;
 	}
@@ -1050,7 +1109,12 @@ static void finalize(run *ru)
 		}
 	}
 	pthread_mutex_unlock(&S.lock);
+#ifndef _WIN32
+	meta_write_flags(t, META_NOSYNC);
+	ticket_sync_later(ru->loop, t);
+#else
 	meta_write(t);
+#endif
 	tether_debug("script", "ticket %s %s, exit code %d", t->id, state_names[state], code);
 	if (next) {
 		spawn_next(ru->loop, next);
@@ -1669,7 +1733,12 @@ static void do_start(agent_req *r, json_t *p, const char *server)
 		ticket_unref(t);
 		return;
 	}
+#ifndef _WIN32
+	meta_write_flags(t, META_NOSYNC);
+	ticket_sync_later(agent_req_loop(r), t);
+#else
 	meta_write(t);
+#endif
 
 	pthread_mutex_lock(&S.lock);
 	t->preparing = 0;

@@ -80,7 +80,15 @@ typedef struct stream {
 typedef struct write_req {
 	uv_write_t req;
 	uv_buf_t buf;
+	size_t cap;
 } write_req;
+
+/* While a stream is open, the buffer of a finished socket write is kept for
+ * the next one instead of being freed: a transfer then reuses a few warm
+ * buffers instead of faulting in fresh pages for every 256 KiB frame.  An
+ * idle connection keeps none (memory per idle agent). */
+#define SPARE_MAX (1u << 20)
+#define SPARES 4
 
 struct tether_conn {
 	uv_loop_t *loop;
@@ -116,6 +124,9 @@ struct tether_conn {
 	/* output */
 	unsigned char *wbuf;
 	size_t wlen, wcap;
+	unsigned char *spare[SPARES];   /* written-out wbufs, only while streams are open */
+	size_t spare_cap[SPARES];
+	int n_spare;
 
 	tether_thumbprint peer_tp;
 	int has_peer_tp;
@@ -158,6 +169,12 @@ struct tether_conn {
 	void *data;
 };
 
+static void spares_free(tether_conn *c)
+{
+	while (c->n_spare > 0)
+		free(c->spare[--c->n_spare]);
+}
+
 static uint64_t now_ms(void) { return tether_now_ms(); }
 
 /* ------------------------------------------------------------------ */
@@ -180,6 +197,7 @@ static void on_handle_closed(uv_handle_t *h)
 	if (c->dec_inited)
 		tether_frame_decoder_free(&c->dec);
 	free(c->wbuf);
+	spares_free(c);
 	free(c->carry);
 	free(c->server_name);
 	free(c->proxy_host);
@@ -362,10 +380,33 @@ static void proto_fail(tether_conn *c, const char *code, const tether_error *e)
 /* Output                                                              */
 /* ------------------------------------------------------------------ */
 
+/* Make room for need bytes in wbuf (a spare buffer first). */
+static void wbuf_reserve(tether_conn *c, size_t need)
+{
+	size_t ncap;
+
+	if (!c->wbuf && c->n_spare) {
+		c->n_spare--;
+		c->wbuf = c->spare[c->n_spare];
+		c->wcap = c->spare_cap[c->n_spare];
+	}
+	if (need <= c->wcap)
+		return;
+	ncap = c->wcap ? c->wcap : 4096;
+	while (ncap < need)
+		ncap *= 2;
+	c->wbuf = realloc(c->wbuf, ncap);
+	if (!c->wbuf)
+		abort();
+	c->wcap = ncap;
+}
+
 static int io_write(void *arg, const void *buf, size_t len)
 {
 	tether_conn *c = arg;
 
+	if (!c->wbuf && c->n_spare)
+		wbuf_reserve(c, len);
 	if (c->wlen + len > c->wcap) {
 		size_t ncap = c->wcap ? c->wcap : 4096;
 		while (ncap < c->wlen + len)
@@ -411,7 +452,12 @@ static void after_write(uv_write_t *req, int status)
 	write_req *w = (write_req *)req;
 	tether_conn *c = req->data;
 
-	free(w->buf.base);
+	if (c->state != ST_CLOSED && c->streams && c->n_spare < SPARES && w->cap <= SPARE_MAX) {
+		c->spare[c->n_spare] = (unsigned char *)w->buf.base;
+		c->spare_cap[c->n_spare++] = w->cap;
+	} else {
+		free(w->buf.base);
+	}
 	free(w);
 	if (status < 0 && c->state != ST_CLOSED) {
 		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET,
@@ -437,6 +483,7 @@ static void flush(tether_conn *c)
 		return;
 	w = tether_xcalloc(1, sizeof(*w));
 	w->buf = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
+	w->cap = c->wcap;
 	w->req.data = c;
 	c->wbuf = NULL;
 	c->wlen = c->wcap = 0;
@@ -1050,6 +1097,8 @@ static void stream_free_if_done(tether_conn *c, stream *st)
 		}
 	c->dead_ids[c->dead_pos++ % DEAD_IDS] = st->id;
 	free(st);
+	if (!c->streams)
+		spares_free(c);
 }
 
 static int handle_stream_frame(tether_conn *c, const tether_frame *f)
@@ -1874,13 +1923,24 @@ long tether_conn_stream_send(tether_conn *c, uint32_t id, const void *data, size
 		return TETHER_ERR_INTERNAL;
 	st->send_window -= (uint32_t)n;
 	{
-		/* header and payload in one write, so TLS makes full records */
-		unsigned char *buf = tether_xmalloc(sizeof(hdr) + n);
+		/* Room for the records first (TLS adds at most 22 bytes to each
+		 * of 16 KiB, well under 1/16), so the buffer does not grow by
+		 * doubling and copying while a 256 KiB frame is encrypted.  A
+		 * small frame goes out as one record with its header; a large
+		 * one as a 9-byte record and then full records straight from
+		 * the caller's buffer, without copying it first. */
+		unsigned char small[TETHER_FRAME_HEADER_LEN + 4096];
 		int r;
-		memcpy(buf, hdr, sizeof(hdr));
-		memcpy(buf + sizeof(hdr), data, n);
-		r = c->o.prov->t->tls_write(c->tls, buf, sizeof(hdr) + n, &e);
-		free(buf);
+		wbuf_reserve(c, c->wlen + n + n / 16 + 512);
+		if (n <= 4096) {
+			memcpy(small, hdr, sizeof(hdr));
+			memcpy(small + sizeof(hdr), data, n);
+			r = c->o.prov->t->tls_write(c->tls, small, sizeof(hdr) + n, &e);
+		} else {
+			r = c->o.prov->t->tls_write(c->tls, hdr, sizeof(hdr), &e);
+			if (r >= 0)
+				r = c->o.prov->t->tls_write(c->tls, data, n, &e);
+		}
 		if (r < 0) {
 			set_close_err(c, e.code, e.category, "TLS write to %s failed: %s", c->peer_addr, e.detail);
 			conn_destroy(c);

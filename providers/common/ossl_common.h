@@ -21,12 +21,43 @@
  * OSSL_LIB_CTX).  The TLS code only uses cert and key. */
 struct tether_identity {
 	X509 *cert;
-	EVP_PKEY *key;
+	EVP_PKEY *key;          /* the key as loaded; never replaced */
 	unsigned char *der;     /* cert DER, OPENSSL_malloc'd */
 	size_t der_len;
 	OSSL_LIB_CTX *libctx;   /* where key's operations live; NULL = default */
 	const char *propq;      /* property query for that libctx; may be NULL */
+	/* NULL, or where the current key lives when the provider may replace
+	 * it while the identity is in use (the pkcs11 provider reloads a
+	 * token's key from the token after the token came back).  The TLS
+	 * code then signs with the box's key (ossl_identity_get1_key). */
+	struct ossl_keybox *box;
 };
+
+/* ---- ossl_identity_common.c: a replaceable key ----
+ * A reference-counted holder of an EVP_PKEY that a provider may swap for
+ * a fresh one while other threads use it.  Readers take their own
+ * reference (ossl_keybox_get1), so a replaced key is freed only when the
+ * last TLS session or context that took it lets it go.  gen counts the
+ * replacements: a session that took generation g and sees a larger one
+ * knows its key is stale. */
+typedef struct ossl_keybox ossl_keybox;
+/* A box holding key (the box takes its own reference). */
+ossl_keybox *ossl_keybox_new(EVP_PKEY *key);
+ossl_keybox *ossl_keybox_ref(ossl_keybox *b);
+void ossl_keybox_unref(ossl_keybox *b);
+/* The current key, with a reference the caller frees; *gen (if not NULL)
+ * its generation.  NULL only if out of memory/locks fail. */
+EVP_PKEY *ossl_keybox_get1(ossl_keybox *b, unsigned *gen);
+unsigned ossl_keybox_gen(ossl_keybox *b);
+/* Replace the key (the box takes its own reference; the old one is
+ * released, and freed once no reader holds it). */
+int ossl_keybox_set(ossl_keybox *b, EVP_PKEY *key);
+/* How many references the box has (the pkcs11 provider's registry of
+ * live boxes drops those only it still holds). */
+int ossl_keybox_refs(ossl_keybox *b);
+/* The key to sign with: the box's current one, else id->key; a reference
+ * the caller frees. */
+EVP_PKEY *ossl_identity_get1_key(const tether_identity *id, unsigned *gen);
 
 /* ---- ossl_identity_common.c (shared identity object helpers) ---- */
 /* Build an identity from cert and key (takes ownership of both). */
@@ -108,5 +139,26 @@ int ossl_tls_get_session(tether_tls *t, unsigned char **out,
                          size_t *out_len);
 int ossl_tls_reject(tether_tls *t);
 void ossl_tls_free(tether_tls *t);
+
+/* Hooks for a provider built on this TLS code (not part of the ABI).
+ * owner: the provider's own pointer, given back by ossl_tls_owner.
+ * classify: called by a failed handshake, read or write for each OpenSSL
+ * error in the queue before it is formatted; a nonzero return is kept as
+ * the session's backend code (the first one wins), read with
+ * ossl_tls_backend_code.  The pkcs11 provider returns the CK_RV of
+ * pkcs11-provider's token-class errors there. */
+typedef unsigned long (*ossl_tls_classify_fn)(void *owner, unsigned long e);
+void ossl_tls_ctx_set_owner(tether_tls_ctx *c, void *owner,
+                            ossl_tls_classify_fn classify);
+void *ossl_tls_owner(const tether_tls *t);
+unsigned long ossl_tls_backend_code(const tether_tls *t);
+/* Before the handshake started: if the key of the identity this session
+ * presents was replaced since the session took it, present the current
+ * one.  0 on success (nothing to do included), < 0 with err set. */
+int ossl_tls_refresh_key(tether_tls *t, tether_error *err);
+/* Has the key this session signs with been replaced since? */
+int ossl_tls_key_stale(const tether_tls *t);
+/* Has the handshake not started yet (no step run)? */
+int ossl_tls_before_start(const tether_tls *t);
 
 #endif

@@ -107,6 +107,13 @@ struct tether_tls_ctx {
 	void *choose_arg;
 	int have_ticket_key;
 	unsigned char ticket_key[TICKET_KEY_LEN];
+	/* the default identity's replaceable key (NULL: fixed), its
+	 * certificate, and the generation put into ctx */
+	ossl_keybox *box;
+	X509 *box_cert;
+	unsigned box_gen;
+	void *owner;                    /* ossl_tls_ctx_set_owner */
+	ossl_tls_classify_fn classify;
 };
 
 struct tether_tls {
@@ -137,6 +144,14 @@ struct tether_tls {
 	size_t peer_der_len;
 
 	char server_name[256];
+
+	/* the replaceable key this session presents (NULL: fixed), its
+	 * certificate and the generation it took */
+	ossl_keybox *box;
+	X509 *box_cert;
+	unsigned key_gen;
+	unsigned long backend_code;     /* the ctx's classify hook, first nonzero */
+	int started;                    /* a handshake step ran */
 };
 
 /* ------------------------------------------------------------------ */
@@ -346,12 +361,30 @@ static void msg_cb(int write_p, int version, int content_type,
 		t->rx_tls = 1;
 }
 
+/* The session now presents cert with box's key of generation gen (box
+ * NULL: a fixed key). */
+static void session_take_box(tether_tls *t, ossl_keybox *box, X509 *cert,
+                             unsigned gen)
+{
+	ossl_keybox_unref(t->box);
+	X509_free(t->box_cert);
+	t->box = NULL;
+	t->box_cert = NULL;
+	if (box == NULL || cert == NULL || !X509_up_ref(cert))
+		return;
+	t->box = ossl_keybox_ref(box);
+	t->box_cert = cert;
+	t->key_gen = gen;
+}
+
 /* Server: SNI is known, the certificate not chosen yet. */
 static int servername_cb(SSL *ssl, int *al, void *arg)
 {
 	tether_tls *t = SSL_get_app_data(ssl);
 	const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 	tether_identity *id;
+	EVP_PKEY *key;
+	unsigned gen;
 
 	(void)arg;
 	if (t == NULL || name == NULL)
@@ -365,11 +398,15 @@ static int servername_cb(SSL *ssl, int *al, void *arg)
 	/* Present only that identity, even if its key type differs from the
 	 * default's (libssl would otherwise pick among both). */
 	SSL_certs_clear(ssl);
-	if (id->cert == NULL || id->key == NULL ||
-	    !SSL_use_cert_and_key(ssl, id->cert, id->key, NULL, 1)) {
+	key = ossl_identity_get1_key(id, &gen);
+	if (id->cert == NULL || key == NULL ||
+	    !SSL_use_cert_and_key(ssl, id->cert, key, NULL, 1)) {
+		EVP_PKEY_free(key);
 		*al = SSL_AD_INTERNAL_ERROR;
 		return SSL_TLSEXT_ERR_ALERT_FATAL;
 	}
+	EVP_PKEY_free(key);
+	session_take_box(t, id->box, id->cert, gen);
 	return SSL_TLSEXT_ERR_OK;
 }
 
@@ -638,6 +675,8 @@ static int tls_fail(tether_tls *t, tether_error *err, int ssl_error,
 				append(detail, sizeof(detail), " (%s)", data);
 		}
 		n++;
+		if (t->backend_code == 0 && t->c->classify != NULL)
+			t->backend_code = t->c->classify(t->c->owner, e);
 		c = reason_category(ERR_GET_LIB(e), ERR_GET_REASON(e),
 		                    t->rx_tls);
 		if (cat == 0)
@@ -709,6 +748,8 @@ void ossl_tls_ctx_free(tether_tls_ctx *c)
 	SSL_CTX_free(c->ctx);
 	BIO_meth_free(c->biometh);
 	EVP_CIPHER_free(c->ticket_cipher);
+	ossl_keybox_unref(c->box);
+	X509_free(c->box_cert);
 	OPENSSL_cleanse(c->ticket_key, sizeof(c->ticket_key));
 	free(c);
 }
@@ -867,12 +908,23 @@ int ossl_tls_ctx_new(const tether_host *host,
 		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	}
 
-	if (id != NULL &&
-	    !SSL_CTX_use_cert_and_key(ctx, id->cert, id->key, NULL, 1)) {
-		r = ossl_err_set(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
-		                 "cannot use the identity's certificate and "
-		                 "key for TLS");
-		goto fail;
+	if (id != NULL) {
+		EVP_PKEY *key = ossl_identity_get1_key(id, &c->box_gen);
+		int ok = key != NULL &&
+		         SSL_CTX_use_cert_and_key(ctx, id->cert, key, NULL, 1);
+
+		EVP_PKEY_free(key);
+		if (!ok) {
+			r = ossl_err_set(err, TETHER_ERR_CRYPTO,
+			                 TETHER_CAT_INTERNAL,
+			                 "cannot use the identity's certificate "
+			                 "and key for TLS");
+			goto fail;
+		}
+		if (id->box != NULL && X509_up_ref(id->cert)) {
+			c->box = ossl_keybox_ref(id->box);
+			c->box_cert = id->cert;
+		}
 	}
 
 	c->biometh = bio_method_new();
@@ -899,6 +951,8 @@ void ossl_tls_free(tether_tls *t)
 		return;
 	SSL_free(t->ssl);       /* frees the BIO */
 	OPENSSL_free(t->peer_der);
+	ossl_keybox_unref(t->box);
+	X509_free(t->box_cert);
 	free(t);
 }
 
@@ -968,6 +1022,8 @@ int ossl_tls_new(tether_tls_ctx *c, const tether_tls_params *params,
 	t->verify_arg = params->verify_arg;
 	t->alert_sent = -1;
 	t->alert_recv = -1;
+	/* the context's identity, unless the client presents another */
+	session_take_box(t, c->box, c->box_cert, c->box_gen);
 
 	t->ssl = SSL_new(c->ctx);
 	if (t->ssl == NULL) {
@@ -1002,17 +1058,25 @@ int ossl_tls_new(tether_tls_ctx *c, const tether_tls_params *params,
 			         params->server_name);
 		}
 		if (params->identity != NULL) {
+			unsigned gen = 0;
+			EVP_PKEY *key = ossl_identity_get1_key(params->identity,
+			                                       &gen);
+			int ok;
+
 			SSL_certs_clear(t->ssl);
-			if (!SSL_use_cert_and_key(t->ssl,
-			                          params->identity->cert,
-			                          params->identity->key,
-			                          NULL, 1)) {
+			ok = key != NULL &&
+			     SSL_use_cert_and_key(t->ssl, params->identity->cert,
+			                          key, NULL, 1);
+			EVP_PKEY_free(key);
+			if (!ok) {
 				r = ossl_err_set(err, TETHER_ERR_CRYPTO,
 				                 TETHER_CAT_INTERNAL,
 				                 "cannot use the identity's "
 				                 "certificate and key for TLS");
 				goto fail;
 			}
+			session_take_box(t, params->identity->box,
+			                 params->identity->cert, gen);
 		}
 		if (params->session != NULL && params->session_len > 0)
 			client_set_session(t, params->session,
@@ -1036,6 +1100,7 @@ int ossl_tls_handshake(tether_tls *t, tether_error *err)
 	if (t->failed)
 		return tls_failed_again(t, err);
 	ERR_clear_error();
+	t->started = 1;
 	r = SSL_do_handshake(t->ssl);
 	if (r == 1)
 		return TETHER_TLS_DONE;
@@ -1375,5 +1440,62 @@ int ossl_tls_reject(tether_tls *t)
 		         "TLS session rejected: the peer's certificate is not "
 		         "pinned");
 	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Hooks for the providers built on this code                          */
+/* ------------------------------------------------------------------ */
+
+void ossl_tls_ctx_set_owner(tether_tls_ctx *c, void *owner,
+                            ossl_tls_classify_fn classify)
+{
+	if (c == NULL)
+		return;
+	c->owner = owner;
+	c->classify = classify;
+}
+
+void *ossl_tls_owner(const tether_tls *t)
+{
+	return t != NULL ? t->c->owner : NULL;
+}
+
+unsigned long ossl_tls_backend_code(const tether_tls *t)
+{
+	return t != NULL ? t->backend_code : 0;
+}
+
+int ossl_tls_before_start(const tether_tls *t)
+{
+	return t != NULL && !t->started && !t->failed;
+}
+
+int ossl_tls_key_stale(const tether_tls *t)
+{
+	return t != NULL && t->box != NULL &&
+	       ossl_keybox_gen(t->box) != t->key_gen;
+}
+
+int ossl_tls_refresh_key(tether_tls *t, tether_error *err)
+{
+	EVP_PKEY *key;
+	unsigned gen;
+	int ok;
+
+	if (t == NULL || t->box == NULL || t->started ||
+	    ossl_keybox_gen(t->box) == t->key_gen)
+		return 0;
+	key = ossl_keybox_get1(t->box, &gen);
+	ERR_clear_error();
+	ok = key != NULL &&
+	     SSL_use_cert_and_key(t->ssl, t->box_cert, key, NULL, 1);
+	EVP_PKEY_free(key);
+	if (!ok)
+		return ossl_err_set(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
+		                    "cannot present the reloaded key");
+	t->key_gen = gen;
+	tls_debug(t->c, "session presents the reloaded key (generation %u)",
+	          gen);
 	return 0;
 }

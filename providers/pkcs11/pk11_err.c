@@ -64,6 +64,12 @@ int pk11_rv_session_lost(CK_RV rv)
 	       rv == CKR_TOKEN_NOT_RECOGNIZED;
 }
 
+int pk11_rv_token_class(CK_RV rv)
+{
+	return pk11_rv_session_lost(rv) || rv == CKR_OBJECT_HANDLE_INVALID ||
+	       rv == CKR_KEY_HANDLE_INVALID || rv == CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
 int pk11_rv_category(CK_RV rv)
 {
 	switch (rv) {

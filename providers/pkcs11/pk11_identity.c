@@ -656,12 +656,16 @@ int pk11_identity_exists(tether_provider_ctx *p, int slot, tether_error *err)
 	return m.used[slot] ? 1 : 0;
 }
 
+static int live_add_locked(tether_provider_ctx *p, const unsigned char *id,
+                           EVP_PKEY *key, ossl_keybox **out, tether_error *err);
+
 int pk11_identity_load(tether_provider_ctx *p, int slot,
                        tether_identity **out, tether_error *err)
 {
 	struct slot_map m;
 	X509 *cert = NULL;
 	EVP_PKEY *key = NULL;
+	ossl_keybox *box = NULL;
 	int lfd, r;
 
 	r = check_slot(p, slot, err);
@@ -693,13 +697,125 @@ int pk11_identity_load(tether_provider_ctx *p, int slot,
 		r = ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                 "the key and certificate of the %s identity on token '%s' "
 		                 "do not match", slot_names[slot], p->token_label);
+	if (r == 0)
+		r = live_add_locked(p, m.id[slot], key, &box, err);
 	if (r == 0) {
 		r = ossl_identity_wrap(cert, key, p->libctx, NULL, out, err);
 		cert = NULL;
 		key = NULL;
+		if (r == 0)
+			(*out)->box = box;      /* the identity's reference */
+		else
+			ossl_keybox_unref(box);
 	}
 	pthread_mutex_unlock(&p->lock);
 	X509_free(cert);
 	EVP_PKEY_free(key);
+	if (r == 0)
+		pk11_token_seen(p);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Live keys: reloaded from the token after it came back               */
+/* ------------------------------------------------------------------ */
+
+/* Entries whose box only the registry still holds (their identities and
+ * TLS contexts are gone): dropped.  p->lock held. */
+static void live_prune_locked(tether_provider_ctx *p)
+{
+	struct pk11_live **pp = &p->live, *l;
+
+	while ((l = *pp) != NULL) {
+		if (ossl_keybox_refs(l->box) <= 1) {
+			*pp = l->next;
+			ossl_keybox_unref(l->box);
+			free(l);
+		} else {
+			pp = &l->next;
+		}
+	}
+}
+
+/* A box for key (of the object with id), registered; *out gets a
+ * reference of its own.  p->lock held. */
+static int live_add_locked(tether_provider_ctx *p, const unsigned char *id,
+                           EVP_PKEY *key, ossl_keybox **out, tether_error *err)
+{
+	struct pk11_live *l = calloc(1, sizeof(*l));
+
+	live_prune_locked(p);
+	if (l == NULL || (l->box = ossl_keybox_new(key)) == NULL) {
+		free(l);
+		return pk11_err_set(err, TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL, CKR_OK,
+		                    "out of memory");
+	}
+	memcpy(l->id, id, PK11_ID_LEN);
+	l->next = p->live;
+	p->live = l;
+	*out = ossl_keybox_ref(l->box);
+	return 0;
+}
+
+void pk11_live_free_locked(tether_provider_ctx *p)
+{
+	struct pk11_live *l;
+
+	while ((l = p->live) != NULL) {
+		p->live = l->next;
+		ossl_keybox_unref(l->box);
+		free(l);
+	}
+}
+
+/* Load a key for every live entry into keys[] (same order). */
+static int load_all_locked(tether_provider_ctx *p, EVP_PKEY **keys, int n,
+                           tether_error *err)
+{
+	struct pk11_live *l;
+	int i, r;
+
+	for (i = 0, l = p->live; l != NULL && i < n; l = l->next, i++) {
+		r = load_key_locked(p, l->id, &keys[i], err);
+		if (r < 0) {
+			while (i-- > 0) {
+				EVP_PKEY_free(keys[i]);
+				keys[i] = NULL;
+			}
+			return r;
+		}
+	}
+	return 0;
+}
+
+int pk11_reload_keys_locked(tether_provider_ctx *p, tether_error *err)
+{
+	struct pk11_live *l;
+	EVP_PKEY **keys;
+	int n = 0, i, r;
+
+	live_prune_locked(p);
+	for (l = p->live; l != NULL; l = l->next)
+		n++;
+	if (n == 0)
+		return 0;
+	keys = calloc((size_t)n, sizeof(*keys));
+	if (keys == NULL)
+		return pk11_err_set(err, TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL, CKR_OK,
+		                    "out of memory");
+	r = load_all_locked(p, keys, n, err);
+	/* pkcs11-provider keeps its slot list and sessions from before: if
+	 * it cannot find the keys again, a new context will. */
+	if (r < 0 && pk11_libctx_renew_locked(p, err) == 0)
+		r = load_all_locked(p, keys, n, err);
+	if (r == 0) {
+		/* all or nothing: every box gets its fresh key */
+		for (i = 0, l = p->live; l != NULL && i < n; l = l->next, i++)
+			ossl_keybox_set(l->box, keys[i]);
+		r = n;
+	}
+	for (i = 0; i < n; i++)
+		EVP_PKEY_free(keys[i]);
+	free(keys);
 	return r;
 }

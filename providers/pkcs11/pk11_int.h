@@ -44,12 +44,24 @@
 #include "ossl_common.h"
 
 #define PK11_ID_LEN 8
-#define PK11_MAX_OLD_LIBCTX 8
+#define PK11_MAX_OLD_LIBCTX 32
+/* While the token is gone, at most one attempt to bring it back (reopen
+ * the session, log in, reload the keys) per this many milliseconds. */
+#define PK11_RETRY_MS 2000
 
 /* Config keys of [pkcs11]. */
 #define PK11_CONF_MODULE   "module"
 #define PK11_CONF_TOKEN    "token"
 #define PK11_CONF_PIN_FILE "pin-file"
+
+/* A key the provider handed out (in an identity) and reloads from the
+ * token when the token comes back.  The registry holds its own reference
+ * on the box; entries only the registry still holds are dropped. */
+struct pk11_live {
+	struct pk11_live *next;
+	ossl_keybox *box;
+	unsigned char id[PK11_ID_LEN];
+};
 
 struct tether_provider_ctx {
 	tether_host host;          /* copy of the core's host services */
@@ -75,6 +87,17 @@ struct tether_provider_ctx {
 
 	char *map_path;            /* <state_dir>/pkcs11-slots */
 	char *lock_path;
+
+	/* Token loss and recovery (pk11_token.c).  recover_lock is taken
+	 * before lock, never after. */
+	struct pk11_live *live;    /* under lock */
+	pthread_mutex_t recover_lock;
+	int token_gone;            /* __atomic; 1 while the token is gone */
+	int pin_refused;           /* under recover_lock: the PIN was refused
+	                            * at a recovery; no automatic retry */
+	uint64_t next_try_ms;      /* under recover_lock */
+	uint64_t last_recovery_ms; /* under recover_lock */
+	unsigned long recoveries;  /* under recover_lock */
 };
 
 /* ---- pk11_provider.c ---- */
@@ -98,6 +121,22 @@ int pk11_recover_locked(tether_provider_ctx *p, CK_RV rv, tether_error *err);
 /* Rebuild the OpenSSL context after the token came back, when no
  * identity still uses the old one (which is kept until deinit). */
 int pk11_libctx_renew_locked(tether_provider_ctx *p, tether_error *err);
+/* A handshake (or another key operation) failed with rv, a token-class
+ * PKCS#11 error (pk11_rv_token_class) seen in pkcs11-provider's errors.
+ * stale: the session used a key that was already reloaded since (another
+ * thread recovered).  Reopens the session, logs in and reloads every live
+ * key from the token, or marks the token gone and retries at most every
+ * PK11_RETRY_MS; logs once per change ("gone", "back").  Takes the locks
+ * itself; may block on the token (handshakes run on worker threads). */
+void pk11_token_failed(tether_provider_ctx *p, CK_RV rv, int stale);
+/* Before a handshake: while the token is gone and a retry is due, try to
+ * bring it back.  Cheap (one atomic read) while the token is present. */
+void pk11_token_precheck(tether_provider_ctx *p);
+/* The token answered again outside a recovery (an identity loaded):
+ * while it is "gone", the next handshake retries at once (without waiting
+ * for PK11_RETRY_MS), also after a refused PIN.  Takes recover_lock; call
+ * without lock. */
+void pk11_token_seen(tether_provider_ctx *p);
 /* An RFC 7512 URI for the object with id on our token; malloc'd. */
 char *pk11_object_uri(tether_provider_ctx *p, const unsigned char *id,
                       const char *type);
@@ -112,6 +151,12 @@ int pk11_identity_remove(tether_provider_ctx *p, int slot, tether_error *err);
 int pk11_identity_exists(tether_provider_ctx *p, int slot, tether_error *err);
 int pk11_identity_load(tether_provider_ctx *p, int slot,
                        tether_identity **out, tether_error *err);
+/* Reload the private key of every live identity from the token (p->lock
+ * held), rebuilding the OpenSSL context if the current one cannot find
+ * them; swap them in only when all loaded.  Returns how many, or < 0. */
+int pk11_reload_keys_locked(tether_provider_ctx *p, tether_error *err);
+/* Drop the registry (deinit; p->lock held). */
+void pk11_live_free_locked(tether_provider_ctx *p);
 /* Shared with pk11_pkcs12.c: */
 /* Reserve slot (must be empty) under the lock, call fn to put objects with
  * a fresh CKA_ID on the token, then record the slot.  fn's objects are
@@ -144,6 +189,10 @@ int pk11_identity_peek(tether_provider_ctx *p, const unsigned char *data,
 int pk11_tls_ctx_new(tether_provider_ctx *p,
                      const tether_tls_ctx_params *params,
                      tether_tls_ctx **out, tether_error *err);
+/* ossl_tls_handshake, plus: a pending recovery before the first step, the
+ * reloaded key presented, and a token-class failure reported to
+ * pk11_token_failed. */
+int pk11_tls_handshake(tether_tls *t, tether_error *err);
 
 /* ---- pk11_err.c ---- */
 /* "CKR_PIN_INCORRECT" etc.; never NULL. */
@@ -156,5 +205,8 @@ int pk11_err_set(tether_error *err, int code, int category, CK_RV rv,
                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* Does rv mean the session, login or token went away? */
 int pk11_rv_session_lost(CK_RV rv);
+/* ... or that, or that an object handle died with them (a key handle
+ * kept by pkcs11-provider from before the token was reinserted)? */
+int pk11_rv_token_class(CK_RV rv);
 
 #endif

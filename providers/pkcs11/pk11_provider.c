@@ -56,6 +56,7 @@ static void prov_deinit(tether_provider_ctx *p)
 		return;
 	pk11_close(p);
 	pthread_mutex_destroy(&p->lock);
+	pthread_mutex_destroy(&p->recover_lock);
 	free(p->map_path);
 	free(p->lock_path);
 	free(p);
@@ -93,7 +94,7 @@ static const tether_provider pk11_table = {
 	.tls_ctx_new = pk11_tls_ctx_new,
 	.tls_ctx_free = ossl_tls_ctx_free,
 	.tls_new = ossl_tls_new,
-	.tls_handshake = ossl_tls_handshake,
+	.tls_handshake = pk11_tls_handshake,
 	.tls_read = ossl_tls_read,
 	.tls_write = ossl_tls_write,
 	.tls_close = ossl_tls_close,
@@ -154,6 +155,7 @@ int tether_provider_init(const tether_host *host,
 	p->host.size = (uint32_t)n;
 	p->sess = CK_INVALID_HANDLE;
 	pthread_mutex_init(&p->lock, NULL);
+	pthread_mutex_init(&p->recover_lock, NULL);
 	if (host->state_dir != NULL && host->state_dir[0] != '\0') {
 		p->map_path = path_join(host->state_dir, "pkcs11-slots");
 		p->lock_path = path_join(host->state_dir, "pkcs11-slots.lock");

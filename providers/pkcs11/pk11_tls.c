@@ -4,18 +4,72 @@
  * the identity's library context, so libssl's private-key operations run
  * on the token through pkcs11-provider.  This file only adds what the
  * token decides: without CKM_RSA_PKCS_PSS an RSA identity cannot sign TLS
- * 1.3's CertificateVerify, so its contexts are capped at TLS 1.2.
+ * 1.3's CertificateVerify, so its contexts are capped at TLS 1.2.  And
+ * what the token does: a handshake whose signature failed with a
+ * token-class PKCS#11 error (device removed, session or key handle
+ * invalid, not logged in...) starts the recovery of pk11_token.c, and a
+ * handshake that starts while the token is gone first tries to bring it
+ * back (rate-limited), then presents the reloaded key.
  */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
 #endif
 
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
 #include "pk11_int.h"
+
+/* pkcs11-provider raises its errors in a library of its own, named after
+ * the provider ("pkcs11"), with the CK_RV as the reason. */
+static unsigned long classify(void *owner, unsigned long e)
+{
+	const char *lib = ERR_lib_error_string(e);
+	CK_RV rv = (CK_RV)ERR_GET_REASON(e);
+
+	(void)owner;
+	if (lib == NULL || strcmp(lib, "pkcs11") != 0 || ERR_SYSTEM_ERROR(e))
+		return 0;
+	return pk11_rv_token_class(rv) ? (unsigned long)rv : 0;
+}
+
+int pk11_tls_handshake(tether_tls *t, tether_error *err)
+{
+	tether_provider_ctx *p = ossl_tls_owner(t);
+	unsigned long rv, before = ossl_tls_backend_code(t);
+	int r;
+
+	if (p != NULL && ossl_tls_before_start(t)) {
+		pk11_token_precheck(p);
+		r = ossl_tls_refresh_key(t, err);
+		if (r < 0)
+			return r;
+	}
+	r = ossl_tls_handshake(t, err);
+	if (r >= 0 || p == NULL || before != 0)
+		return r;
+	rv = ossl_tls_backend_code(t);
+	if (rv == 0)
+		return r;
+	pk11_token_failed(p, (CK_RV)rv, ossl_tls_key_stale(t));
+	if (err != NULL) {
+		size_t l = strlen(err->detail);
+
+		snprintf(err->detail + l, sizeof(err->detail) - l,
+		         "; token '%s' answered %s: the pkcs11 provider reopens its "
+		         "session and reloads the key once the token is back",
+		         p->token_label, pk11_rv_name((CK_RV)rv));
+	}
+	return r;
+}
 
 int pk11_tls_ctx_new(tether_provider_ctx *p, const tether_tls_ctx_params *params,
                      tether_tls_ctx **out, tether_error *err)
 {
 	tether_tls_ctx_params tp;
+	int r;
 
 	if (p == NULL || params == NULL)
 		return ossl_tls_ctx_new(p ? &p->host : NULL, params, out, err);
@@ -36,5 +90,8 @@ int pk11_tls_ctx_new(tether_provider_ctx *p, const tether_tls_ctx_params *params
 		         "token '%s' has no RSA-PSS: TLS 1.2 only for this identity",
 		         p->token_label);
 	}
-	return ossl_tls_ctx_new(&p->host, &tp, out, err);
+	r = ossl_tls_ctx_new(&p->host, &tp, out, err);
+	if (r == 0)
+		ossl_tls_ctx_set_owner(*out, p, classify);
+	return r;
 }

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/conf.h>
@@ -281,6 +282,172 @@ int pk11_recover_locked(tether_provider_ctx *p, CK_RV rv, tether_error *err)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* Token loss and recovery                                             */
+/* ------------------------------------------------------------------ */
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Is our session still open and logged in? */
+static int session_alive_locked(tether_provider_ctx *p)
+{
+	CK_SESSION_INFO si;
+
+	if (p->sess == CK_INVALID_HANDLE ||
+	    p->fl->C_GetSessionInfo(p->sess, &si) != CKR_OK)
+		return 0;
+	return si.state == CKS_RW_USER_FUNCTIONS || si.state == CKS_RO_USER_FUNCTIONS;
+}
+
+/* Bring the token back: our session (found again, maybe in another slot,
+ * and logged in), then every live key reloaded.  Quiet: the caller logs.
+ * recover_lock held, not lock. */
+static int token_recover(tether_provider_ctx *p, tether_error *err)
+{
+	int r;
+
+	pthread_mutex_lock(&p->lock);
+	if (!p->opened) {
+		pthread_mutex_unlock(&p->lock);
+		return pk11_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, CKR_OK,
+		                    "the token is not open");
+	}
+	if (!session_alive_locked(p)) {
+		if (p->sess != CK_INVALID_HANDLE)
+			p->fl->C_CloseSession(p->sess);
+		p->sess = CK_INVALID_HANDLE;
+		r = find_token(p, "the configured URI", err);
+		if (r == 0)
+			r = session_open_locked(p, err);
+		if (r < 0) {
+			pthread_mutex_unlock(&p->lock);
+			return r;
+		}
+	}
+	r = pk11_reload_keys_locked(p, err);
+	pthread_mutex_unlock(&p->lock);
+	return r;
+}
+
+/* One attempt while the token is gone.  recover_lock held. */
+static void try_back(tether_provider_ctx *p, uint64_t now)
+{
+	tether_error e;
+	int r;
+
+	memset(&e, 0, sizeof(e));
+	r = token_recover(p, &e);
+	if (r >= 0) {
+		__atomic_store_n(&p->token_gone, 0, __ATOMIC_SEQ_CST);
+		p->last_recovery_ms = now;
+		p->recoveries++;
+		pk11_log(p, TETHER_LOG_INFO, NULL,
+		         "token '%s' is back: identity reloaded (%d key%s, session "
+		         "reopened and logged in)", p->token_label, r, r == 1 ? "" : "s");
+		return;
+	}
+	if (e.code == TETHER_ERR_PASSWORD) {
+		p->pin_refused = 1;
+		pk11_log(p, TETHER_LOG_ERROR, NULL,
+		         "token '%s' is back but refuses the PIN: not retrying by itself "
+		         "(each wrong try brings the token closer to locking): fix the "
+		         "PIN file, then send SIGHUP or restart: %s", p->token_label, e.detail);
+		return;
+	}
+	p->next_try_ms = mono_ms() + PK11_RETRY_MS;
+	pk11_log(p, TETHER_LOG_DEBUG, "prov", "token '%s' still gone: %s",
+	         p->token_label, e.detail);
+}
+
+void pk11_token_failed(tether_provider_ctx *p, CK_RV rv, int stale)
+{
+	tether_error e;
+	uint64_t now;
+	int r;
+
+	if (p == NULL || !pk11_rv_token_class(rv))
+		return;
+	pthread_mutex_lock(&p->recover_lock);
+	now = mono_ms();
+	if (__atomic_load_n(&p->token_gone, __ATOMIC_SEQ_CST)) {
+		/* already reported: only a due retry */
+		if (!p->pin_refused && now >= p->next_try_ms)
+			try_back(p, now);
+		goto out;
+	}
+	/* The session signed with a key another thread already reloaded:
+	 * its failure says nothing about the token now. */
+	if (stale)
+		goto out;
+	memset(&e, 0, sizeof(e));
+	/* A recovery that "worked" a moment ago and failed again at once
+	 * means the token is not really usable: count it as gone rather than
+	 * recovering at every handshake. */
+	r = p->recoveries > 0 && now - p->last_recovery_ms < PK11_RETRY_MS ?
+	    pk11_err_set(&e, TETHER_ERR_IO, TETHER_CAT_IO, CKR_OK,
+	                 "the key reloaded %llu ms ago failed too",
+	                 (unsigned long long)(now - p->last_recovery_ms)) :
+	    token_recover(p, &e);
+	if (r >= 0) {
+		p->last_recovery_ms = now;
+		p->recoveries++;
+		pk11_log(p, TETHER_LOG_WARN, NULL,
+		         "token '%s' failed a signature (%s): session reopened, "
+		         "identity reloaded (%d key%s)", p->token_label,
+		         pk11_rv_name(rv), r, r == 1 ? "" : "s");
+		goto out;
+	}
+	__atomic_store_n(&p->token_gone, 1, __ATOMIC_SEQ_CST);
+	p->next_try_ms = mono_ms() + PK11_RETRY_MS;
+	if (e.code == TETHER_ERR_PASSWORD) {
+		p->pin_refused = 1;
+		pk11_log(p, TETHER_LOG_ERROR, NULL,
+		         "token '%s' failed a signature (%s) and now refuses the PIN: "
+		         "not retrying by itself (each wrong try brings the token closer "
+		         "to locking): fix the PIN file, then send SIGHUP or restart: %s",
+		         p->token_label, pk11_rv_name(rv), e.detail);
+		goto out;
+	}
+	pk11_log(p, TETHER_LOG_WARN, NULL,
+	         "token '%s' is gone (%s): handshakes fail until it is back; "
+	         "retrying every %d s (%s)", p->token_label, pk11_rv_name(rv),
+	         PK11_RETRY_MS / 1000, e.detail);
+out:
+	pthread_mutex_unlock(&p->recover_lock);
+}
+
+void pk11_token_precheck(tether_provider_ctx *p)
+{
+	uint64_t now;
+
+	if (p == NULL || !__atomic_load_n(&p->token_gone, __ATOMIC_SEQ_CST))
+		return;
+	pthread_mutex_lock(&p->recover_lock);
+	now = mono_ms();
+	if (__atomic_load_n(&p->token_gone, __ATOMIC_SEQ_CST) &&
+	    !p->pin_refused && now >= p->next_try_ms)
+		try_back(p, now);
+	pthread_mutex_unlock(&p->recover_lock);
+}
+
+void pk11_token_seen(tether_provider_ctx *p)
+{
+	if (p == NULL || !__atomic_load_n(&p->token_gone, __ATOMIC_SEQ_CST))
+		return;
+	/* Not "back" yet: the keys in use are still the stale ones.  The
+	 * next handshake tries at once, and reloads them. */
+	pthread_mutex_lock(&p->recover_lock);
+	p->next_try_ms = 0;
+	p->pin_refused = 0;
+	pthread_mutex_unlock(&p->recover_lock);
+}
+
 /* The private library context: OpenSSL's default provider for everything
  * but the token's keys, and pkcs11-provider for those. */
 static int libctx_build(tether_provider_ctx *p, OSSL_LIB_CTX **out,
@@ -481,7 +648,8 @@ void pk11_close(tether_provider_ctx *p)
 	int i;
 
 	pthread_mutex_lock(&p->lock);
-	/* 1. pkcs11-provider and its sessions. */
+	/* 1. pkcs11-provider and its sessions, after the keys it made. */
+	pk11_live_free_locked(p);
 	OSSL_LIB_CTX_free(p->libctx);
 	p->libctx = NULL;
 	for (i = 0; i < p->n_old; i++)

@@ -14,7 +14,9 @@
  *                                       token calls (C_OpenSession,
  *                                       C_GetTokenInfo, ...);
  *                              session  CKR_SESSION_HANDLE_INVALID from
- *                                       session calls, token calls work.
+ *                                       session calls, token calls work;
+ *                              logout   CKR_USER_NOT_LOGGED_IN from session
+ *                                       calls, token calls work.
  *                            On entering the window every session of the
  *                            real module is closed (C_CloseAllSessions on
  *                            each slot), which also logs the token out, as
@@ -48,7 +50,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_SLOTS 64
 
-enum fault { F_NONE = 0, F_REMOVED, F_SESSION };
+enum fault { F_NONE = 0, F_REMOVED, F_SESSION, F_LOGOUT };
 enum kind { K_TOKEN, K_SESSION };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -73,7 +75,11 @@ static enum fault current_fault(void)
 	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	buf[n > 0 ? n : 0] = '\0';
-	return strncmp(buf, "session", 7) == 0 ? F_SESSION : F_REMOVED;
+	if (strncmp(buf, "session", 7) == 0)
+		return F_SESSION;
+	if (strncmp(buf, "logout", 6) == 0)
+		return F_LOGOUT;
+	return F_REMOVED;
 }
 
 static void note(const char *fn, const char *rv)
@@ -126,6 +132,9 @@ static CK_RV check(const char *fn, enum kind k)
 	} else if (f == F_SESSION && k == K_SESSION) {
 		rv = CKR_SESSION_HANDLE_INVALID;
 		name = "CKR_SESSION_HANDLE_INVALID";
+	} else if (f == F_LOGOUT && k == K_SESSION) {
+		rv = CKR_USER_NOT_LOGGED_IN;
+		name = "CKR_USER_NOT_LOGGED_IN";
 	}
 	if (name != NULL)
 		note(fn, name);

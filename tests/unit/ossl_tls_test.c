@@ -8,6 +8,7 @@
  *
  * Links providers/common/libtether-ossl.la (or ossl_tls.c + ossl_err.c).
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -854,6 +855,164 @@ static void test_bad_params(void **state)
 	                 TETHER_ERR_INVALID);
 }
 
+/* ------------------------------------------------------------------ */
+/* Replaceable keys (ossl_keybox): the pkcs11 provider's recovery      */
+/* ------------------------------------------------------------------ */
+
+static void test_keybox_basic(void **state)
+{
+	EVP_PKEY *k1 = rsa1->key, *k2 = EVP_PKEY_dup(rsa1->key), *got;
+	ossl_keybox *b;
+	unsigned gen = 99;
+
+	(void)state;
+	assert_non_null(k2);
+	b = ossl_keybox_new(k1);
+	assert_non_null(b);
+	assert_int_equal(ossl_keybox_refs(b), 1);
+	got = ossl_keybox_get1(b, &gen);
+	assert_ptr_equal(got, k1);
+	assert_int_equal(gen, 0);
+	EVP_PKEY_free(got);
+	assert_int_equal(ossl_keybox_set(b, k2), 1);
+	EVP_PKEY_free(k2);              /* the box holds its own reference */
+	got = ossl_keybox_get1(b, &gen);
+	assert_ptr_equal(got, k2);
+	assert_int_equal(gen, 1);
+	assert_int_equal(ossl_keybox_gen(b), 1);
+	assert_ptr_equal(ossl_keybox_ref(b), b);
+	assert_int_equal(ossl_keybox_refs(b), 2);
+	ossl_keybox_unref(b);
+	ossl_keybox_unref(b);
+	/* the key taken before the box went away is still ours */
+	assert_int_equal(EVP_PKEY_get_bits(got), 2048);
+	EVP_PKEY_free(got);
+	assert_null(ossl_keybox_new(NULL));
+}
+
+struct box_reader {
+	ossl_keybox *b;
+	unsigned last_gen;
+	int bad;
+};
+
+static void *box_reader_run(void *arg)
+{
+	struct box_reader *r = arg;
+	unsigned gen;
+	int i;
+
+	for (i = 0; i < 20000; i++) {
+		EVP_PKEY *k = ossl_keybox_get1(r->b, &gen);
+
+		/* the key stays usable while held, whatever the writer does */
+		if (k == NULL || EVP_PKEY_get_bits(k) != 2048 || gen < r->last_gen)
+			r->bad++;
+		r->last_gen = gen;
+		EVP_PKEY_free(k);
+	}
+	return NULL;
+}
+
+/* Readers on several threads while the key is replaced: every reader
+ * gets a live key and generations never go back (run it under ASan to
+ * catch a key freed while held). */
+static void test_keybox_threads(void **state)
+{
+	struct box_reader r[4];
+	pthread_t th[4];
+	ossl_keybox *b = ossl_keybox_new(rsa1->key);
+	int i;
+
+	(void)state;
+	assert_non_null(b);
+	for (i = 0; i < 4; i++) {
+		r[i].b = b;
+		r[i].last_gen = 0;
+		r[i].bad = 0;
+		assert_int_equal(pthread_create(&th[i], NULL, box_reader_run, &r[i]), 0);
+	}
+	for (i = 0; i < 2000; i++) {
+		EVP_PKEY *k = EVP_PKEY_dup(i % 2 ? rsa1->key : rsa2->key);
+
+		assert_non_null(k);
+		assert_int_equal(ossl_keybox_set(b, k), 1);
+		EVP_PKEY_free(k);
+	}
+	for (i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(r[i].bad, 0);
+	}
+	assert_int_equal(ossl_keybox_gen(b), 2000);
+	ossl_keybox_unref(b);
+}
+
+/* A server identity whose key lives in a box: a session made before the
+ * key was replaced sees it stale and, before its handshake starts,
+ * presents the current one; after the start it keeps its key. */
+static void test_refresh_key(void **state)
+{
+	tether_identity *sid = make_identity(EVP_PKEY_dup(rsa1->key), "boxed");
+	EVP_PKEY *same = EVP_PKEY_dup(sid->key);
+	tether_tls_ctx *sctx;
+	struct pair pr;
+	tether_error err;
+
+	(void)state;
+	sid->box = ossl_keybox_new(sid->key);
+	assert_non_null(sid->box);
+	sctx = make_ctx(TETHER_TLS_SERVER, 0, sid);
+	pair_init(&pr, make_ctx(TETHER_TLS_CLIENT, 0, rsa2), sctx);
+
+	/* nothing replaced: not stale, refresh is a no-op */
+	pair_start(&pr, 1, 1, NULL, NULL, 0, NULL);
+	assert_int_equal(ossl_tls_key_stale(pr.s.t), 0);
+	assert_int_equal(ossl_tls_before_start(pr.s.t), 1);
+	assert_int_equal(ossl_tls_refresh_key(pr.s.t, &err), 0);
+
+	/* replaced by a key that does not match the certificate: the
+	 * refresh really tries to present it, and libssl refuses */
+	assert_int_equal(ossl_keybox_set(sid->box, ec1->key), 1);
+	assert_int_equal(ossl_tls_key_stale(pr.s.t), 1);
+	memset(&err, 0, sizeof(err));
+	assert_true(ossl_tls_refresh_key(pr.s.t, &err) < 0);
+	assert_non_null(strstr(err.detail, "reloaded key"));
+	pair_free(&pr);
+
+	/* replaced by the right key (a new object): presented, and the
+	 * handshake works with it */
+	assert_int_equal(ossl_keybox_set(sid->box, same), 1);
+	pair_start(&pr, 1, 1, NULL, NULL, 0, NULL);
+	assert_int_equal(ossl_tls_key_stale(pr.s.t), 1);
+	assert_int_equal(ossl_tls_refresh_key(pr.s.t, &err), 0);
+	assert_int_equal(ossl_tls_key_stale(pr.s.t), 0);
+	pump(&pr);
+	if (!pr.c.done || !pr.s.done)
+		fail_msg("handshake: client %d (%s) server %d (%s)", pr.c.rc,
+		         pr.c.err.detail, pr.s.rc, pr.s.err.detail);
+	expect_peer_cert(&pr.c, sid);
+	assert_int_equal(ossl_tls_before_start(pr.s.t), 0);
+	/* once started, a replacement is seen but not applied */
+	assert_int_equal(ossl_keybox_set(sid->box, ec1->key), 1);
+	assert_int_equal(ossl_tls_key_stale(pr.s.t), 1);
+	assert_int_equal(ossl_tls_refresh_key(pr.s.t, &err), 0);
+	pair_free(&pr);
+
+	/* a session of a context made now takes the current key */
+	assert_int_equal(ossl_keybox_set(sid->box, same), 1);
+	EVP_PKEY_free(same);
+	pair_start(&pr, 1, 1, NULL, NULL, 0, NULL);
+	assert_int_equal(ossl_tls_key_stale(pr.s.t), 1);
+	assert_int_equal(ossl_tls_refresh_key(pr.s.t, &err), 0);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	pair_done(&pr);
+	/* the context and sessions hold their own references to the box */
+	assert_int_equal(ossl_keybox_refs(sid->box), 1);
+	ossl_keybox_unref(sid->box);
+	free_identity(sid);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -876,6 +1035,9 @@ int main(void)
 		cmocka_unit_test(test_unexpected_eof),
 		cmocka_unit_test(test_reject_after_handshake),
 		cmocka_unit_test(test_bad_params),
+		cmocka_unit_test(test_keybox_basic),
+		cmocka_unit_test(test_keybox_threads),
+		cmocka_unit_test(test_refresh_key),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1154,7 +1154,7 @@ static int setup_polling(agent *a, tether_error *err)
 static void on_accept(void *arg, tether_worker *w, uv_stream_t *server)
 {
 	agent *a = arg;
-	worker_data *wd = w->user;
+	worker_data *wd;
 	agent_conn *ac;
 	tether_conn_opts o;
 	tether_conn *c = NULL;
@@ -1162,6 +1162,14 @@ static void on_accept(void *arg, tether_worker *w, uv_stream_t *server)
 	const char *why = NULL;
 	uv_tcp_t *probe;
 
+	/* The loops listen as soon as tether_workers_start returns, before
+	 * worker_init_fn (posted after it) has run on this loop: a connection
+	 * at once (the tests' port probe) found w->user NULL and crashed here
+	 * (seen in pkcs11_ops.sh; reproduced under helgrind).  Both run on
+	 * this worker's thread, so initializing here is safe. */
+	if (!w->user)
+		w->user = tether_xcalloc(1, sizeof(worker_data));
+	wd = w->user;
 	ac = tether_xcalloc(1, sizeof(*ac));
 	ac->owner = wd;
 	ac->loop = &w->loop;

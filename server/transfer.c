@@ -365,9 +365,14 @@ static void up_response(void *arg, tether_conn *c, const tether_rpc_response *re
 	const char *sha;
 	json_t *size;
 
-	x->c = c;
-	if (x->stream_open)
-		up_stop_stream(x, "cancelled", "the request ended");
+	/* The RESPONSE ends the request: no frame of its id may follow
+	 * (docs/protocol.md, section 5), so the stream is only let go here.
+	 * A STREAM_RESET now would reach an agent that has forgotten the id,
+	 * and it would close the connection and every transfer on it. */
+	if (x->stream_open) {
+		x->stream_open = 0;
+		tether_conn_stream_release(c, x->rid);
+	}
 	x->c = NULL;
 	if (!resp) {
 		set_error(x, tether_category_name(err->category), "%s", err->detail);
@@ -556,9 +561,9 @@ static void dl_response(void *arg, tether_conn *c, const tether_rpc_response *re
 	const char *sha;
 	json_t *size;
 
-	if (x->stream_open) {
+	if (x->stream_open) { /* as in up_response: the RESPONSE ended the request */
 		x->stream_open = 0;
-		tether_conn_stream_reset(c, x->rid, "cancelled", "the request ended");
+		tether_conn_stream_release(c, x->rid);
 	}
 	x->c = NULL;
 	if (!resp) {

@@ -167,6 +167,22 @@ like "$ALOG" "removed .*\.tether-upload-.*partial upload of an earlier run" "the
 run_ok "uploads work again after the restart" "$SERVER" upload "${A[@]}" $T "$TMP/small" dest
 is "$(sha "$R1/dest")" "$(sha "$TMP/small")" "and replace the destination"
 
+# --- a refused download while an upload runs on the same connection ---
+# (file.stat accepts a FIFO, file.download refuses it: the refusal comes as
+# the RESPONSE, after which the server must not reset the stream, or the
+# agent closes the connection and the upload with it)
+mkfifo "$R1/fifo"
+"$SERVER" upload "${A[@]}" $T "$TMP/big" big2.bin > "$TMP/uout" 2> "$TMP/uerr" &
+UP=$!
+for i in $(seq 1 100); do ls -A "$R1" | grep -q '^\.tether-upload-' && break; sleep 0.05; done
+run_exit 1 "a download of a FIFO is refused while an upload runs" "$SERVER" download "${A[@]}" $T fifo "$TMP/fifo.out"
+like "$TMP/err" "is not a regular file" "it says why"
+wait $UP
+r=$?; ok $r "the upload on the same connection completes all the same"
+[ $r -eq 0 ] || sed 's/^/# upload: /' "$TMP/uerr"
+is "$(sha "$R1/big2.bin")" "$(sha "$TMP/big")" "and arrives intact"
+rm -f "$R1/fifo" "$R1/big2.bin"
+
 # --- a full disk on the agent (a 2 MiB tmpfs as the second root, in a mount namespace) ---
 if [ "$MODE" = listening ] && unshare -rm true 2>/dev/null; then
 	kill $APID; wait $APID 2>/dev/null

@@ -8,6 +8,7 @@
  */
 #include "config.h"
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,6 +168,11 @@ struct srv {
 	char oneoff_target[REG_NAME_MAX + 1];
 	tether_identity *oneoff_id;
 	tether_identity *recovery_id;    /* presented to every polling agent during a recovery */
+	/* choose_by_hint runs in the polling listener's handshakes, on the
+	 * libuv thread pool: id, summary, prev_id, prev_summary and
+	 * recovery_id change under this lock, and what they pointed to is
+	 * kept (the grave) rather than freed */
+	pthread_mutex_t idlock;
 	held *held;
 	uv_signal_t sigterm, sigint, sighup;
 	int stopping;
@@ -1118,16 +1124,19 @@ static int load_identities(srv *s, tether_error *err);
 static tether_identity *choose_by_hint(void *arg, const char *server_name)
 {
 	srv *s = arg;
+	tether_identity *id = NULL;
 
+	pthread_mutex_lock(&s->idlock);
 	if (s->recovery_id)
-		return s->recovery_id; /* a recovery is running: agents see the recovery identity */
-	if (!server_name || strncmp(server_name, "p-", 2) || strlen(server_name) < 18)
-		return NULL;
-	if (!strncasecmp(server_name + 2, s->summary.sha256, 16))
-		return s->id;
-	if (s->prev_id && !strncasecmp(server_name + 2, s->prev_summary.sha256, 16))
-		return s->prev_id;
-	return NULL;
+		id = s->recovery_id; /* a recovery is running: agents see the recovery identity */
+	else if (!server_name || strncmp(server_name, "p-", 2) || strlen(server_name) < 18)
+		id = NULL;
+	else if (!strncasecmp(server_name + 2, s->summary.sha256, 16))
+		id = s->id;
+	else if (s->prev_id && !strncasecmp(server_name + 2, s->prev_summary.sha256, 16))
+		id = s->prev_id;
+	pthread_mutex_unlock(&s->idlock);
+	return id;
 }
 
 static int polling_start(srv *s, tether_error *err)
@@ -1300,10 +1309,12 @@ static int load_identities(srv *s, tether_error *err)
 	grave_put(s, s->prev_id, 0);
 	grave_put(s, s->tls, 1);
 	grave_put(s, s->stls, 1);
+	pthread_mutex_lock(&s->idlock);
 	s->id = cur;
 	s->summary = cs;
 	s->prev_id = prev;
 	s->prev_summary = ps;
+	pthread_mutex_unlock(&s->idlock);
 	s->tls = ctls;
 	if (stls)
 		s->stls = stls;
@@ -1443,7 +1454,17 @@ void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity 
 	s->oneoff_id = id;
 }
 
-void srv_set_recovery_identity(srv *s, tether_identity *id) { s->recovery_id = id; }
+void srv_set_recovery_identity(srv *s, tether_identity *id)
+{
+	pthread_mutex_lock(&s->idlock);
+	s->recovery_id = id;
+	pthread_mutex_unlock(&s->idlock);
+}
+
+void srv_retire_identity(srv *s, tether_identity *id)
+{
+	grave_put(s, id, 0);
+}
 const char *srv_config_get(srv *s, const char *section, const char *key, const char *def)
 {
 	return tether_config_get(s->c->conf, section, key, def);
@@ -1686,6 +1707,7 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	if (r < 0)
 		return r;
 	memset(&s, 0, sizeof(s));
+	pthread_mutex_init(&s.idlock, NULL);
 	s.c = c;
 	s.prov = c->prov;
 	level = tether_config_get(c->conf, "log", "level", "info");

@@ -61,6 +61,7 @@ struct rot_job {
 	char who[128];
 	char cur[65], prev[65];
 	tether_identity *recovery;
+	int recovery_published;         /* given to srv_set_recovery_identity */
 	void (*then)(rot_job *j);       /* chained step of a rekey */
 	json_t *report;                 /* accumulated for rekey */
 };
@@ -348,7 +349,11 @@ static void job_free(rot_job *j)
 {
 	free(j->items);
 	json_decref(j->report);
-	if (j->recovery)
+	/* once presented to polling agents, a handshake on a worker thread
+	 * may still hold it (choose_by_hint): kept until the server exits */
+	if (j->recovery && j->recovery_published)
+		srv_retire_identity(j->s, j->recovery);
+	else if (j->recovery)
 		srv_prov(j->s)->t->identity_free(j->recovery);
 	if (g_job == j)
 		g_job = NULL;
@@ -719,6 +724,7 @@ static void start_recovery(srv *s, admin_call *call, json_t *params, int key_typ
 	}
 	g_job = j;
 	srv_set_recovery_identity(s, rid);
+	j->recovery_published = 1;
 	log_warn("recovery: replacing the trust set of %zu agent(s) with the new identity %s", j->n, j->cur);
 	job_more(j);
 }

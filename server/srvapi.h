@@ -58,8 +58,13 @@ void srv_target_set_next_pin(srv *s, const char *target, const char *next_sha256
  * next listening connection; NULL clears. */
 void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity *id);
 /* Present this identity to every polling agent that connects (a recovery
- * in progress); NULL ends it. */
+ * in progress); NULL ends it.  The polling listener's handshakes run on
+ * worker threads and may still use an identity given here after it was
+ * replaced: free it only through srv_retire_identity. */
 void srv_set_recovery_identity(srv *s, tether_identity *id);
+/* Keep id until the server exits (then it is freed), for identities a
+ * worker thread may still be using. */
+void srv_retire_identity(srv *s, tether_identity *id);
 
 /* A target that still trusts the previous identity is connected: the
  * rotation module continues its rotation by itself (server/rotation.c). */

@@ -754,6 +754,9 @@ static int live_add_locked(tether_provider_ctx *p, const unsigned char *id,
 	l->next = p->live;
 	p->live = l;
 	*out = ossl_keybox_ref(l->box);
+	pk11_log(p, TETHER_LOG_DEBUG, "prov",
+	         "key %02x%02x%02x%02x... of token '%s' in use (reloaded if the token "
+	         "comes back)", id[0], id[1], id[2], id[3], p->token_label);
 	return 0;
 }
 

@@ -253,11 +253,13 @@ static int session_open_locked(tether_provider_ctx *p, tether_error *err)
 
 int pk11_recover_locked(tether_provider_ctx *p, CK_RV rv, tether_error *err)
 {
-	int r, tries;
+	int r, tries, gone;
 
 	if (!pk11_rv_session_lost(rv))
 		return 0;
-	pk11_log(p, TETHER_LOG_WARN, NULL,
+	/* while the token is known to be gone (logged once), quietly */
+	gone = __atomic_load_n(&p->token_gone, __ATOMIC_SEQ_CST);
+	pk11_log(p, gone ? TETHER_LOG_DEBUG : TETHER_LOG_WARN, gone ? "prov" : NULL,
 	         "token '%s' session lost (%s): reopening", p->token_label,
 	         pk11_rv_name(rv));
 	if (p->sess != CK_INVALID_HANDLE)

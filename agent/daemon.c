@@ -16,6 +16,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
+#ifdef __linux__
+#include <sys/inotify.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 #include <jansson.h>
@@ -79,6 +82,13 @@ typedef struct agent {
 	uv_loop_t *loop;
 	uv_signal_t sigterm, sigint, sighup;
 	uv_fs_event_t watch, idwatch;
+#ifdef __linux__
+	/* trust.json is watched with inotify directly: libuv's fs_event also
+	 * reports every write to audit.log beside it, which woke the main
+	 * loop once per request served */
+	int trust_ifd;
+	uv_poll_t trust_poll;
+#endif
 	unsigned ticks;
 	uv_timer_t poll_timer, drain_timer;
 	struct timespec trust_mtime;
@@ -300,6 +310,7 @@ static void reload_trust(agent *a, int force)
 		tether_workers_broadcast(a->ws, recheck_fn, a);
 }
 
+#ifndef __linux__
 static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
 {
 	agent *a = h->data;
@@ -308,6 +319,60 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
 	if (!filename || !strcmp(filename, "trust.json"))
 		reload_trust(a, 0);
 }
+#endif
+
+#ifdef __linux__
+static void on_trust_inotify(uv_poll_t *h, int status, int events)
+{
+	agent *a = h->data;
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	int hit = 0, rounds;
+	ssize_t n;
+	(void)events;
+
+	if (status < 0)
+		return;
+	for (rounds = 0; rounds < 64; rounds++) {
+		char *p;
+		n = read(a->trust_ifd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (p = buf; p < buf + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)p;
+			if ((ev->mask & IN_Q_OVERFLOW) || (ev->len && !strcmp(ev->name, "trust.json")))
+				hit = 1;
+			p += sizeof(*ev) + ev->len;
+		}
+	}
+	if (hit)
+		reload_trust(a, 0);
+}
+
+static void trust_poll_closed(uv_handle_t *h)
+{
+	agent *a = h->data;
+	if (a->trust_ifd >= 0)
+		close(a->trust_ifd);
+	a->trust_ifd = -1;
+}
+
+/* 0, or -1 when the watch can't be made (the 2 s poll still runs). */
+static int watch_trust(agent *a, const char *dir)
+{
+	a->trust_ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (a->trust_ifd < 0)
+		return -1;
+	if (inotify_add_watch(a->trust_ifd, dir, IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE) < 0 ||
+	    uv_poll_init(a->loop, &a->trust_poll, a->trust_ifd) < 0) {
+		close(a->trust_ifd);
+		a->trust_ifd = -1;
+		return -1;
+	}
+	a->trust_poll.data = a;
+	uv_poll_start(&a->trust_poll, UV_READABLE, on_trust_inotify);
+	return 0;
+}
+#endif
 
 static void check_identity_change(agent *a);
 
@@ -1296,6 +1361,12 @@ static void on_drained(uv_timer_t *t)
 #endif
 
 	tether_workers_broadcast(a->ws, abort_all_fn, a);
+#ifdef __linux__
+	if (a->trust_ifd >= 0) {
+		uv_poll_stop(&a->trust_poll);
+		uv_close((uv_handle_t *)&a->trust_poll, trust_poll_closed);
+	}
+#endif
 	uv_fs_event_stop(&a->watch);
 	uv_fs_event_stop(&a->idwatch);
 	uv_close((uv_handle_t *)&a->idwatch, NULL);
@@ -1547,8 +1618,14 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	uv_signal_start(&a.sighup, on_signal, SIGHUP);
 	uv_fs_event_init(a.loop, &a.watch);
 	a.watch.data = &a;
+#ifdef __linux__
+	if (watch_trust(&a, c->inst->state_dir) < 0)
+		log_warn("cannot watch %s: %s; trust changes are polled every 2 s",
+		         c->inst->state_dir, strerror(errno));
+#else
 	if (uv_fs_event_start(&a.watch, on_fs_event, c->inst->state_dir, 0) < 0)
 		log_warn("cannot watch %s; trust changes are polled every 2 s", c->inst->state_dir);
+#endif
 	uv_fs_event_init(a.loop, &a.idwatch);
 	a.idwatch.data = &a;
 	{

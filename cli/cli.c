@@ -227,7 +227,8 @@ int cli_main(const cli_program *prog, int argc, char **argv)
 		    c.err.category == TETHER_CAT_NO_SHARED_GROUP ||
 		    c.err.category == TETHER_CAT_NO_SHARED_SIGALG ||
 		    c.err.category == TETHER_CAT_BAD_PASSWORD ||
-		    c.err.category == TETHER_CAT_KEY_NOT_EXPORTABLE)
+		    c.err.category == TETHER_CAT_KEY_NOT_EXPORTABLE ||
+		    c.err.category == TETHER_CAT_PEER_PROTOCOL)
 			fprintf(stderr, "hint: %s\n", tether_category_hint(c.err.category));
 		r = r == TETHER_ERR_USAGE ? EXIT_USAGE : 1;
 	}

@@ -27,6 +27,8 @@ static const char *const cat_names[TETHER_CAT__COUNT] = {
 	[TETHER_CAT_IO] = "io",
 	[TETHER_CAT_UNSUPPORTED] = "unsupported",
 	[TETHER_CAT_INTERNAL] = "internal",
+	[TETHER_CAT_PEER_PROTOCOL] = "protocol_violation",
+	[TETHER_CAT_LOCKED] = "locked",
 };
 
 #define TLS_REQ "tether requires TLS 1.2 or 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305 " \
@@ -39,7 +41,8 @@ static const char *const cat_hints[TETHER_CAT__COUNT] = {
 	[TETHER_CAT_PROTOCOL_VERSION] =
 		"the two sides share no TLS version: " TLS_REQ "; look at the side that refused (its log names "
 		"the version it wanted): on Linux MinProtocol/MaxProtocol in " CNF ", on Windows the Schannel "
-		"protocol settings (SCHANNEL\\Protocols\\TLS 1.2)",
+		"protocol settings (SCHANNEL\\Protocols\\TLS 1.2); if the message names tether protocol versions "
+		"instead (HELLO), the two sides speak different major versions of tether: upgrade the older one",
 	[TETHER_CAT_NO_SHARED_CIPHER] =
 		"the two sides share no cipher suite: " TLS_REQ "; look at the side that refused: on Linux "
 		"CipherString (TLS 1.2) and Ciphersuites (TLS 1.3) in " CNF " (a @SECLEVEL of 3 or more also "
@@ -93,11 +96,23 @@ static const char *const cat_hints[TETHER_CAT__COUNT] = {
 		"the private key cannot leave its store (HSM or non-exportable key): use 'new-certificate' "
 		"and 'use-staged-certificate' instead of export/import",
 	[TETHER_CAT_BAD_INPUT] =
-		"the file is not a valid certificate/key (truncated or corrupt?): export it again",
+		"the input was refused as not valid (the message says which and why): correct it; a certificate "
+		"or key file refused this way is truncated or corrupt: export it again",
 	[TETHER_CAT_NOT_FOUND] = "check the name or path",
-	[TETHER_CAT_IO] = "check permissions and free space of the directory",
+	[TETHER_CAT_IO] =
+		"check the permissions, the free space and the mount (read-only?) of the file or directory the "
+		"message names",
 	[TETHER_CAT_UNSUPPORTED] = "this provider cannot do that operation",
 	[TETHER_CAT_INTERNAL] = "this is a bug in tether: please report it with the log",
+	[TETHER_CAT_PEER_PROTOCOL] =
+		"the peer broke the tether protocol (a frame too large or malformed, JSON that is not valid, a "
+		"frame out of place): it is not a tether peer of a compatible version, or it is misbehaving; the "
+		"connection was closed without acting on that frame; compare the two sides' versions "
+		"('tether-agent --version', 'tether-server --version') and look at the peer's log",
+	[TETHER_CAT_LOCKED] =
+		"another process holds a lock on what the operation needs (the message names it, with the "
+		"process ID when it is known): another tether-server on the same state directory, a backup "
+		"tool or an sqlite3 shell; stop it or wait for it to finish, then retry",
 };
 
 const char *tether_category_name(int category)

@@ -84,6 +84,10 @@ enum tether_category {
 	TETHER_CAT_IO,                   /* "io" */
 	TETHER_CAT_UNSUPPORTED,          /* "unsupported" */
 	TETHER_CAT_INTERNAL,             /* "internal" */
+	/* The core's own (no provider reports them); new categories are only
+	 * ever added here, before the count. */
+	TETHER_CAT_PEER_PROTOCOL,        /* "protocol_violation": a peer broke the tether protocol */
+	TETHER_CAT_LOCKED,               /* "locked": another process holds a lock we need */
 	TETHER_CAT__COUNT
 };
 

@@ -7,9 +7,13 @@
 # of another major version, requests before HELLO, oversized and deeply
 # nested JSON, invalid UTF-8, wrong field types, unknown methods, stream
 # frames for unknown ids, window overflow, a stream longer than declared,
-# ping floods and 10 000 requests whose answers are not read.
-# Each: the expected answer, a clear log line, and the daemon still serves a
-# good peer.  (Untrusted and missing client certificates, TLS 1.1, unlisted
+# ping floods and 10 000 requests whose answers are not read; a GOAWAY
+# saying the agent broke the protocol; a listening agent whose RESPONSE is
+# broken (tests/integration/bad_agent.py).
+# Each: the expected answer, a clear log line (protocol violations with the
+# category protocol_violation and advice: not a compatible tether peer, or
+# misbehaving; compare versions, look at its log), and the daemon still
+# serves a good peer.  (Untrusted and missing client certificates, TLS 1.1, unlisted
 # suites and groups, and the handshake flood are in listening.sh.)
 . "$(dirname "$0")/lib.sh"
 PEER="python3 $TOP_SRCDIR/tests/integration/peer.py"
@@ -65,10 +69,16 @@ abuse reserved-field '^closed goaway:.*reserved_bits' 'reserved bits set .*reser
 abuse hello-twice '^closed goaway:.*unexpected_hello' 'HELLO is allowed only once'
 abuse hello-major-2 '^closed 1:protocol_version:.*refused protocol 2\.0: upgrade' 'refusing .*speaks tether protocol 2\.0.*upgrade this agent'
 abuse request-before-hello '^closed' 'the first frame is REQUEST; a tether connection must begin with HELLO'
+# a protocol violation is one (the category protocol_violation, its own
+# hint), not the hint for a corrupt certificate file that bad_input has
+grep -A1 "failed (protocol_violation): .*the first frame is REQUEST" "$TMP/new" >"$TMP/hint"
+like "$TMP/hint" "hint: the peer broke the tether protocol.*not a tether peer of a compatible version.*--version" \
+	"agent, request-before-hello: logged as protocol_violation, with a hint that says why and what to do"
+unlike "$TMP/new" "certificate/key|export it again" "agent, request-before-hello: not the corrupt-file hint"
 abuse oversized-json '^closed' 'exceeds the limit of 1048576 bytes for REQUEST'
-abuse oversized-length '^closed goaway:.*frame_too_large' 'frame length 2147483647 exceeds the limit'
+abuse oversized-length '^closed goaway:.*frame_too_large' 'frame length 2147483647 exceeds the limit.*; it is not a tether peer of a compatible version, or it is misbehaving: compare its version'
 abuse nested-json '^closed goaway:.*bad_request' 'maximum parsing depth'
-abuse invalid-json '^closed goaway:.*bad_request' 'not valid JSON'
+abuse invalid-json '^closed goaway:.*bad_request' 'not valid JSON.*; it is not a tether peer of a compatible version, or it is misbehaving: compare its version'
 abuse invalid-utf8 '^closed goaway:.*bad_request' 'unable to decode byte 0xff'
 abuse wrong-types '^closed goaway:.*bad_request' '"id" must be an integer'
 abuse id-mismatch '^closed goaway:.*bad_request' 'request id 2 in the JSON does not match id 1'
@@ -83,6 +93,14 @@ abuse response-unasked '^open' ''
 abuse stream-overrun '^open 7 \| 3:too_large:' 'sent more than the 5 bytes it announced.*destination is unchanged'
 ls -A "$H/agent-default/state/work" | grep -qE 'abuse|tether-upload'; ok $((1 - $?)) "agent: nothing left of the overrun upload"
 abuse goaway '^closed' 'is closing the connection \(shutdown: bye\)'
+# a GOAWAY saying the agent broke the protocol: the agent logs it as such
+mark_log "$TMP/agent.log"
+GA=$(python3 -c 'import json,struct,sys; b=struct.pack(">I",0)+json.dumps({"code":"bad_frame_id","message":"STREAM_RESET for stream 5, which is not open"}).encode(); sys.stdout.write((struct.pack(">BBHII",10,0,0,0,len(b))+b).hex())')
+timeout 60 $PEER raw 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" "$GA" after-hello >"$TMP/o" 2>&1
+for i in $(seq 1 30); do new_lines "$TMP/agent.log"; grep -q "it says this side broke the protocol" "$TMP/new" && break; sleep 0.1; done
+like "$TMP/new" "is closing the connection: it says this side broke the protocol \(bad_frame_id: STREAM_RESET for stream 5" \
+	"agent, a GOAWAY naming a protocol violation: logged as such"
+healthy web1; ok $? "agent, GOAWAY with a protocol violation: still serves the server"
 
 # A request id reused while the first request with that id is still running
 # (an upload waiting for its data): it should be refused and the connection
@@ -221,12 +239,40 @@ sabuse unknown-type '^closed' 'unknown frame type 0x42'
 sabuse reserved-flags '^closed' 'reserved bits set'
 sabuse hello-twice '^closed' 'HELLO is allowed only once'
 sabuse hello-major-2 '^closed 1:protocol_version:.*2\.0' 'protocol 2\.0'
-sabuse oversized-length '^closed' 'frame length 2147483647 exceeds'
+sabuse oversized-length '^closed' 'frame length 2147483647 exceeds.*; it is not a tether peer of a compatible version, or it is misbehaving: compare its version'
 sabuse nested-json '^closed' 'maximum parsing depth|not valid JSON'
 sabuse invalid-utf8 '^closed' 'unable to decode byte 0xff|not valid JSON'
 sabuse stream-unknown-id '^closed' 'STREAM_DATA for stream 4242, which is not open'
 sabuse window-overflow '^closed' 'grants 4294967295 bytes'
 sabuse response-unasked '^(open|closed)' 'rogue|127\.0\.0\.1'
+
+echo "# --- a listening agent that answers health with a broken RESPONSE ---"
+H4="$TMP/badagent"
+"$AGENT" create-instance --home "$H4" >/dev/null
+"$AGENT" new-certificate --home "$H4" --key-type ec-p256 >/dev/null
+BT=$("$AGENT" show-thumbprint --home "$H4" | head -1)
+"$AGENT" export-certificate --home "$H4" --export-pfx "$TMP/bad.pfx" --pfx-password-file "$TMP/pw" >/dev/null
+openssl pkcs12 -in "$TMP/bad.pfx" -passin pass:pw -nodes -out "$TMP/bad.pem" 2>/dev/null
+for case in bad-json too-large; do
+	BPORT=$(free_port)
+	"$SERVER" target remove "${A[@]}" badagent >/dev/null 2>&1
+	"$SERVER" target add "${A[@]}" badagent --listening 127.0.0.1:$BPORT --thumbprint "$BT" >/dev/null
+	: >"$TMP/ba"
+	timeout 60 python3 "$TOP_SRCDIR/tests/integration/bad_agent.py" $BPORT "$TMP/bad.pem" "$TMP/bad.pem" 20 $case >"$TMP/ba" 2>&1 &
+	BA=$!
+	wait_for grep -q listening "$TMP/ba"
+	mark_log "$TMP/server.log"
+	run_exit 1 "health of an agent sending a $case RESPONSE fails" "$SERVER" health "${A[@]}" badagent
+	wait $BA
+	like "$TMP/ba" "^closed goaway:" "$case: the server sends GOAWAY and closes"
+	like "$TMP/out" "\(protocol_violation\)$" "$case: health names the category protocol_violation"
+	like "$TMP/out" "^    hint: the peer broke the tether protocol.*not a tether peer of a compatible version.*look at the peer's log" \
+		"$case: and prints the hint for it"
+	unlike "$TMP/out" "certificate/key|export it again" "$case: not the corrupt-file hint"
+	new_lines "$TMP/server.log"
+	like "$TMP/new" "closing connection with 127\.0\.0\.1:$BPORT: .*; it is not a tether peer of a compatible version, or it is misbehaving: compare its version" "$case: the server's log says why and what to do"
+done
+healthy good; ok $? "server still commands the good agent after the broken agent"
 mark_log "$TMP/server.log"
 timeout 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SPORT; cat '$TMP/rand' >&3; cat <&3 >/dev/null"
 ok $? "server polling port, random bytes: closed"

@@ -73,6 +73,12 @@ static void categories(void **s)
 	assert_string_equal(tether_category_name(TETHER_CAT_UNTRUSTED), "untrusted");
 	assert_string_equal(tether_category_name(TETHER_CAT_NO_SHARED_SIGALG), "no_shared_sigalg");
 	assert_string_equal(tether_category_name(9999), "internal");
+	assert_string_equal(tether_category_name(TETHER_CAT_PEER_PROTOCOL), "protocol_violation");
+	assert_string_equal(tether_category_name(TETHER_CAT_LOCKED), "locked");
+	/* hints that fit the failure, not the generic file hint */
+	assert_non_null(strstr(tether_category_hint(TETHER_CAT_PEER_PROTOCOL), "not a tether peer of a compatible version"));
+	assert_non_null(strstr(tether_category_hint(TETHER_CAT_LOCKED), "another tether-server on the same state directory"));
+	assert_null(strstr(tether_category_hint(TETHER_CAT_PEER_PROTOCOL), "certificate"));
 	for (i = 0; i < TETHER_CAT__COUNT; i++) {
 		assert_non_null(tether_category_hint(i));
 		assert_true(strlen(tether_category_name(i)) > 0);

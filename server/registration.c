@@ -160,26 +160,10 @@ static void reg_row_clear(reg_row *r)
 /* SQLite helpers                                                      */
 /* ------------------------------------------------------------------ */
 
+/* The registrations live in the registry's database: its messages apply. */
 static int db_fail(int rc, tether_error *err, const char *what)
 {
-	const char *msg = g && g->db ? sqlite3_errmsg(g->db) : sqlite3_errstr(rc);
-
-	switch (rc & 0xff) {
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
-		                      "cannot %s: the registry is locked by another process (%s): only the "
-		                      "tether-server daemon should write it; close any other program using it",
-		                      what, msg);
-	case SQLITE_FULL:
-	case SQLITE_IOERR:
-		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
-		                      "cannot %s: writing the registry failed (%s): check free space and the "
-		                      "file system of the state directory", what, msg);
-	default:
-		return tether_err_set(err, TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL,
-		                      "cannot %s: registry: %s (SQLite error %d)", what, msg, rc);
-	}
+	return registry_db_fail(g ? g->db : NULL, rc, err, what);
 }
 
 static int exec_sql(const char *sql, tether_error *err, const char *what)

@@ -2,8 +2,11 @@
 #include "config.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 #include <sqlite3.h>
@@ -49,7 +52,64 @@ static const char schema_v1[] =
 	"last_error, last_checked, last_seen, last_rtt_ms, last_tls_version, last_cipher, " \
 	"last_peer_sha256, last_cert_signature_algorithm"
 
-/* Turn an SQLite failure into a message that says what to do. */
+/* Who holds the lock that made SQLite give up: the POSIX locks SQLite
+ * takes on path-shm (WAL mode: the write, checkpoint, recovery and read
+ * locks) and on path (the locking bytes, rollback mode), as /proc/locks
+ * lists them.  /proc/locks and stat only: opening and closing the database
+ * file here would drop the locks this process's own connection holds
+ * (POSIX locks belong to the process and go with any close of the file).
+ * A writer is preferred to a reader.  *pid = 0 and comm "" if none is seen
+ * (another system, a PID namespace that hides it, /proc not mounted). */
+static void lock_holder(const char *path, pid_t *pid, char *comm, size_t cap)
+{
+	struct stat st[2];
+	char *shm = tether_asprintf("%s-shm", path), line[256];
+	int have[2], i;
+	pid_t self = getpid(), reader = 0;
+	FILE *f;
+
+	*pid = 0;
+	comm[0] = '\0';
+	have[0] = stat(shm, &st[0]) == 0;
+	have[1] = stat(path, &st[1]) == 0;
+	free(shm);
+	if ((!have[0] && !have[1]) || !(f = fopen("/proc/locks", "re")))
+		return;
+	while (!*pid && fgets(line, sizeof(line), f)) {
+		char kind[16], rw[16];
+		unsigned maj, min;
+		unsigned long ino;
+		int p;
+		if (strstr(line, "->") ||
+		    sscanf(line, "%*d: %15s %*s %15s %d %x:%x:%lu", kind, rw, &p, &maj, &min, &ino) != 6 ||
+		    strcmp(kind, "POSIX") || p <= 0 || (pid_t)p == self)
+			continue;
+		for (i = 0; i < 2; i++)
+			if (have[i] && st[i].st_ino == (ino_t)ino && major(st[i].st_dev) == maj &&
+			    minor(st[i].st_dev) == min) {
+				if (!strcmp(rw, "WRITE"))
+					*pid = (pid_t)p;
+				else if (!reader)
+					reader = (pid_t)p;
+			}
+	}
+	fclose(f);
+	if (!*pid)
+		*pid = reader;
+	if (*pid) {
+		char cpath[64];
+		FILE *c;
+		snprintf(cpath, sizeof(cpath), "/proc/%d/comm", (int)*pid);
+		if ((c = fopen(cpath, "re"))) {
+			if (fgets(comm, (int)cap, c))
+				comm[strcspn(comm, "\n")] = '\0';
+			fclose(c);
+		}
+	}
+}
+
+/* Turn an SQLite failure into a message that says what failed, why and
+ * what to do. */
 static int db_fail(const char *path, sqlite3 *db, int rc, tether_error *err,
                    const char *what)
 {
@@ -57,17 +117,26 @@ static int db_fail(const char *path, sqlite3 *db, int rc, tether_error *err,
 
 	switch (rc & 0xff) {
 	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
-		                      "cannot %s: the registry %s is locked by another process (%s): "
-		                      "only the tether-server daemon should write it; close any other "
-		                      "program using it (an sqlite3 shell?) and retry", what, path, msg);
+	case SQLITE_LOCKED: {
+		char comm[32], who[80] = "";
+		pid_t pid;
+		lock_holder(path, &pid, comm, sizeof(comm));
+		if (pid)
+			snprintf(who, sizeof(who), " (PID %d%s%s)", (int)pid, comm[0] ? ", " : "", comm);
+		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_LOCKED,
+		                      "cannot %s: the registry %s is locked by another process%s, which did "
+		                      "not let go in time (SQLite: %s): another tether-server using the same "
+		                      "state directory, a backup tool or an sqlite3 shell holds it; only this "
+		                      "daemon should write it: stop that process or wait for it to finish, "
+		                      "then retry", what, path, who, msg);
+	}
 	case SQLITE_READONLY:
 	case SQLITE_PERM:
 		return tether_err_set(err, TETHER_ERR_PERMISSION, TETHER_CAT_IO,
-		                      "cannot %s: the registry %s is read-only (%s): run the daemon as "
-		                      "the owner of the state directory, with write access to it and "
-		                      "to the registry files", what, path, msg);
+		                      "cannot %s: the registry %s is read-only (SQLite: %s): the daemon's user "
+		                      "needs write access to it, to its -wal and -shm files and to the state "
+		                      "directory, on a file system mounted read-write: check the owner, the "
+		                      "mode and the mount", what, path, msg);
 	case SQLITE_CANTOPEN:
 		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
 		                      "cannot %s: the registry %s cannot be opened (%s): check that the "
@@ -91,6 +160,12 @@ static int db_fail(const char *path, sqlite3 *db, int rc, tether_error *err,
 		return tether_err_set(err, TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL,
 		                      "cannot %s: registry %s: %s (SQLite error %d)", what, path, msg, rc);
 	}
+}
+
+int registry_db_fail(struct sqlite3 *db, int rc, tether_error *err, const char *what)
+{
+	const char *path = db ? sqlite3_db_filename(db, "main") : NULL;
+	return db_fail(path && *path ? path : "registry.db", db, rc, err, what);
 }
 
 static int fail(registry *reg, int rc, tether_error *err, const char *what)
@@ -197,7 +272,12 @@ int registry_open(const char *path, registry **out, tether_error *err)
 	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		int e = errno;
-		if (e == EACCES || e == EROFS || e == EPERM)
+		if (e == EROFS)
+			return tether_err_set(err, TETHER_ERR_PERMISSION, TETHER_CAT_IO,
+			                      "cannot open the registry %s for writing: %s: the file system "
+			                      "that holds it is mounted read-only: remount it read-write, or "
+			                      "move the state directory to one that is", path, strerror(e));
+		if (e == EACCES || e == EPERM)
 			return tether_err_set(err, TETHER_ERR_PERMISSION, TETHER_CAT_IO,
 			                      "cannot open the registry %s for writing: %s: run the daemon "
 			                      "as the owner of the state directory, with write access to "

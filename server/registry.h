@@ -69,6 +69,12 @@ void registry_close(registry *reg);
  * from the registry's thread only. */
 struct sqlite3;
 struct sqlite3 *registry_db(registry *reg);
+/* An SQLite failure on db (the registry's handle) as a message that says
+ * what failed, why and what to do (what: "add target 'x'", ...): a lock
+ * another process holds is category locked and names that process (PID
+ * and name from /proc/locks) when it can be found; a read-only database
+ * says so.  Returns the negative code. */
+int registry_db_fail(struct sqlite3 *db, int rc, tether_error *err, const char *what);
 /* How long to wait for another process's lock (default 5000 ms). */
 void registry_set_busy_timeout(registry *reg, int ms);
 

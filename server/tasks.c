@@ -969,7 +969,7 @@ static void m_create(admin_call *call, json_t *params)
 	int64_t *ids = NULL;
 	tether_error e;
 	sqlite3 *db = registry_db(srv_registry(g->s));
-	int r = 0;
+	int r = 0, rc;
 
 	memset(&e, 0, sizeof(e));
 	/* a refusal is audited by the admin layer when it is answered */
@@ -983,9 +983,8 @@ static void m_create(admin_call *call, json_t *params)
 	cmd_text = json_dumps(cmd, JSON_COMPACT);
 	ids = tether_xcalloc(n, sizeof(*ids));
 	/* all the tasks in one transaction: one fsync, and all or none */
-	if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-		tether_err_set(&e, TETHER_ERR_IO, TETHER_CAT_IO, "cannot record the tasks: %s: check the "
-		               "state directory's file system", sqlite3_errmsg(db));
+	if ((rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK) {
+		registry_db_fail(db, rc, &e, "record the tasks");
 		r = -1;
 	}
 	for (i = 0; r == 0 && i < n; i++) {
@@ -993,9 +992,8 @@ static void m_create(admin_call *call, json_t *params)
 		make_ticket(ticket);
 		r = task_store_create(g->store, names[i], ticket, cmd_text, &ids[i], &e);
 	}
-	if (r == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-		tether_err_set(&e, TETHER_ERR_IO, TETHER_CAT_IO, "cannot record the tasks: %s: check the "
-		               "state directory's file system", sqlite3_errmsg(db));
+	if (r == 0 && (rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
+		registry_db_fail(db, rc, &e, "record the tasks");
 		r = -1;
 	}
 	if (r < 0) {

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 #include "error.h"
+#include "registry.h"
 #include "tasks_store.h"
 #include "util.h"
 
@@ -80,40 +81,14 @@ struct task_store {
 	sqlite3_stmt *st[ST__COUNT];
 };
 
+/* The tasks live in the registry's database: its messages (a lock names
+ * the process holding it; read-only, full, damaged) apply as they are. */
 static int fail(task_store *ts, int rc, tether_error *err, const char *what)
 {
-	const char *msg = sqlite3_errmsg(ts->db);
-
-	switch (rc & 0xff) {
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
-		                      "cannot %s: the task database is locked by another process (%s): "
-		                      "only the tether-server daemon should write it; close any other "
-		                      "program using registry.db and retry", what, msg);
-	case SQLITE_READONLY:
-	case SQLITE_PERM:
-	case SQLITE_CANTOPEN:
-		return tether_err_set(err, TETHER_ERR_PERMISSION, TETHER_CAT_IO,
-		                      "cannot %s: the task database is not writable (%s): run the "
-		                      "daemon as the owner of the state directory", what, msg);
-	case SQLITE_FULL:
-	case SQLITE_IOERR:
-		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
-		                      "cannot %s: writing the task database failed (%s): check free "
-		                      "space and the file system of the state directory", what, msg);
-	case SQLITE_NOTADB:
-	case SQLITE_CORRUPT:
-		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO,
-		                      "cannot %s: the task database is damaged (%s): restore "
-		                      "registry.db from a backup", what, msg);
-	case SQLITE_CONSTRAINT:
+	if ((rc & 0xff) == SQLITE_CONSTRAINT)
 		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
-		                      "cannot %s: a value is not valid (%s)", what, msg);
-	default:
-		return tether_err_set(err, TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL,
-		                      "cannot %s: task database: %s (SQLite error %d)", what, msg, rc);
-	}
+		                      "cannot %s: a value is not valid (%s)", what, sqlite3_errmsg(ts->db));
+	return registry_db_fail(ts->db, rc, err, what);
 }
 
 static void rollback(task_store *ts)

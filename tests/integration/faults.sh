@@ -111,16 +111,22 @@ if command -v sqlite3 >/dev/null; then
 	( echo 'BEGIN EXCLUSIVE;'; sleep 12; echo 'COMMIT;' ) | sqlite3 "$DB" &
 	LK=$!
 	sleep 1
+	LKP=none
+	for p in $(pgrep -x sqlite3); do tr '\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -qF "$DB" && LKP=$p; done
 	"$SERVER" target add "${A[@]}" locked1 --polling --thumbprint "$(printf '%064x' 1)" >"$TMP/o" 2>"$TMP/e"
 	r=$?
 	is "$r" 1 "target add while another process holds a write transaction fails (after the busy timeout)"
 	like "$TMP/e" "locked|busy" "and says the registry is locked"
+	like "$TMP/e" "registry $DB is locked by another process \(PID $LKP, sqlite3\)" "and names the process holding the lock (PID and name)"
+	like "$TMP/e" "another tether-server using the same state directory, a backup tool or an sqlite3 shell.*stop that process or wait" \
+		"and says who that can be and what to do"
 	echo "# $(head -2 "$TMP/e")"
 	"$SERVER" exec "${A[@]}" n1 -- echo during-lock >"$TMP/o" 2>"$TMP/e"
 	r=$?
 	echo "# exec during the lock: exit $r, stdout '$(head -1 "$TMP/o")', stderr '$(head -1 "$TMP/e")'"
-	[ $r -eq 0 ] && [ "$(cat "$TMP/o")" = during-lock ] || grep -qiE "locked|busy" "$TMP/e"
-	ok $? "exec during the lock either works or fails saying the registry is locked"
+	[ $r -eq 0 ] && [ "$(cat "$TMP/o")" = during-lock ] ||
+		grep -qE "cannot record the tasks: the registry $DB is locked by another process \(PID $LKP, sqlite3\).*\(locked\)$" "$TMP/e"
+	ok $? "exec during the lock either works or fails saying the registry is locked, by whom (category locked)"
 	kill -0 $SPID; ok $? "the server is still running"
 	wait $LK
 	run_ok "target add once the lock is released" "$SERVER" target add "${A[@]}" locked1 --polling --thumbprint "$(printf '%064x' 1)"
@@ -174,12 +180,14 @@ if [ -n "$NS" ] && mount --bind "$DB" "$DB" 2>/dev/null && mount -o remount,bind
 		r=$?
 		is "$r" 1 "read-only registry: target add fails"
 		like "$TMP/e" "[Rr]ead-only|readonly|read only" "and says the registry is read-only"
+		like "$TMP/e" "check the owner, the mode and the mount" "and what to check"
 		echo "# $(head -2 "$TMP/e")"
 		kill $SPID; wait $SPID 2>/dev/null
 	else
 		wait $SPID
 		pass "read-only registry: the server refuses to start"
-		like "$TMP/server-ro.log" "registry .*[Rr]ead-only file system: run the daemon" "and says why and what to do"
+		like "$TMP/server-ro.log" "registry .*[Rr]ead-only file system: the file system that holds it is mounted read-only: remount it" \
+			"and says why and what to do"
 	fi
 	umount "$DB"
 	is "$(sha256sum <"$DB")" "$sum0" "the read-only registry is unchanged"

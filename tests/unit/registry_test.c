@@ -1,11 +1,13 @@
 /* The target registry (server/registry.c): round trips and the failure
- * cases: duplicate, not found, bad names, bad fields, locked, read-only,
+ * cases: duplicate, not found, bad names, bad fields, locked (by this process
+ * and by another, named with its PID), read-only,
  * corrupt and newer databases leave the data intact. */
 #include "config.h"
 #include "test.h"
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sqlite3.h>
+#include "error.h"
 #include "fsutil.h"
 #include "registry.h"
 #include "util.h"
@@ -338,6 +340,55 @@ static void test_locked(void **state)
 	assert_int_equal(add(f->reg, "b", "h", 1, TP_B, NULL, NULL, &err), 0);
 }
 
+/* A lock held by another process: category locked, and the message names
+ * that process (PID and name, from /proc/locks) and what to do. */
+static void test_locked_by_another_process(void **state)
+{
+	fixture *f = *state;
+	tether_error err;
+	int go[2], done[2], status;
+	char c, want[64];
+	pid_t pid;
+
+	assert_int_equal(pipe(go), 0);
+	assert_int_equal(pipe(done), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		sqlite3 *db;
+		close(go[0]);
+		close(done[1]);
+		if (sqlite3_open(f->path, &db) != SQLITE_OK ||
+		    sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+			_exit(1);
+		if (write(go[1], "x", 1) != 1 || read(done[0], &c, 1) < 0)
+			_exit(2);
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		sqlite3_close(db);
+		_exit(0);
+	}
+	close(go[1]);
+	close(done[0]);
+	assert_int_equal(read(go[0], &c, 1), 1);
+	registry_set_busy_timeout(f->reg, 50);
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(add(f->reg, "b", "h", 1, TP_B, NULL, NULL, &err), TETHER_ERR_IO);
+	assert_int_equal(err.category, TETHER_CAT_LOCKED);
+	assert_string_equal(tether_category_name(err.category), "locked");
+	snprintf(want, sizeof(want), "is locked by another process (PID %d, ", (int)pid);
+	if (!strstr(err.detail, want) || !strstr(err.detail, f->path) ||
+	    !strstr(err.detail, "another tether-server using the same state directory") ||
+	    !strstr(err.detail, "stop that process or wait"))
+		fail_msg("unclear message: %s", err.detail);
+	assert_int_equal(write(done[1], "x", 1), 1);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	close(go[0]);
+	close(done[1]);
+	assert_int_equal(add(f->reg, "b", "h", 1, TP_B, NULL, NULL, &err), 0);
+}
+
 static void test_read_only(void **state)
 {
 	fixture *f = *state;
@@ -441,6 +492,7 @@ int main(void)
 		cmocka_unit_test(test_parse_address),
 		cmocka_unit_test_setup_teardown(test_health, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_locked, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_locked_by_another_process, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_newer_schema, setup, teardown),

@@ -150,6 +150,9 @@ struct srv {
 	tether_prov *prov;
 	uv_loop_t *loop;
 	registry *reg;
+	/* server_pins statements, prepared once: the polling listener reads
+	 * a pin for every connection it accepts */
+	sqlite3_stmt *pin_get, *pin_set;
 	tether_audit *audit;
 	admin_server *admin;
 	tether_identity *id;             /* current */
@@ -1353,13 +1356,18 @@ int srv_target_trusts(srv *s, const char *target, char out[65])
 	int r = 0;
 
 	snprintf(out, 65, "%s", s->summary.sha256);
-	if (sqlite3_prepare_v2(registry_db(s->reg), "SELECT server_sha256 FROM server_pins WHERE name = ?",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (!s->pin_get &&
+	    sqlite3_prepare_v3(registry_db(s->reg), "SELECT server_sha256 FROM server_pins WHERE name = ?",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &s->pin_get, NULL) != SQLITE_OK) {
+		s->pin_get = NULL;
 		return TETHER_ERR_IO;
+	}
+	st = s->pin_get;
 	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
 		snprintf(out, 65, "%s", (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
 	return r;
 }
 
@@ -1368,16 +1376,22 @@ int srv_target_set_trusts(srv *s, const char *target, const char *sha)
 	sqlite3_stmt *st = NULL;
 	int rc;
 
-	if (sqlite3_prepare_v2(registry_db(s->reg),
+	if (!s->pin_set &&
+	    sqlite3_prepare_v3(registry_db(s->reg),
 	                       "INSERT INTO server_pins(name, server_sha256, updated) VALUES (?, ?, ?) "
 	                       "ON CONFLICT(name) DO UPDATE SET server_sha256 = excluded.server_sha256, "
-	                       "updated = excluded.updated", -1, &st, NULL) != SQLITE_OK)
+	                       "updated = excluded.updated", -1, SQLITE_PREPARE_PERSISTENT,
+	                       &s->pin_set, NULL) != SQLITE_OK) {
+		s->pin_set = NULL;
 		return TETHER_ERR_IO;
+	}
+	st = s->pin_set;
 	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, sha, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)time(NULL));
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
 	return rc == SQLITE_DONE ? 0 : TETHER_ERR_IO;
 }
 
@@ -1793,6 +1807,8 @@ out:
 		s.nextpins = np->next;
 		free(np);
 	}
+	sqlite3_finalize(s.pin_get);
+	sqlite3_finalize(s.pin_set);
 	if (s.reg)
 		registry_close(s.reg);
 	if (s.audit)

@@ -371,12 +371,39 @@ void tether_conn_close(tether_conn *c, const char *code, const char *message)
 	close_after_flush(c);
 }
 
-/* A protocol violation by the peer: log it, tell the peer, close. */
+/* A GOAWAY code that says the sender found a protocol violation in what
+ * it received (docs/protocol.md, section 8, and proto_fail's codes). */
+static int is_violation_code(const char *code)
+{
+	static const char *const other[] = { "bad_request", "bad_response", "bad_hello", NULL };
+	int i;
+
+	for (i = TETHER_PROTO_OK + 1; i < TETHER_PROTO__COUNT; i++)
+		if (i != TETHER_PROTO_VERSION && i != TETHER_PROTO_REFUSED &&
+		    !strcmp(code, tether_proto_reason_name(i)))
+			return 1;
+	for (i = 0; other[i]; i++)
+		if (!strcmp(code, other[i]))
+			return 1;
+	return 0;
+}
+
+/* A protocol violation by the peer (or, with code "internal", we could not
+ * encode our own HELLO): log what, why and what to do, tell the peer,
+ * close. */
 static void proto_fail(tether_conn *c, const char *code, const tether_error *e)
 {
-	log_warn("closing connection with %s: %s", c->peer_addr, e->detail);
-	set_close_err(c, TETHER_ERR_PROTOCOL, e->category ? e->category : TETHER_CAT_NONE,
-	              "%s", e->detail);
+	int ours = !strcmp(code, "internal");
+
+	if (ours)
+		log_warn("closing connection with %s: %s", c->peer_addr, e->detail);
+	else
+		log_warn("closing connection with %s: %s; it is not a tether peer of a compatible version, or "
+		         "it is misbehaving: compare its version with this one's (" PACKAGE_VERSION ", protocol "
+		         "%d.%d) and look at its log", c->peer_addr, e->detail, TETHER_PROTOCOL_MAJOR,
+		         TETHER_PROTOCOL_MINOR);
+	set_close_err(c, TETHER_ERR_PROTOCOL, ours ? (e->category ? e->category : TETHER_CAT_INTERNAL)
+	              : TETHER_CAT_PEER_PROTOCOL, "%s", e->detail);
 	if (c->state == ST_OPEN) {
 		unsigned char *f = NULL;
 		size_t fl = 0;
@@ -1270,8 +1297,13 @@ static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n)
 			memset(&rm, 0, sizeof(rm));
 			tether_frame_parse_reason(f.body, f.body_len, &rm, NULL);
 			tether_debug("rpc", "%s sent goaway (%s: %s)", c->peer_addr, rm.code, rm.message);
-			set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_NONE, "%s is closing the connection (%s: %s)",
-			              c->peer_addr, rm.code, rm.message);
+			if (is_violation_code(rm.code))
+				set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_PEER_PROTOCOL,
+				              "%s is closing the connection: it says this side broke the protocol "
+				              "(%s: %s)", c->peer_addr, rm.code, rm.message);
+			else
+				set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_NONE,
+				              "%s is closing the connection (%s: %s)", c->peer_addr, rm.code, rm.message);
 			c->o.prov->t->tls_close(c->tls);
 			close_after_flush(c);
 			return -1;

@@ -37,6 +37,8 @@
 #define CARRY_MAX (256 * 1024)
 #define MAX_PENDING_REQUESTS 1024
 
+enum { PAUSE_QUEUE = 1, PAUSE_INFLIGHT = 2 }; /* why reading is paused */
+
 enum conn_state {
 	ST_CONNECTING,
 	ST_PROXY,
@@ -57,7 +59,21 @@ typedef struct pending_req {
 } pending_req;
 
 #define SEND_QUEUE_HIGH (4u << 20)  /* stop taking stream data above this */
-#define READ_PAUSE_QUEUE (8u << 20) /* stop reading a peer that does not read its answers */
+/* Back-pressure on a peer that sends requests faster than it reads the
+ * answers: reading from it stops, between two frames, once this much output
+ * waits in user space (wbuf plus libuv's write queue), and resumes below
+ * READ_RESUME_QUEUE.  Above SEND_QUEUE_HIGH plus a STREAM_DATA frame, so
+ * outgoing streams alone never stop the reading (the peer's window grants
+ * and pings must get through). */
+#define READ_PAUSE_QUEUE (SEND_QUEUE_HIGH + (1u << 20))
+#define READ_RESUME_QUEUE SEND_QUEUE_HIGH
+/* Requests received and not yet answered: a REQUEST beyond this many waits,
+ * unread, until one is answered (a tether requester never has more than
+ * MAX_PENDING_REQUESTS pending on one connection). */
+#define MAX_INFLIGHT_IN MAX_PENDING_REQUESTS
+/* Output made while an earlier write is still queued in libuv gathers in
+ * wbuf, up to this much, instead of one write request and buffer per frame. */
+#define WRITE_COALESCE (64u << 10)
 #define GRANT_BATCH (256u << 10)     /* send WINDOW once this much is consumed */
 #define DEAD_IDS 64
 
@@ -149,7 +165,10 @@ struct tether_conn {
 	size_t npending;
 	size_t inflight_in;             /* requests received, not yet answered */
 	int draining;                   /* close once nothing is in flight */
-	int read_paused;                /* back-pressure: the peer is not reading */
+	int read_paused;                /* back-pressure: 0, PAUSE_QUEUE or PAUSE_INFLIGHT */
+	unsigned char *held;            /* plaintext left unprocessed by the pause */
+	size_t held_len;
+	unsigned nwrites;               /* uv_writes not called back yet */
 	/* handshake steps on the libuv thread pool (MAY_BLOCK providers, busy
 	 * listeners): while one runs the loop does not touch the TLS state or
 	 * the buffers, reading is stopped, and closing waits for it */
@@ -201,6 +220,7 @@ static void on_handle_closed(uv_handle_t *h)
 	free(c->wbuf);
 	spares_free(c);
 	free(c->carry);
+	free(c->held);
 	free(c->server_name);
 	free(c->proxy_host);
 	free(c->proxy_buf);
@@ -463,6 +483,7 @@ static int io_write(void *arg, const void *buf, size_t len)
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void resume_reading(tether_conn *c);
 
 static size_t send_queue(tether_conn *c)
 {
@@ -492,6 +513,7 @@ static void after_write(uv_write_t *req, int status)
 	write_req *w = (write_req *)req;
 	tether_conn *c = req->data;
 
+	c->nwrites--;
 	if (c->state != ST_CLOSED && c->streams && c->n_spare < SPARES && w->cap <= SPARE_MAX) {
 		c->spare[c->n_spare] = (unsigned char *)w->buf.base;
 		c->spare_cap[c->n_spare++] = w->cap;
@@ -505,11 +527,9 @@ static void after_write(uv_write_t *req, int status)
 		conn_destroy(c);
 		return;
 	}
-	if (c->read_paused && c->state == ST_OPEN && send_queue(c) < READ_PAUSE_QUEUE / 2 &&
-	    c->tcp_inited && !uv_is_closing((uv_handle_t *)&c->tcp)) {
-		c->read_paused = 0;
-		uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
-	}
+	if (c->state == ST_OPEN)
+		flush(c); /* what gathered behind this write */
+	resume_reading(c);
 	if (c->state == ST_OPEN && c->streams)
 		notify_writable(c);
 }
@@ -531,13 +551,31 @@ static void flush_now(tether_conn *c)
 	if (!c->wlen || !c->tcp_inited || c->state == ST_CLOSED ||
 	    uv_is_closing((uv_handle_t *)&c->tcp))
 		return;
+	/* while an earlier write has not been called back (still queued, or
+	 * written but its callback not run yet), small frames gather behind it
+	 * and after_write sends them together: a write request and a buffer of
+	 * their own for each of many small answers would hold several times
+	 * the memory of the answers themselves */
+	if (c->state == ST_OPEN && c->wlen < WRITE_COALESCE && c->nwrites > 0)
+		return;
+	/* doubling left up to half of it unused: give that back while it waits
+	 * (streams keep theirs: the buffer is reused for the next frames) */
+	if (!c->streams && c->wcap - c->wlen > c->wlen / 8) {
+		unsigned char *p = realloc(c->wbuf, c->wlen);
+		if (p) {
+			c->wbuf = p;
+			c->wcap = c->wlen;
+		}
+	}
 	w = tether_xcalloc(1, sizeof(*w));
 	w->buf = uv_buf_init((char *)c->wbuf, (unsigned)c->wlen);
 	w->cap = c->wcap;
 	w->req.data = c;
+	c->nwrites++;
 	c->wbuf = NULL;
 	c->wlen = c->wcap = 0;
 	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, after_write) < 0) {
+		c->nwrites--;
 		free(w->buf.base);
 		free(w);
 		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET, "cannot send to %s", c->peer_addr);
@@ -613,6 +651,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void proxy_input(tether_conn *c, const unsigned char *p, size_t n);
 static void on_timer(uv_timer_t *t);
 static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n);
+static void pause_reading(tether_conn *c, int why);
 
 static int verify_cb(void *arg, const unsigned char *der, size_t len)
 {
@@ -846,7 +885,8 @@ static void pump(tether_conn *c)
 		if (c->state != ST_LANDING && c->state != ST_HELLO && c->state != ST_OPEN)
 			goto out;
 	}
-	while (c->state == ST_LANDING || c->state == ST_HELLO || c->state == ST_OPEN) {
+	while ((c->state == ST_LANDING || c->state == ST_HELLO || c->state == ST_OPEN) &&
+	       !c->read_paused) {
 		size_t n = 0;
 		memset(&e, 0, sizeof(e));
 		r = c->o.prov->t->tls_read(c->tls, buf, sizeof(buf), &n, &e);
@@ -878,14 +918,62 @@ static void pump(tether_conn *c)
 out:
 	if (c->state != ST_CLOSED)
 		flush(c);
-	if (c->state == ST_OPEN && !c->read_paused && !c->hs_busy && send_queue(c) >= READ_PAUSE_QUEUE &&
-	    c->tcp_inited && !uv_is_closing((uv_handle_t *)&c->tcp)) {
-		/* the peer sends requests but does not read the answers: stop
-		 * reading until it catches up (bounded memory) */
-		c->read_paused = 1;
+	if (c->state == ST_OPEN && !c->read_paused && send_queue(c) >= READ_PAUSE_QUEUE)
+		pause_reading(c, PAUSE_QUEUE);
+}
+
+/* Stop reading from the peer (back-pressure).  What was read and not yet
+ * processed stays where it is: ciphertext in carry (read_cb), plaintext
+ * in held (process_plaintext), a partial frame in the decoder. */
+static void pause_reading(tether_conn *c, int why)
+{
+	if (c->read_paused)
+		return;
+	c->read_paused = why;
+	if (c->tcp_inited && !uv_is_closing((uv_handle_t *)&c->tcp))
 		uv_read_stop((uv_stream_t *)&c->tcp);
-		tether_debug("rpc", "%s is not reading its answers: pausing its requests", c->peer_addr);
+	if (why == PAUSE_QUEUE)
+		tether_debug("rpc", "%s is not reading its answers (%zu bytes queued): pausing its requests",
+		             c->peer_addr, send_queue(c));
+	else
+		tether_debug("rpc", "%s has %zu requests in flight: its next request waits for an answer",
+		             c->peer_addr, c->inflight_in);
+}
+
+/* From a libuv callback only (after_write, the timer), never while frames
+ * are being processed: once the queue has drained and a request slot is
+ * free, process what was held, then read again. */
+static void resume_reading(tether_conn *c)
+{
+	unsigned char *p;
+	size_t n;
+
+	if (!c->read_paused || c->state != ST_OPEN || c->hs_busy || !c->tcp_inited ||
+	    uv_is_closing((uv_handle_t *)&c->tcp))
+		return;
+	if (send_queue(c) >= READ_RESUME_QUEUE || c->inflight_in >= MAX_INFLIGHT_IN)
+		return;
+	c->read_paused = 0;
+	/* nothing was read meanwhile, by our choice: the peer gets a fresh
+	 * keepalive interval */
+	c->last_rx_ms = now_ms();
+	if (c->ping_outstanding)
+		c->ping_sent_ms = c->last_rx_ms;
+	if (c->held_len) {
+		p = c->held;
+		n = c->held_len;
+		c->held = NULL;
+		c->held_len = 0;
+		if (process_plaintext(c, p, n) < 0 || c->state != ST_OPEN) {
+			free(p);
+			return;
+		}
+		free(p);
 	}
+	if (!c->read_paused)
+		pump(c); /* records the TLS layer holds, then the carry */
+	if (c->state == ST_OPEN && !c->read_paused && !uv_is_closing((uv_handle_t *)&c->tcp))
+		uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 
 static void hs_run(uv_work_t *w)
@@ -1244,14 +1332,44 @@ static int handle_stream_frame(tether_conn *c, const tether_frame *f)
 	return 0;
 }
 
+/* Whether the next frame must wait (back-pressure), and why: too much
+ * output queued for a peer that does not read it, or a REQUEST while the
+ * peer already has MAX_INFLIGHT_IN unanswered.  Checked before every frame,
+ * so one read of many pipelined requests cannot overshoot. */
+static int must_wait(tether_conn *c, const unsigned char *p, size_t n)
+{
+	int next_type;
+
+	if (c->state != ST_OPEN)
+		return 0;
+	if (send_queue(c) >= READ_PAUSE_QUEUE)
+		return PAUSE_QUEUE;
+	if (c->inflight_in >= MAX_INFLIGHT_IN) {
+		/* the type of the frame whose bytes come next */
+		next_type = c->dec.hdr_have ? c->dec.hdr[0] : n ? p[0] : -1;
+		if (next_type == TETHER_FRAME_REQUEST)
+			return PAUSE_INFLIGHT;
+	}
+	return 0;
+}
+
 static int process_plaintext(tether_conn *c, const unsigned char *p, size_t n)
 {
 	while (n > 0 && c->state != ST_CLOSED && c->state != ST_CLOSING) {
 		tether_frame f;
 		size_t used = 0;
 		tether_error e;
-		int r;
+		int r, why;
 
+		if ((why = must_wait(c, p, n)) != 0) {
+			/* keep the rest (at most one tls_read's worth) for
+			 * resume_reading, and read no more meanwhile */
+			c->held = tether_xmalloc(n);
+			memcpy(c->held, p, n);
+			c->held_len = n;
+			pause_reading(c, why);
+			return 0;
+		}
 		memset(&e, 0, sizeof(e));
 		r = tether_frame_decode(&c->dec, p, n, &used, &f, &e);
 		if (r < 0) {
@@ -1380,11 +1498,16 @@ static void on_timer(uv_timer_t *t)
 	default:
 		return;
 	}
+	resume_reading(c);
+	if (c->state != ST_OPEN)
+		return;
 	expire_requests(c, now);
 	drain_check(c);
 	if (c->state != ST_OPEN)
 		return;
-	if (c->o.keepalive_ms) {
+	/* not reading because the peer's own requests are still running: its
+	 * pongs wait unread too, so they prove nothing either way */
+	if (c->o.keepalive_ms && c->read_paused != PAUSE_INFLIGHT) {
 		if (c->ping_outstanding && now - c->ping_sent_ms >= 2ull * c->o.keepalive_ms) {
 			set_close_err(c, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
 			              "%s stopped answering keepalive pings (nothing for %llu ms)",
@@ -1405,7 +1528,7 @@ static void on_timer(uv_timer_t *t)
 			c->ping_sent_ms = now;
 		}
 	}
-	if (c->o.idle_ms && !c->npending && !c->inflight_in &&
+	if (c->o.idle_ms && !c->npending && !c->inflight_in && !c->read_paused &&
 	    now - c->last_activity_ms >= c->o.idle_ms) {
 		tether_debug("rpc", "closing idle connection with %s", c->peer_addr);
 		tether_conn_close(c, "idle", "idle timeout");
@@ -2068,7 +2191,7 @@ int tether_conn_is_open(const tether_conn *c) { return c->state == ST_OPEN && !c
 
 static void drain_check(tether_conn *c)
 {
-	if (c->draining && c->state == ST_OPEN && !c->npending && !c->inflight_in)
+	if (c->draining && c->state == ST_OPEN && !c->npending && !c->inflight_in && !c->read_paused)
 		tether_conn_close(c, "reconfigured", c->drain_msg);
 }
 

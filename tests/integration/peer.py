@@ -182,13 +182,20 @@ def abuse_cases():
                              req(1, "file.upload", {"path": "abuse-reused2.bin", "size": 5})),
         "stream-overrun": (True, req(1, "file.upload", {"path": "abuse-overrun.bin", "size": 5}) +
                            frame(4, 1, b"x" * 10) + frame(5, 1, b"\0" * 32 + b'{"size": 10}')),
-        "requests-unread": (True, b"".join(req(i, "health", {}) for i in range(1, 10001))),
+        "requests-unread": (True, b"".join(req(i, "health", {}) for i in range(1, UNREAD_COUNT + 1))),
         "goaway": (True, frame(10, 0, struct.pack(">I", 0) + json.dumps({"code": "shutdown", "message": "bye"}).encode())),
     }
 
+# requests-unread: how many requests (PEER_UNREAD_COUNT, default 10 000)
+UNREAD_COUNT = int(os.environ.get("PEER_UNREAD_COUNT", "10000"))
+
 def unread(t, data):
-    """Send 10 000 requests without reading (the peer must stop reading us
-    or queue a bounded amount), report, then read every answer."""
+    """Send UNREAD_COUNT requests without reading (the peer must stop
+    reading us or queue a bounded amount) until the peer takes no more for
+    2 s, report, wait PEER_UNREAD_WAIT s, then read every answer while
+    sending the rest: a peer that paused reading must resume once its
+    answers are read."""
+    import select
     t.settimeout(2)
     sent = 0
     try:
@@ -200,29 +207,37 @@ def unread(t, data):
     sys.stdout.flush()
     time.sleep(float(os.environ.get("PEER_UNREAD_WAIT", "3")))
     print("reading"); sys.stdout.flush()
-    t.settimeout(10)
-    n, buf = 0, b""
+    # one thread, non-blocking: read the answers and send the rest of the
+    # requests as the peer takes them
+    t.setblocking(False)
+    rest, n, buf = data[sent:], 0, b""
+    end = time.time() + 60
     try:
-        if sent < len(data):
-            t.setblocking(True)
-            t.settimeout(30)
-            t.sendall(data[sent:]) if len(data) - sent < 8 << 20 else None
-    except (socket.timeout, ssl.SSLError, OSError):
-        pass
-    try:
-        while n < 10000:
-            d = t.recv(65536)
-            if not d:
-                break
-            buf += d
-            while len(buf) >= 12:
-                ln = struct.unpack(">I", buf[8:12])[0]
-                if len(buf) < 12 + ln:
+        while n < UNREAD_COUNT and time.time() < end:
+            r, w, _ = select.select([t], [t] if rest else [], [], 1.0)
+            if r or t.pending():
+                try:
+                    d = t.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    d = None
+                if d == b"":
                     break
-                if buf[0] == 3:
-                    n += 1
-                buf = buf[12 + ln:]
-    except (socket.timeout, ssl.SSLError, OSError):
+                if d:
+                    buf += d
+                    while len(buf) >= 12:
+                        ln = struct.unpack(">I", buf[8:12])[0]
+                        if len(buf) < 12 + ln:
+                            break
+                        if buf[0] == 3:
+                            n += 1
+                        buf = buf[12 + ln:]
+            if w and rest:
+                try:
+                    k = t.send(rest[:16384])
+                    rest = rest[k:]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+    except (ssl.SSLError, OSError):
         pass
     print("answers %d" % n)
     return 0

@@ -571,7 +571,7 @@ static void health_finish(health_job *j)
 			all_ok = 0;
 	}
 	if (j->n && registry_record_health(s->reg, rh, j->n, &e) < 0)
-		log_error("cannot record health results: %s", e.detail);
+		log_error("%s; these health results are not stored (the caller still gets them)", e.detail);
 	snprintf(summary, sizeof(summary), "%zu target%s, %s", j->n, j->n == 1 ? "" : "s",
 	         all_ok ? "all healthy" : "not all healthy");
 	tether_audit_write(s->audit, j->who, "health", NULL, all_ok ? "ok" : "error", NULL, summary, NULL);

@@ -415,7 +415,9 @@ static void check_tls(doctor *d, tether_identity *id)
 			add(d, ST_WARN, name, fix, "this identity is capped at TLS 1.2: %s", e.detail);
 			continue;
 		}
-		if (strstr(e.detail, "md too weak"))
+		if (e.category == TETHER_CAT_TOKEN_UNAVAILABLE)
+			snprintf(fix, sizeof(fix), "%s", tether_category_hint(e.category));
+		else if (strstr(e.detail, "md too weak"))
 			regen_fix(d, fix, sizeof(fix), "the certificate's signature digest (SHA-1) is below the "
 			          "security level of the OpenSSL configuration, so TLS cannot use it: regenerate it");
 		else if (strstr(e.detail, "key too small"))
@@ -685,9 +687,12 @@ static void check_targets(doctor *d)
 			for (c = 0; c < TETHER_CAT__COUNT; c++)
 				if (!strcmp(tether_category_name(c), cat))
 					break;
-			snprintf(fix, sizeof(fix), "%s; then 'tether-ping connect %s' tests the path and the TLS "
-			         "settings", c < TETHER_CAT__COUNT ? tether_category_hint(c) : "see the error",
-			         jstr(t, "address")[0] ? jstr(t, "address") : "HOST:PORT");
+			if (c == TETHER_CAT_TOKEN_UNAVAILABLE) /* this side's token: no path or TLS problem */
+				snprintf(fix, sizeof(fix), "%s", tether_category_hint(c));
+			else
+				snprintf(fix, sizeof(fix), "%s; then 'tether-ping connect %s' tests the path and the "
+				         "TLS settings", c < TETHER_CAT__COUNT ? tether_category_hint(c) : "see the error",
+				         jstr(t, "address")[0] ? jstr(t, "address") : "HOST:PORT");
 			add(d, !strcmp(state, "unreachable") || !strcmp(state, "timeout") ? ST_WARN : ST_FAIL, name, fix,
 			    "%s at the last check (%s): %s", state, cat[0] ? cat : "-", jstr(t, "error"));
 		}

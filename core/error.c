@@ -29,6 +29,7 @@ static const char *const cat_names[TETHER_CAT__COUNT] = {
 	[TETHER_CAT_INTERNAL] = "internal",
 	[TETHER_CAT_PEER_PROTOCOL] = "protocol_violation",
 	[TETHER_CAT_LOCKED] = "locked",
+	[TETHER_CAT_TOKEN_UNAVAILABLE] = "token_unavailable",
 };
 
 #define TLS_REQ "tether requires TLS 1.2 or 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305 " \
@@ -113,6 +114,13 @@ static const char *const cat_hints[TETHER_CAT__COUNT] = {
 		"another process holds a lock on what the operation needs (the message names it, with the "
 		"process ID when it is known): another tether-server on the same state directory, a backup "
 		"tool or an sqlite3 shell; stop it or wait for it to finish, then retry",
+	[TETHER_CAT_TOKEN_UNAVAILABLE] =
+		"the private key is on a PKCS#11 token (HSM, smart card) that did not answer (the message names "
+		"the token and the CKR_ code): check that the token is present in its slot and powered, that a "
+		"network HSM is reachable and its client configured, and that nothing else reset or logged out "
+		"its sessions; a running tether-agent or tether-server retries every 2 s and serves again by "
+		"itself once the token answers (no SIGHUP, no restart); a command only needs to be run again; "
+		"this is not a TLS setting problem",
 };
 
 const char *tether_category_name(int category)

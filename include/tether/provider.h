@@ -84,10 +84,13 @@ enum tether_category {
 	TETHER_CAT_IO,                   /* "io" */
 	TETHER_CAT_UNSUPPORTED,          /* "unsupported" */
 	TETHER_CAT_INTERNAL,             /* "internal" */
-	/* The core's own (no provider reports them); new categories are only
-	 * ever added here, before the count. */
+	/* New categories are only ever added here, before the count.  The
+	 * core's own (no provider reports them): */
 	TETHER_CAT_PEER_PROTOCOL,        /* "protocol_violation": a peer broke the tether protocol */
 	TETHER_CAT_LOCKED,               /* "locked": another process holds a lock we need */
+	/* Reported by the pkcs11 provider (a core older than it shows
+	 * "internal", as for any category it does not know): */
+	TETHER_CAT_TOKEN_UNAVAILABLE,    /* "token_unavailable": the token/HSM holding the key did not answer */
 	TETHER_CAT__COUNT
 };
 

@@ -160,5 +160,8 @@ int ossl_tls_refresh_key(tether_tls *t, tether_error *err);
 int ossl_tls_key_stale(const tether_tls *t);
 /* Has the handshake not started yet (no step run)? */
 int ossl_tls_before_start(const tether_tls *t);
+/* After a failed step: the provider's own reading of the failure (another
+ * category, a longer detail), returned by later calls on the session. */
+void ossl_tls_set_failure(tether_tls *t, const tether_error *err);
 
 #endif

@@ -709,6 +709,11 @@ static int tls_fail(tether_tls *t, tether_error *err, int ssl_error,
 	if (t->alert_recv == 116)
 		append(detail, sizeof(detail), "; the peer requires a client "
 		       "certificate");
+	if (t->alert_recv == SSL_AD_INTERNAL_ERROR && cat == TETHER_CAT_HANDSHAKE)
+		append(detail, sizeof(detail), "; the peer failed on its side, "
+		       "not over TLS parameters: its log says why (for example "
+		       "its private key is on a PKCS#11 token that did not "
+		       "answer)");
 	if (t->io_werr)
 		append(detail, sizeof(detail), "; writing to the connection "
 		       "failed");
@@ -1469,6 +1474,15 @@ unsigned long ossl_tls_backend_code(const tether_tls *t)
 int ossl_tls_before_start(const tether_tls *t)
 {
 	return t != NULL && !t->started && !t->failed;
+}
+
+void ossl_tls_set_failure(tether_tls *t, const tether_error *err)
+{
+	if (t == NULL || err == NULL || !t->failed)
+		return;
+	t->fail_code = err->code;
+	t->fail_cat = err->category;
+	copy_str(t->fail_detail, sizeof(t->fail_detail), err->detail);
 }
 
 int ossl_tls_key_stale(const tether_tls *t)

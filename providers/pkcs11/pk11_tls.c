@@ -57,10 +57,18 @@ int pk11_tls_handshake(tether_tls *t, tether_error *err)
 	if (err != NULL) {
 		size_t l = strlen(err->detail);
 
+		/* The token failed, not the TLS parameters: its own category,
+		 * whose hint is about the token and not ciphers or groups. */
+		err->category = TETHER_CAT_TOKEN_UNAVAILABLE;
 		snprintf(err->detail + l, sizeof(err->detail) - l,
-		         "; token '%s' answered %s: the pkcs11 provider reopens its "
-		         "session and reloads the key once the token is back",
-		         p->token_label, pk11_rv_name((CK_RV)rv));
+		         "; the private key is on PKCS#11 token '%s', which could "
+		         "not sign (%s): %s", p->token_label, pk11_rv_name((CK_RV)rv),
+		         __atomic_load_n(&p->token_gone, __ATOMIC_SEQ_CST) ?
+		         "the token is gone; handshakes fail until it answers "
+		         "again (retried every 2 s, no restart needed)" :
+		         "its session was reopened and the key reloaded: the next "
+		         "handshake uses it");
+		ossl_tls_set_failure(t, err);
 	}
 	return r;
 }

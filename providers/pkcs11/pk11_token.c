@@ -191,8 +191,11 @@ static int find_token(tether_provider_ctx *p, const char *uri_text,
 			}
 		}
 	}
+	/* No token at all: it is absent (or the HSM unreachable), not named
+	 * wrongly. */
 	if (matches == 0)
-		return pk11_err_set(err, TETHER_ERR_IO, TETHER_CAT_NOT_FOUND, CKR_OK,
+		return pk11_err_set(err, TETHER_ERR_IO, seen[0] ? TETHER_CAT_NOT_FOUND :
+		                    TETHER_CAT_TOKEN_UNAVAILABLE, CKR_OK,
 		                    "no token matching %s in the PKCS#11 module %s (tokens "
 		                    "present: %s): insert the token or fix [pkcs11] token",
 		                    uri_text, p->module_path, seen[0] ? seen : "none");

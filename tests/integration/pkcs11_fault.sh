@@ -123,8 +123,26 @@ fault_windows() {
 		tail -n +$((lines + 1)) "$log" > "$TMP/window"
 		if [ "$side" = agent ]; then
 			like "$TMP/window" "handshake with .* failed.*($text)" "$side, $fault: the agent's log says the handshake failed on the token"
+			like "$TMP/window" "handshake with .* failed \(token_unavailable\): .*the private key is on PKCS#11 token '$LABEL', which could not sign \($rv\)" \
+				"$side, $fault: the agent's log classifies it token_unavailable, naming the token and the CKR_ code"
+			like "$TMP/window" "hint: the private key is on a PKCS#11 token .*retries every 2 s" "$side, $fault: the agent's log gives the token hint"
+			unlike "$TMP/window" "hint: .*(cipher|key-exchange group|signature scheme)" "$side, $fault: the agent's log gives no cipher/group hint"
+			like "$TMP/h.json" "internal error.*the peer failed on its side, not over TLS parameters: its log says why" \
+				"$side, $fault: the server's health says the agent failed on its side (internal_error), not over TLS parameters"
 		else
 			like "$TMP/h.json" "$text" "$side, $fault: health says the handshake failed on the token"
+			is "$(p11_json "$TMP/h.json" 'd[0]["category"]')" token_unavailable "$side, $fault: health's category is token_unavailable"
+			like "$TMP/h.json" "the private key is on PKCS#11 token '$LABEL', which could not sign \($rv\)" "$side, $fault: health's error names the token and the CKR_ code"
+			"$SERVER" health "${A[@]}" hsm > "$TMP/h.txt" 2>&1
+			like "$TMP/h.txt" "\(token_unavailable\)" "$side, $fault: 'health' prints the category"
+			like "$TMP/h.txt" "hint: the private key is on a PKCS#11 token .*retries every 2 s" "$side, $fault: 'health' prints the token hint"
+			unlike "$TMP/h.txt" "cipher|key-exchange group|signature scheme" "$side, $fault: 'health' gives no cipher/group hint"
+			"$SERVER" doctor "${A[@]}" > "$TMP/doctor" 2>&1
+			like "$TMP/doctor" "FAIL +target hsm +handshake_failed at the last check \(token_unavailable\)" "$side, $fault: doctor shows the target failed on the token"
+			like "$TMP/doctor" "fix: the private key is on a PKCS#11 token" "$side, $fault: doctor's fix is the token hint"
+			like "$TMP/doctor" "FAIL +identity +the identity cannot be loaded: .*(CKR_|tokens present: none)" "$side, $fault: doctor cannot load the identity from the token"
+			unlike "$TMP/doctor" "fix: check the (name or path|permissions)" "$side, $fault: doctor's fixes do not blame names, paths or permissions"
+			unlike "$TMP/doctor" "target hsm.*tether-ping|fix: .*tether-ping connect" "$side, $fault: doctor does not send to tether-ping for the token"
 		fi
 		like "$TMP/window" "token '$LABEL' is gone \($rv\): handshakes fail until it is back; retrying every [0-9]+ s" \
 			"$side, $fault: the log says the token is gone, once"
@@ -135,7 +153,7 @@ fault_windows() {
 		wait_healthy; ok $? "$side, $fault: healthy again within 20 s after the token is back, without SIGHUP or restart"
 		tail -n +$((lines + 1)) "$log" > "$TMP/window"
 		like "$TMP/window" "token '$LABEL' is back: identity reloaded" "$side, $fault: the log says the token is back and the identity reloaded"
-		unlike "$TMP/window" "SIGHUP|reloading the identit" "$side, $fault: no reload was asked for"
+		unlike "$TMP/window" "SIGHUP: reloading|reloading the identit" "$side, $fault: no reload was asked for"
 	done
 }
 

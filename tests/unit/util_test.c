@@ -79,6 +79,9 @@ static void categories(void **s)
 	assert_non_null(strstr(tether_category_hint(TETHER_CAT_PEER_PROTOCOL), "not a tether peer of a compatible version"));
 	assert_non_null(strstr(tether_category_hint(TETHER_CAT_LOCKED), "another tether-server on the same state directory"));
 	assert_null(strstr(tether_category_hint(TETHER_CAT_PEER_PROTOCOL), "certificate"));
+	assert_string_equal(tether_category_name(TETHER_CAT_TOKEN_UNAVAILABLE), "token_unavailable");
+	assert_non_null(strstr(tether_category_hint(TETHER_CAT_TOKEN_UNAVAILABLE), "retries every 2 s"));
+	assert_null(strstr(tether_category_hint(TETHER_CAT_TOKEN_UNAVAILABLE), "cipher"));
 	for (i = 0; i < TETHER_CAT__COUNT; i++) {
 		assert_non_null(tether_category_hint(i));
 		assert_true(strlen(tether_category_name(i)) > 0);

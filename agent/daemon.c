@@ -90,6 +90,8 @@ typedef struct agent {
 	uv_poll_t trust_poll;
 #endif
 	unsigned ticks;
+	int id_check_busy;              /* an identity_check runs (main loop only) */
+	int id_check_next;              /* then: 1 check again, 2 reload (SIGHUP) */
 	uv_timer_t poll_timer, drain_timer;
 	struct timespec trust_mtime;
 	time_t started;
@@ -374,14 +376,14 @@ static int watch_trust(agent *a, const char *dir)
 }
 #endif
 
-static void check_identity_change(agent *a);
+static void identity_check(agent *a, int reload);
 
 static void on_id_event(uv_fs_event_t *h, const char *filename, int events, int status)
 {
 	(void)filename;
 	(void)events;
 	(void)status;
-	check_identity_change(h->data);
+	identity_check(h->data, 0);
 }
 
 static void on_poll(uv_timer_t *t)
@@ -389,7 +391,7 @@ static void on_poll(uv_timer_t *t)
 	agent *a = t->data;
 	reload_trust(a, 0);
 	if (++a->ticks % 5 == 0)
-		check_identity_change(a);
+		identity_check(a, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1378,42 +1380,99 @@ static void on_drained(uv_timer_t *t)
 	uv_close((uv_handle_t *)&a->drain_timer, NULL);
 }
 
-static void reload_identity(agent *a)
-{
-	tlsref *t = NULL, *old;
+/* Is the identity in the current slot another one than in use (after
+ * new-certificate, import-certificate or use-staged-certificate while
+ * running), or was a reload asked for (SIGHUP)?  Then switch to it.
+ * Loading an identity reads its key: from files (maybe decrypting a
+ * protected key) or from a PKCS#11 token, where a network HSM may take
+ * long to answer.  So the check runs on the thread pool, never on the
+ * main loop, one at a time: a check asked for while one runs runs after
+ * it (a reload wins over a plain check). */
+typedef struct id_check {
+	uv_work_t w;
+	agent *a;
+	int reload;                     /* SIGHUP: load it even if unchanged */
+	int changed;
+	int rc;
+	tlsref *neu;                    /* the identity to switch to */
+	char sha256[TETHER_THUMBPRINT_HEX];
 	tether_error e;
+} id_check;
 
-	memset(&e, 0, sizeof(e));
-	if (build_tls(a, &t, &e) < 0) {
-		log_error("cannot reload the identity, keeping the current one: %s", e.detail);
-		return;
+static void id_check_run(uv_work_t *w)
+{
+	id_check *k = (id_check *)w;
+	agent *a = k->a;
+	tether_id_summary cur;
+
+	if (!k->reload) {
+		k->rc = tether_slot_summary(a->prov, TETHER_SLOT_CURRENT, &cur, &k->e);
+		if (k->rc < 0 || !cur.present)
+			return;
+		pthread_mutex_lock(&a->lock);
+		k->changed = strcmp(cur.sha256, a->tls->summary.sha256) != 0;
+		pthread_mutex_unlock(&a->lock);
+		if (!k->changed)
+			return;
+		snprintf(k->sha256, sizeof(k->sha256), "%s", cur.sha256);
 	}
-	pthread_mutex_lock(&a->lock);
-	old = a->tls;
-	a->tls = t;
-	pthread_mutex_unlock(&a->lock);
-	__atomic_add_fetch(&a->session_gen, 1, __ATOMIC_SEQ_CST);
-	log_info("identity %s loaded; existing connections drain on the old one", t->summary.sha256);
-	tlsref_release(a, old);
+	k->rc = build_tls(a, &k->neu, &k->e);
 }
 
-/* new-certificate / import-certificate while running: pick it up. */
-static void check_identity_change(agent *a)
+static void id_check_done(uv_work_t *w, int status)
 {
-	tether_id_summary cur;
-	tether_error e;
-	int changed;
+	id_check *k = (id_check *)w;
+	agent *a = k->a;
+	tlsref *old;
+	int next;
 
-	memset(&e, 0, sizeof(e));
-	if (tether_slot_summary(a->prov, TETHER_SLOT_CURRENT, &cur, &e) < 0 || !cur.present)
-		return;
-	pthread_mutex_lock(&a->lock);
-	changed = strcmp(cur.sha256, a->tls->summary.sha256) != 0;
-	pthread_mutex_unlock(&a->lock);
-	if (changed) {
-		log_info("the certificate changed on disk (%s): switching to it", cur.sha256);
-		reload_identity(a);
+	(void)status;
+	a->id_check_busy = 0;
+	if (k->changed)
+		log_info("the certificate changed on disk (%s): switching to it", k->sha256);
+	if (k->neu && !a->stopping) {
+		pthread_mutex_lock(&a->lock);
+		old = a->tls;
+		a->tls = k->neu;
+		pthread_mutex_unlock(&a->lock);
+		__atomic_add_fetch(&a->session_gen, 1, __ATOMIC_SEQ_CST);
+		log_info("identity %s loaded; existing connections drain on the old one",
+		         k->neu->summary.sha256);
+		tlsref_release(a, old);
+	} else if (k->neu) {
+		tlsref_release(a, k->neu);
+	} else if (k->rc < 0 && (k->reload || k->changed)) {
+		log_error("cannot reload the identity, keeping the current one: %s", k->e.detail);
+	} else if (k->rc < 0) {
+		tether_debug("prov", "identity check: %s", k->e.detail);
 	}
+	free(k);
+	next = a->id_check_next;
+	a->id_check_next = 0;
+	if (next && !a->stopping)
+		identity_check(a, next == 2);
+}
+
+/* On the main loop. */
+static void identity_check(agent *a, int reload)
+{
+	id_check *k;
+
+	if (a->stopping)
+		return;
+	if (a->id_check_busy) {
+		if (reload || !a->id_check_next)
+			a->id_check_next = reload ? 2 : 1;
+		return;
+	}
+	k = tether_xcalloc(1, sizeof(*k));
+	k->a = a;
+	k->reload = reload;
+	if (uv_queue_work(a->loop, &k->w, id_check_run, id_check_done) < 0) {
+		free(k);
+		return;
+	}
+	a->id_check_busy = 1;
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -1423,7 +1482,7 @@ static void on_signal(uv_signal_t *s, int signum)
 	if (signum == SIGHUP) {
 		log_info("SIGHUP: reloading identity and trust");
 		reload_trust(a, 1);
-		reload_identity(a);
+		identity_check(a, 1);
 		return;
 	}
 	if (a->stopping)

@@ -12,8 +12,10 @@
 #    once the token is back the provider reopens its session, logs in and
 #    reloads the key by itself (no SIGHUP, no restart): health turns
 #    healthy again within a bounded wait and the log says the token is
-#    back; a SIGHUP (identity reload) still works too; it exits cleanly on
-#    SIGTERM;
+#    back; a SIGHUP (identity reload) still works too; a token that stops
+#    answering (the module's 'stall' window) does not stall the agent's
+#    main loop while its periodic identity check waits for it; it exits
+#    cleanly on SIGTERM;
 #  - the same with the server's key on the token (the server signs as the
 #    TLS client of a listening agent).
 # pkcs11-provider 1.0 keeps the key's object handle in the EVP_PKEY, and
@@ -177,6 +179,31 @@ sleep 0.5
 restart_server
 health_json
 is "$(state)" healthy "SIGHUP after a fault window: the agent serves again"
+
+# The agent's identity check (every 10 s: did new-certificate or
+# use-staged-certificate change the current slot?) loads the identity from
+# the token.  A token that stops answering (a network HSM) must not stall
+# the main loop: signals and trust reloads go on meanwhile.
+after() { tail -n +$((lines + 1)) "$TMP/agent.log" | grep -qE "$1"; }
+: > "$TMP/faults.log"
+lines=$(wc -l < "$TMP/agent.log")
+echo stall > "$TMP/fault"
+r=1
+for i in $(seq 1 150); do grep -q stalled "$TMP/faults.log" && { r=0; break; }; sleep 0.1; done
+ok $r "stall: the agent's periodic identity check reaches the token, which stops answering"
+kill -HUP $APID
+r=1
+for i in $(seq 1 100); do after "trust loaded" && { r=0; break; }; sleep 0.1; done
+ok $r "stall: SIGHUP is handled and the trust reloaded while the check waits for the token (it is not on the main loop)"
+! grep -q released "$TMP/faults.log"; ok $? "stall: the token was still not answering then"
+! after "identity .* loaded"; ok $? "stall: the SIGHUP's identity reload waits behind the check"
+rm -f "$TMP/fault"
+r=1
+for i in $(seq 1 100); do after "identity .* loaded; existing connections drain" && { r=0; break; }; sleep 0.1; done
+ok $r "stall: once the token answers, the SIGHUP's identity reload runs"
+restart_server
+health_json
+is "$(state)" healthy "stall: the agent serves after the stall"
 
 kill -TERM $APID
 for i in $(seq 1 100); do kill -0 $APID 2>/dev/null || break; sleep 0.1; done

@@ -16,8 +16,14 @@
  *                              session  CKR_SESSION_HANDLE_INVALID from
  *                                       session calls, token calls work;
  *                              logout   CKR_USER_NOT_LOGGED_IN from session
- *                                       calls, token calls work.
- *                            On entering the window every session of the
+ *                                       calls, token calls work;
+ *                              stall    session calls do not return while
+ *                                       the window is open (at most 60 s),
+ *                                       then go through: a network HSM
+ *                                       that stops answering.  Sessions
+ *                                       are left alone.
+ *                            On entering a removed, session or logout
+ *                            window every session of the
  *                            real module is closed (C_CloseAllSessions on
  *                            each slot), which also logs the token out, as
  *                            a real removal would: after the window the
@@ -50,7 +56,8 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_SLOTS 64
 
-enum fault { F_NONE = 0, F_REMOVED, F_SESSION, F_LOGOUT };
+enum fault { F_NONE = 0, F_REMOVED, F_SESSION, F_LOGOUT, F_STALL };
+#define STALL_MAX_MS 60000
 enum kind { K_TOKEN, K_SESSION };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -79,6 +86,8 @@ static enum fault current_fault(void)
 		return F_SESSION;
 	if (strncmp(buf, "logout", 6) == 0)
 		return F_LOGOUT;
+	if (strncmp(buf, "stall", 5) == 0)
+		return F_STALL;
 	return F_REMOVED;
 }
 
@@ -117,7 +126,17 @@ static CK_RV check(const char *fn, enum kind k)
 	enum fault f = current_fault();
 	CK_RV rv = CKR_OK;
 	const char *name = NULL;
+	int waited;
 
+	if (f == F_STALL && k == K_SESSION) {
+		note(fn, "stalled");
+		for (waited = 0; waited < STALL_MAX_MS && current_fault() == F_STALL; waited += 50)
+			usleep(50 * 1000);
+		note(fn, "released");
+		return CKR_OK;
+	}
+	if (f == F_STALL)
+		return CKR_OK;
 	pthread_mutex_lock(&lock);
 	if (f != F_NONE && !in_window && real != NULL)
 		kill_sessions();

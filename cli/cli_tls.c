@@ -68,7 +68,8 @@ unsigned cli_tls_policy(cli_ctx *c)
 		if (pflags & TETHER_PROVIDER_NO_KEY_EXPORT)
 			tether_log(TETHER_LOG_WARN, "[tls] resumption = on with the %s provider: the "
 			           "session-ticket key is kept on disk in the state directory, a "
-			           "secret outside the token",
+			           "secret outside the token, and a resumed handshake (this side "
+			           "as TLS server or as client) does not use the token's key",
 			           c->prov->t->name ? c->prov->t->name : "current");
 	} else if (strcmp(res, "auto") == 0 && !(pflags & TETHER_PROVIDER_NO_KEY_EXPORT)) {
 		policy |= TETHER_TLS_POLICY_RESUMPTION;

@@ -247,7 +247,10 @@ enum tether_tls_policy_flags {
 	TETHER_TLS_POLICY_FIPS = 1u << 0,       /* drop what FIPS does not approve */
 	TETHER_TLS_POLICY_TLS13_ONLY = 1u << 1,
 	TETHER_TLS_POLICY_TLS12_ONLY = 1u << 2, /* tests, and peers without 1.3 */
-	TETHER_TLS_POLICY_RESUMPTION = 1u << 3, /* session tickets */
+	/* Session tickets: a server issues and accepts them (with ticket_key),
+	 * a client keeps and offers them.  Without it a client ignores
+	 * tether_tls_params.session and tls_get_session finds nothing. */
+	TETHER_TLS_POLICY_RESUMPTION = 1u << 3,
 	TETHER_TLS_POLICY_REQUIRE_CERT = 1u << 4, /* server: refuse no-cert peers in the handshake */
 	/* Refuse to make the context unless a validated FIPS module does the
 	 * crypto (OpenSSL's fips provider active; a provider without one

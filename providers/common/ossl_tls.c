@@ -34,6 +34,10 @@
  *     ticket check above) and passed; otherwise an empty ticket is sent
  *     (RFC 5077 allows it) and the session is not resumable.
  * The server keeps no session cache (no session-ID resumption).
+ * A client context without RESUMPTION keeps and offers no session at all
+ * (tls_get_session finds none, params->session is ignored), whatever the
+ * server issues: so with resumption off every handshake signs with the
+ * identity's key, in both roles.
  *
  * Lifetime: free every session (ossl_tls_free) before its context.
  */
@@ -1083,9 +1087,16 @@ int ossl_tls_new(tether_tls_ctx *c, const tether_tls_params *params,
 			session_take_box(t, params->identity->box,
 			                 params->identity->cert, gen);
 		}
-		if (params->session != NULL && params->session_len > 0)
+		/* Without RESUMPTION a client resumes nothing either, even
+		 * with a server that issues tickets: every handshake signs
+		 * with the identity's key (on a token: uses the token). */
+		if (params->session != NULL && params->session_len > 0 &&
+		    (c->policy & TETHER_TLS_POLICY_RESUMPTION))
 			client_set_session(t, params->session,
 			                   params->session_len);
+		else if (params->session != NULL && params->session_len > 0)
+			tls_debug(c, "resumption is off: saved TLS session not "
+			          "offered, full handshake");
 	}
 
 	*out = t;
@@ -1388,7 +1399,8 @@ int ossl_tls_get_session(tether_tls *t, unsigned char **out,
 	if (t == NULL || out == NULL || out_len == NULL ||
 	    t->c->role != TETHER_TLS_CLIENT)
 		return TETHER_ERR_INVALID;
-	if (t->failed || !SSL_is_init_finished(t->ssl))
+	if (t->failed || !SSL_is_init_finished(t->ssl) ||
+	    !(t->c->policy & TETHER_TLS_POLICY_RESUMPTION))
 		return TETHER_ERR_NOT_FOUND;
 	sess = SSL_get1_session(t->ssl);
 	if (sess == NULL || !SSL_SESSION_is_resumable(sess))

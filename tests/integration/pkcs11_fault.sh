@@ -227,8 +227,9 @@ printf '\n[polling]\naddress = 127.0.0.1:%s\nwait = 10\n' "$(free_port)" >> "$H/
 AT=$("$AGENT" show-thumbprint "${A[@]}" | head -1)
 APORT=$(free_port)
 "$AGENT" configure "${A[@]}" --trust "$ST" --listen 127.0.0.1:$APORT >/dev/null
-# no session tickets from the agent: a resumed handshake would not sign
-printf '\n[tls]\nresumption = off\n' >> "$H/agent-default/agent.ini"
+# The agent issues session tickets (openssl provider, [tls] resumption auto
+# is on): the server on the token, whose auto is off, resumes none of them
+# as a TLS client either, so every handshake below signs on the token.
 start_agent "$TMP/agent2.log"
 : > "$TMP/server.log"
 start_server
@@ -236,6 +237,26 @@ run_ok "target add (server on the token)" "$SERVER" target add "${A[@]}" hsm --l
 health_json; is "$(state)" healthy "server on the token: healthy before any fault"
 
 fault_windows server "$TMP/server.log"
+
+# Every handshake of the server with the agent was a full one (the agent
+# logs ", resumed" for a resumed one): resumption auto is off with pkcs11,
+# as the TLS client too.
+n=$(grep -c "server [0-9a-f]* connected from" "$TMP/agent2.log")
+[ "$n" -ge 4 ]; ok $? "server on the token: the agent saw $n full connections from it (at least one per window and the first)"
+unlike "$TMP/agent2.log" "server [0-9a-f]* connected from .*, resumed\)" \
+	"server on the token, resumption auto: no handshake was resumed (each signed on the token), though the agent issues tickets"
+# [tls] resumption = on: the server warns, and then resumes as a client.
+printf '\n[tls]\nresumption = on\n' >> "$H/server-default/server.ini"
+lines=$(wc -l < "$TMP/server.log")
+restart_server
+tail -n +$((lines + 1)) "$TMP/server.log" > "$TMP/window"
+like "$TMP/window" "resumption = on with the pkcs11 provider: .*a resumed handshake \(this side as TLS server or as client\) does not use the token's key" \
+	"resumption = on: the server warns that resumed handshakes do not use the token"
+health_json; is "$(state)" healthy "resumption = on: healthy (full handshake, a ticket kept)"
+restart_agent
+health_json; is "$(state)" healthy "resumption = on: healthy again after the agent restarted"
+grep "connected from" "$TMP/agent2.log" | tail -n 1 > "$TMP/last"
+like "$TMP/last" ", resumed\)" "resumption = on: the server resumed its session with the agent (no signature on the token)"
 
 kill -TERM $SPID
 for i in $(seq 1 100); do kill -0 $SPID 2>/dev/null || break; sleep 0.1; done

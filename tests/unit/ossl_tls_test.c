@@ -730,6 +730,87 @@ static void test_tls12_no_ticket_without_pin(void **state)
 	pair_done(&pr);
 }
 
+/* A client context without RESUMPTION, facing a server that issues
+ * tickets: it keeps no session, and one offered to it (made by a client
+ * with resumption) is not used: a full handshake, where it signs. */
+static void client_no_resumption(unsigned policy)
+{
+	struct pair pr;
+	unsigned char buf[64], *sess = NULL, *none = NULL;
+	size_t n, sess_len = 0, none_len = 0;
+	tether_tls_info ci, si;
+	tether_tls_ctx *on, *off, *sctx;
+
+	on = make_ctx(TETHER_TLS_CLIENT, policy | TETHER_TLS_POLICY_RESUMPTION, rsa2);
+	off = make_ctx(TETHER_TLS_CLIENT, policy, rsa2);
+	sctx = make_ctx(TETHER_TLS_SERVER, policy | TETHER_TLS_POLICY_RESUMPTION, rsa1);
+
+	/* The server issues a ticket to the client without resumption. */
+	pair_init(&pr, off, sctx);
+	pair_start(&pr, 1, 1, NULL, NULL, 0, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_pinned(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_pinned(pr.c.t, &pr.c.err), 0);
+	assert_int_equal(drain(&pr.c, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(ossl_tls_get_session(pr.c.t, &none, &none_len),
+	                 TETHER_ERR_NOT_FOUND);
+	assert_null(none);
+	pair_free(&pr);
+
+	/* A session the client with resumption got... */
+	pr.c.ctx = on;
+	pair_start(&pr, 1, 1, NULL, NULL, 0, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_pinned(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_pinned(pr.c.t, &pr.c.err), 0);
+	assert_int_equal(drain(&pr.c, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(ossl_tls_get_session(pr.c.t, &sess, &sess_len), 0);
+	assert_non_null(sess);
+	pair_free(&pr);
+
+	/* ...is resumable by it (the server would accept it)... */
+	pair_start(&pr, 1, 1, NULL, sess, sess_len, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_info(pr.c.t, &ci), 0);
+	assert_int_equal(ci.resumed, 1);
+	pair_free(&pr);
+
+	/* ...but not offered by the client without resumption: full
+	 * handshake, the certificates verified in it. */
+	pr.c.ctx = off;
+	pr.c.verify_calls = pr.s.verify_calls = 0;
+	pair_start(&pr, 1, 1, NULL, sess, sess_len, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_info(pr.c.t, &ci), 0);
+	assert_int_equal(ossl_tls_info(pr.s.t, &si), 0);
+	assert_int_equal(ci.resumed, 0);
+	assert_int_equal(si.resumed, 0);
+	assert_int_equal(pr.c.verify_calls, 1);
+	assert_int_equal(pr.s.verify_calls, 1);
+	pair_free(&pr);
+
+	free(sess);
+	ossl_tls_ctx_free(on);
+	ossl_tls_ctx_free(off);
+	ossl_tls_ctx_free(sctx);
+}
+
+static void test_client_no_resumption_tls13(void **state)
+{
+	(void)state;
+	client_no_resumption(0);
+}
+
+static void test_client_no_resumption_tls12(void **state)
+{
+	(void)state;
+	client_no_resumption(TETHER_TLS_POLICY_TLS12_ONLY);
+}
+
 static void test_protocol_version(void **state)
 {
 	struct pair pr;
@@ -1029,6 +1110,8 @@ int main(void)
 		cmocka_unit_test(test_resumption_tls13),
 		cmocka_unit_test(test_resumption_tls12),
 		cmocka_unit_test(test_tls12_no_ticket_without_pin),
+		cmocka_unit_test(test_client_no_resumption_tls13),
+		cmocka_unit_test(test_client_no_resumption_tls12),
 		cmocka_unit_test(test_protocol_version),
 		cmocka_unit_test(test_garbage),
 		cmocka_unit_test(test_http),

@@ -15,10 +15,14 @@
 #include <config.h>
 #endif
 
+#include <limits.h>
 #include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/asn1t.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -138,6 +142,276 @@ static int queue_scan(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* PKCS#12 work bound                                                  */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Every MAC check and every decryption in a PKCS#12 file first derives a
+ * key from the password, running a KDF as many times as the file says.
+ * Nothing bounds that count but the file: a PFX asking for 2^31
+ * iterations keeps import-certificate busy for tens of minutes before the
+ * password can even be checked.  Exporters use a few thousand (OpenSSL 3
+ * 2 048, Windows 2 000, Java 10 000) to 600 000 (Bouncy Castle 1.86,
+ * after OWASP's advice for PBKDF2-HMAC-SHA256), so the iteration counts
+ * of the MAC, of every encrypted part and of every encrypted key in the
+ * file may add up to OSSL_P12_ITER_MAX at most: at worst about 7 s of
+ * work per parse on one core of the build machine (an encrypted part at
+ * the bound, which is decrypted twice), usually far less.  scrypt counts
+ * N*r*p.  The fuzz harness builds this file with a lower bound, so that
+ * no single input can be slow (docs/HARDENING.md).
+ */
+#ifndef OSSL_P12_ITER_MAX
+#define OSSL_P12_ITER_MAX 10000000ULL
+#endif
+
+struct iter_budget {
+	unsigned long long total;       /* counts added so far (saturating) */
+	unsigned long long worst;       /* the largest single count */
+	const char *worst_what;         /* and what asked for it */
+};
+
+/* An ASN.1 INTEGER iteration count.  Absent means 1; negative means no
+ * work (OpenSSL refuses or derives once); one too large for 64 bits is
+ * counted as the largest number, so that it is refused. */
+static unsigned long long count_of(const ASN1_INTEGER *a)
+{
+	uint64_t v;
+
+	if (a == NULL)
+		return 1;
+	if (ASN1_STRING_type(a) == V_ASN1_NEG_INTEGER)
+		return 0;
+	if (ASN1_INTEGER_get_uint64(&v, a) != 1)
+		return ULLONG_MAX;
+	return v;
+}
+
+static unsigned long long mul_sat(unsigned long long a, unsigned long long b)
+{
+	if (a != 0 && b > ULLONG_MAX / a)
+		return ULLONG_MAX;
+	return a * b;
+}
+
+/* Add one KDF run of n iterations; 0 if the total is still allowed. */
+static int budget_add(struct iter_budget *b, unsigned long long n,
+                      const char *what)
+{
+	if (n > b->worst || b->worst_what == NULL) {
+		b->worst = n;
+		b->worst_what = what;
+	}
+	b->total = n > ULLONG_MAX - b->total ? ULLONG_MAX : b->total + n;
+	return b->total > OSSL_P12_ITER_MAX ? -1 : 0;
+}
+
+/* The iterations a PBKDF2 or scrypt AlgorithmIdentifier asks for, or 0
+ * if it is neither or cannot be decoded (OpenSSL then refuses it without
+ * deriving anything). */
+static unsigned long long kdf_count(const X509_ALGOR *kdf)
+{
+	const ASN1_OBJECT *obj;
+	unsigned long long n = 0;
+
+	X509_ALGOR_get0(&obj, NULL, NULL, kdf);
+	if (kdf->parameter == NULL)
+		return 0;
+	switch (OBJ_obj2nid(obj)) {
+	case NID_id_pbkdf2: {
+		PBKDF2PARAM *p = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBKDF2PARAM),
+		                                           kdf->parameter);
+		if (p != NULL)
+			n = count_of(p->iter);
+		PBKDF2PARAM_free(p);
+		break;
+	}
+#ifndef OPENSSL_NO_SCRYPT
+	case NID_id_scrypt: {
+		SCRYPT_PARAMS *p = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(SCRYPT_PARAMS),
+		                                             kdf->parameter);
+		if (p != NULL)
+			n = mul_sat(mul_sat(count_of(p->costParameter), count_of(p->blockSize)),
+			            count_of(p->parallelizationParameter));
+		SCRYPT_PARAMS_free(p);
+		break;
+	}
+#endif
+	default:
+		break;
+	}
+	return n;
+}
+
+/* The iterations a password-based encryption asks for: PBES2 (its KDF),
+ * or one of the PKCS#5 v1 / PKCS#12 PBEs (PBEParameter).  0 if none. */
+static unsigned long long pbe_count(const X509_ALGOR *alg)
+{
+	const ASN1_OBJECT *obj;
+	unsigned long long n = 0;
+	int nid;
+
+	if (alg == NULL || alg->parameter == NULL)
+		return 0;
+	X509_ALGOR_get0(&obj, NULL, NULL, alg);
+	nid = OBJ_obj2nid(obj);
+	if (nid == NID_pbes2) {
+		PBE2PARAM *p = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBE2PARAM),
+		                                         alg->parameter);
+		if (p != NULL && p->keyfunc != NULL)
+			n = kdf_count(p->keyfunc);
+		PBE2PARAM_free(p);
+	} else if (nid != NID_undef &&
+	           EVP_PBE_find(EVP_PBE_TYPE_OUTER, nid, NULL, NULL, NULL)) {
+		PBEPARAM *p = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBEPARAM),
+		                                        alg->parameter);
+		if (p != NULL)
+			n = count_of(p->iter);
+		PBEPARAM_free(p);
+	}
+	return n;
+}
+
+/* PBMAC1-params (RFC 8018 A.5), which OpenSSL 3.4 and later accept for
+ * the MAC: the KDF is the first AlgorithmIdentifier.  Declared here with
+ * OpenSSL's ASN.1 templates (so that it decodes exactly as OpenSSL's own
+ * PBMAC1PARAM would, BER included) and bounded on every OpenSSL 3. */
+typedef struct {
+	X509_ALGOR *kdf;
+	X509_ALGOR *mac;
+} P12_PBMAC1;
+
+ASN1_SEQUENCE(P12_PBMAC1) = {
+	ASN1_SIMPLE(P12_PBMAC1, kdf, X509_ALGOR),
+	ASN1_SIMPLE(P12_PBMAC1, mac, X509_ALGOR),
+} static_ASN1_SEQUENCE_END(P12_PBMAC1)
+
+static unsigned long long pbmac1_count(const X509_ALGOR *macalg)
+{
+	P12_PBMAC1 *p;
+	unsigned long long n = 0;
+
+	if (macalg->parameter == NULL)
+		return 0;
+	p = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(P12_PBMAC1), macalg->parameter);
+	if (p != NULL && p->kdf != NULL)
+		n = kdf_count(p->kdf);
+	ASN1_item_free((ASN1_VALUE *)p, ASN1_ITEM_rptr(P12_PBMAC1));
+	return n;
+}
+
+/* Count the shrouded keys among bags (and in nested SafeContents, which
+ * the ASN.1 decoder already limits in depth). */
+static int bags_count(const STACK_OF(PKCS12_SAFEBAG) *bags,
+                      struct iter_budget *b)
+{
+	int i;
+
+	for (i = 0; i < sk_PKCS12_SAFEBAG_num(bags); i++) {
+		const PKCS12_SAFEBAG *bag = sk_PKCS12_SAFEBAG_value(bags, i);
+		const X509_ALGOR *alg = NULL;
+
+		switch (PKCS12_SAFEBAG_get_nid(bag)) {
+		case NID_pkcs8ShroudedKeyBag:
+			if (PKCS12_SAFEBAG_get0_pkcs8(bag) != NULL)
+				X509_SIG_get0(PKCS12_SAFEBAG_get0_pkcs8(bag), &alg, NULL);
+			if (budget_add(b, pbe_count(alg), "an encrypted private key") < 0)
+				return -1;
+			break;
+		case NID_safeContentsBag:
+			if (bags_count(PKCS12_SAFEBAG_get0_safes(bag), b) < 0)
+				return -1;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+static int iter_refuse(const struct iter_budget *b, const char *file,
+                       const char *how, tether_error *err)
+{
+	char worst[32];
+
+	ERR_clear_error();
+	snprintf(worst, sizeof(worst), "%llu%s", b->worst,
+	         b->worst == ULLONG_MAX ? " or more" : "");
+	return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+	                    "%s asks for more than %llu password key derivation "
+	                    "iterations in all (%s alone: %s), each of which costs "
+	                    "time before the password can even be checked; "
+	                    "exporters use 2 000 to 600 000: %s",
+	                    file, (unsigned long long)OSSL_P12_ITER_MAX, b->worst_what,
+	                    worst, how);
+}
+
+#define P12_HOW "export the PFX again with the usual iteration count " \
+	"(OpenSSL: 'openssl pkcs12 -export -iter 2048 -maciter 2048')"
+#define PEM_HOW "encrypt the key again with the usual iteration count " \
+	"(OpenSSL: 'openssl pkcs8 -topk8 -v2 aes-256-cbc -iter 2048')"
+
+/* The MAC's key derivation, checked before the MAC is. */
+static int mac_iter_check(PKCS12 *p12, struct iter_budget *b, tether_error *err)
+{
+	const X509_ALGOR *macalg = NULL;
+	const ASN1_INTEGER *iter = NULL;
+	const ASN1_OBJECT *obj;
+	unsigned long long n;
+
+	PKCS12_get0_mac(NULL, &macalg, NULL, &iter, p12);
+	if (macalg == NULL)
+		return 0;
+	X509_ALGOR_get0(&obj, NULL, NULL, macalg);
+	/* PBMAC1 derives with PBKDF2 and ignores MacData's count (RFC 9579) */
+	n = OBJ_obj2nid(obj) == NID_pbmac1 ? pbmac1_count(macalg) : count_of(iter);
+	if (budget_add(b, n, "the MAC") < 0)
+		return iter_refuse(b, "the PKCS#12 file", P12_HOW, err);
+	return 0;
+}
+
+/* Every other key derivation PKCS12_parse() may run: the encrypted
+ * parts, and the encrypted keys in the plain parts and (decrypted here
+ * with the password PKCS12_parse() will use, once the part's own count
+ * is known to be allowed) in the encrypted ones.  What cannot be
+ * unpacked or decrypted is left for PKCS12_parse() to refuse: it fails
+ * there too, before deriving anything more. */
+static int parts_iter_check(PKCS12 *p12, const char *pass,
+                            struct iter_budget *b, tether_error *err)
+{
+	STACK_OF(PKCS7) *safes;
+	int i, r = 0;
+
+	safes = PKCS12_unpack_authsafes(p12);
+	if (safes == NULL) {
+		ERR_clear_error();
+		return 0;
+	}
+	for (i = 0; i < sk_PKCS7_num(safes) && r == 0; i++) {
+		PKCS7 *p7 = sk_PKCS7_value(safes, i);
+		STACK_OF(PKCS12_SAFEBAG) *bags = NULL;
+
+		if (PKCS7_type_is_data(p7)) {
+			bags = PKCS12_unpack_p7data(p7);
+		} else if (PKCS7_type_is_encrypted(p7)) {
+			if (p7->d.encrypted == NULL || p7->d.encrypted->enc_data == NULL)
+				continue;
+			if (budget_add(b, pbe_count(p7->d.encrypted->enc_data->algorithm),
+			               "an encrypted part") < 0) {
+				r = -1;
+				break;
+			}
+			bags = PKCS12_unpack_p7encdata(p7, pass, -1);
+		}
+		if (bags != NULL && bags_count(bags, b) < 0)
+			r = -1;
+		sk_PKCS12_SAFEBAG_pop_free(bags, PKCS12_SAFEBAG_free);
+	}
+	sk_PKCS7_pop_free(safes, PKCS7_free);
+	ERR_clear_error();
+	return r < 0 ? iter_refuse(b, "the PKCS#12 file", P12_HOW, err) : 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* PKCS#12 import                                                      */
 /* ------------------------------------------------------------------ */
 
@@ -148,6 +422,10 @@ static int p12_parse_here(const unsigned char *data, size_t len,
 {
 	const unsigned char *q = data;
 	STACK_OF(X509) *ca = NULL;
+	struct iter_budget budget = { 0, 0, NULL };
+	/* the password as PKCS12_parse() will use it: no MAC and an empty
+	 * password mean none; with a MAC, the form that verifies it */
+	const char *pass = password != NULL && *password != '\0' ? password : NULL;
 	PKCS12 *p12;
 	int r, have_mac;
 
@@ -157,16 +435,25 @@ static int p12_parse_here(const unsigned char *data, size_t len,
 		return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                    "the PKCS#12 file is corrupt or truncated");
 
+	/* Bound the work before doing any of it. */
+	r = mac_iter_check(p12, &budget, err);
+	if (r < 0)
+		goto out;
+
 	/* Check the password first: a wrong one must not read as corruption. */
 	have_mac = PKCS12_mac_present(p12);
 	if (have_mac) {
 		int ok;
 
-		if (password != NULL)
+		if (password != NULL) {
 			ok = PKCS12_verify_mac(p12, password, -1);
-		else
-			ok = PKCS12_verify_mac(p12, "", 0) ||
-			     PKCS12_verify_mac(p12, NULL, 0);
+			pass = password;
+		} else if (PKCS12_verify_mac(p12, "", 0)) {
+			ok = 1;
+			pass = "";
+		} else {
+			ok = PKCS12_verify_mac(p12, NULL, 0);
+		}
 		if (!ok) {
 			*qflags = queue_scan();
 			if (*qflags & Q_UNSUPPORTED)
@@ -187,6 +474,9 @@ static int p12_parse_here(const unsigned char *data, size_t len,
 		}
 	}
 	ERR_clear_error();
+	r = parts_iter_check(p12, pass, &budget, err);
+	if (r < 0)
+		goto out;
 
 	if (!PKCS12_parse(p12, password, key, cert, &ca)) {
 		*qflags = queue_scan();
@@ -356,6 +646,7 @@ static int pem_parse(const unsigned char *data, size_t len,
                      EVP_PKEY **key_out, tether_error *err)
 {
 	struct ossl_pw pw = { password, 0, 0 };
+	struct iter_budget budget = { 0, 0, NULL };
 	STACK_OF(X509) *certs = NULL;
 	EVP_PKEY *key = NULL;
 	X509 *x, *match = NULL;
@@ -388,6 +679,26 @@ static int pem_parse(const unsigned char *data, size_t len,
 			ncert++;
 		else if (is_key_name(name))
 			nkey++;
+		if (strcmp(name, PEM_STRING_PKCS8) == 0) {
+			/* an encrypted PKCS#8 key: the same bound as PKCS#12 */
+			const unsigned char *dq = d;
+			X509_SIG *sig = d2i_X509_SIG(NULL, &dq, dlen);
+			const X509_ALGOR *alg = NULL;
+
+			if (sig != NULL)
+				X509_SIG_get0(sig, &alg, NULL);
+			if (sig != NULL &&
+			    budget_add(&budget, pbe_count(alg), "the encrypted private key") < 0) {
+				X509_SIG_free(sig);
+				OPENSSL_free(name);
+				OPENSSL_free(header);
+				OPENSSL_clear_free(d, (size_t)dlen);
+				r = iter_refuse(&budget, "the PEM data", PEM_HOW, err);
+				goto out;
+			}
+			X509_SIG_free(sig);
+			ERR_clear_error();
+		}
 		OPENSSL_free(name);
 		OPENSSL_free(header);
 		OPENSSL_clear_free(d, (size_t)dlen);

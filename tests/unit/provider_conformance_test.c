@@ -29,6 +29,7 @@
 #include <cmocka.h>
 
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -1025,6 +1026,416 @@ static void test_pkcs12_rc2_import(void **state)
 }
 
 /* ---------------------------------------------------------------- */
+/* PBKDF iteration bound (providers/common/ossl_import.c)            */
+/* ---------------------------------------------------------------- */
+
+/* OSSL_P12_ITER_MAX: the counts of a file may add up to this at most.
+ * Counts just above it keep each case below a minute even without the
+ * bound, so that a missing check fails the test instead of hanging it. */
+#define ITER_MAX 10000000ULL
+
+/* Set the iteration count of a password-based encryption (PBES2 with
+ * PBKDF2, or a PKCS#12 / PKCS#5 v1 PBE) without deriving anything. */
+static void set_pbe_iter(X509_ALGOR *alg, uint64_t iter)
+{
+	const ASN1_OBJECT *obj;
+
+	X509_ALGOR_get0(&obj, NULL, NULL, alg);
+	if (OBJ_obj2nid(obj) == NID_pbes2) {
+		PBE2PARAM *p = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBE2PARAM),
+		                                         alg->parameter);
+		PBKDF2PARAM *k;
+
+		assert_non_null(p);
+		k = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBKDF2PARAM),
+		                              p->keyfunc->parameter);
+		assert_non_null(k);
+		assert_int_equal(ASN1_INTEGER_set_uint64(k->iter, iter), 1);
+		assert_non_null(ASN1_TYPE_pack_sequence(ASN1_ITEM_rptr(PBKDF2PARAM), k,
+		                                        &p->keyfunc->parameter));
+		assert_non_null(ASN1_TYPE_pack_sequence(ASN1_ITEM_rptr(PBE2PARAM), p,
+		                                        &alg->parameter));
+		PBKDF2PARAM_free(k);
+		PBE2PARAM_free(p);
+	} else {
+		PBEPARAM *p = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBEPARAM),
+		                                        alg->parameter);
+
+		assert_non_null(p);
+		assert_int_equal(ASN1_INTEGER_set_uint64(p->iter, iter), 1);
+		assert_non_null(ASN1_TYPE_pack_sequence(ASN1_ITEM_rptr(PBEPARAM), p,
+		                                        &alg->parameter));
+		PBEPARAM_free(p);
+	}
+}
+
+/* The key and certificate of a freshly generated slot (openssl layout). */
+static void slot_key_cert(struct fixture *f, int slot, EVP_PKEY **key, X509 **cert)
+{
+	size_t n;
+	char *s;
+	BIO *b;
+
+	s = slot_read(f, slot, "key.pem", &n);
+	b = BIO_new_mem_buf(s, (int)n);
+	*key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+	BIO_free(b);
+	free(s);
+	s = slot_read(f, slot, "cert.pem", &n);
+	b = BIO_new_mem_buf(s, (int)n);
+	*cert = PEM_read_bio_X509(b, NULL, NULL, NULL);
+	BIO_free(b);
+	free(s);
+	assert_non_null(*key);
+	assert_non_null(*cert);
+}
+
+/* Re-seal p12 with a MAC of count 2 (cheap; 1 would leave no count to
+ * change), then give the MAC count mac if not 0; return its DER. */
+static unsigned char *p12_seal(PKCS12 *p12, uint64_t mac, int *len)
+{
+	const ASN1_INTEGER *it = NULL;
+	unsigned char *der = NULL;
+
+	assert_int_equal(PKCS12_set_mac(p12, PFX_PASSWORD, -1, NULL, 0, 2, NULL), 1);
+	if (mac != 0) {
+		PKCS12_get0_mac(NULL, NULL, NULL, &it, p12);
+		assert_non_null(it);
+		assert_int_equal(ASN1_INTEGER_set_uint64((ASN1_INTEGER *)it, mac), 1);
+	}
+	*len = i2d_PKCS12(p12, &der);
+	assert_true(*len > 0);
+	PKCS12_free(p12);
+	return der;
+}
+
+/* A PKCS#12 as PKCS12_create writes it (the certificate in an encrypted
+ * part, the key shrouded in a plain one), made with count 1 and then
+ * given the counts mac, certs and keyc (0: leave it).  legacy: 3DES
+ * PBEs (PBEParameter) instead of PBES2. */
+static unsigned char *p12_counts(EVP_PKEY *key, X509 *cert, int legacy,
+                                 uint64_t mac, uint64_t certs, uint64_t keyc,
+                                 int *len)
+{
+	int nid = legacy ? NID_pbe_WithSHA1And3_Key_TripleDES_CBC : NID_aes_256_cbc;
+	PKCS12 *p12 = PKCS12_create(PFX_PASSWORD, "iter", key, cert, NULL, nid, nid,
+	                            1, 1, 0);
+	STACK_OF(PKCS7) *safes;
+	int i, saw_certs = 0, saw_key = 0;
+
+	assert_non_null(p12);
+	safes = PKCS12_unpack_authsafes(p12);
+	assert_non_null(safes);
+	for (i = 0; i < sk_PKCS7_num(safes); i++) {
+		PKCS7 *p7 = sk_PKCS7_value(safes, i);
+		STACK_OF(PKCS12_SAFEBAG) *bags;
+		int j;
+
+		if (PKCS7_type_is_encrypted(p7)) {
+			if (certs != 0)
+				set_pbe_iter(p7->d.encrypted->enc_data->algorithm, certs);
+			saw_certs = 1;
+			continue;
+		}
+		bags = PKCS12_unpack_p7data(p7);
+		assert_non_null(bags);
+		for (j = 0; j < sk_PKCS12_SAFEBAG_num(bags); j++) {
+			PKCS12_SAFEBAG *bag = sk_PKCS12_SAFEBAG_value(bags, j);
+			X509_ALGOR *alg;
+
+			if (PKCS12_SAFEBAG_get_nid(bag) != NID_pkcs8ShroudedKeyBag)
+				continue;
+			X509_SIG_getm((X509_SIG *)PKCS12_SAFEBAG_get0_pkcs8(bag), &alg, NULL);
+			if (keyc != 0)
+				set_pbe_iter(alg, keyc);
+			saw_key = 1;
+		}
+		sk_PKCS7_set(safes, i, PKCS12_pack_p7data(bags));
+		assert_non_null(sk_PKCS7_value(safes, i));
+		PKCS7_free(p7);
+		sk_PKCS12_SAFEBAG_pop_free(bags, PKCS12_SAFEBAG_free);
+	}
+	assert_true(saw_certs && saw_key);
+	assert_int_equal(PKCS12_pack_authsafes(p12, safes), 1);
+	sk_PKCS7_pop_free(safes, PKCS7_free);
+	return p12_seal(p12, mac, len);
+}
+
+/* The import of der is refused as asking for too many iterations, names
+ * what asked for the most, and changes nothing. */
+static void expect_iter_refusal(struct fixture *f, const unsigned char *der,
+                                size_t len, const char *what)
+{
+	tether_error err;
+	size_t l1, l2;
+	char *s1 = snapshot(f, &l1), *s2;
+
+	expect_fail(f->t->identity_import(f->ctx, TETHER_SLOT_STAGED, der, len,
+	            PFX_PASSWORD, &err), &err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT);
+	if (strstr(err.detail, "more than 10000000 password key derivation iterations") == NULL ||
+	    strstr(err.detail, what) == NULL || strstr(err.detail, "usual iteration count") == NULL)
+		fail_msg("not the iteration refusal for %s: %s", what, err.detail);
+	assert_null(strstr(err.detail, PFX_PASSWORD));
+	assert_int_equal(f->t->identity_exists(f->ctx, TETHER_SLOT_STAGED, &err), 0);
+	s2 = snapshot(f, &l2);
+	assert_snapshot_equal(s1, l1, s2, l2);
+}
+
+static void test_pkcs12_iteration_bound(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *key;
+	X509 *cert;
+	unsigned char *der;
+	tether_error err;
+	int len, i;
+
+	if (!is_openssl(f))
+		skip();
+	gen(f, TETHER_SLOT_CURRENT, TETHER_KEY_EC_P256);
+	slot_key_cert(f, TETHER_SLOT_CURRENT, &key, &cert);
+
+	/* each kind of count alone above the bound */
+	der = p12_counts(key, cert, 0, ITER_MAX + 1, 0, 0, &len);
+	expect_iter_refusal(f, der, (size_t)len, "the MAC alone: 10000001");
+	OPENSSL_free(der);
+	der = p12_counts(key, cert, 0, UINT64_MAX, 0, 0, &len);
+	expect_iter_refusal(f, der, (size_t)len, "the MAC alone: 18446744073709551615");
+	OPENSSL_free(der);
+	{
+		/* 2^70: more than 64 bits can hold */
+		PKCS12 *p12 = PKCS12_create(PFX_PASSWORD, "iter", key, cert, NULL,
+		                            NID_aes_256_cbc, NID_aes_256_cbc, 1, 2, 0);
+		const ASN1_INTEGER *it = NULL;
+		BIGNUM *bn = BN_new();
+
+		assert_non_null(p12);
+		assert_int_equal(BN_set_bit(bn, 70), 1);
+		PKCS12_get0_mac(NULL, NULL, NULL, &it, p12);
+		assert_non_null(BN_to_ASN1_INTEGER(bn, (ASN1_INTEGER *)it));
+		BN_free(bn);
+		der = NULL;
+		len = i2d_PKCS12(p12, &der);
+		PKCS12_free(p12);
+		expect_iter_refusal(f, der, (size_t)len,
+		                    "the MAC alone: 18446744073709551615 or more");
+		OPENSSL_free(der);
+	}
+	der = p12_counts(key, cert, 0, 0, ITER_MAX + 1, 0, &len);
+	expect_iter_refusal(f, der, (size_t)len, "an encrypted part alone: 10000001");
+	OPENSSL_free(der);
+	der = p12_counts(key, cert, 0, 0, 0, ITER_MAX + 1, &len);
+	expect_iter_refusal(f, der, (size_t)len, "an encrypted private key alone: 10000001");
+	OPENSSL_free(der);
+	der = p12_counts(key, cert, 1, 0, 0, ITER_MAX + 1, &len);
+	expect_iter_refusal(f, der, (size_t)len, "an encrypted private key alone: 10000001");
+	OPENSSL_free(der);
+	der = p12_counts(key, cert, 1, 0, 2147483647, 0, &len);
+	expect_iter_refusal(f, der, (size_t)len, "an encrypted part alone: 2147483647");
+	OPENSSL_free(der);
+	/* each below the bound, together above it: two keys of 6 000 000 */
+	{
+		STACK_OF(PKCS12_SAFEBAG) *bags = NULL;
+		STACK_OF(PKCS7) *safes = NULL;
+		PKCS12 *p12;
+
+		assert_non_null(PKCS12_add_cert(&bags, cert));
+		for (i = 0; i < 2; i++) {
+			PKCS12_SAFEBAG *kb = PKCS12_add_key(&bags, key, 0, 1, NID_aes_256_cbc,
+			                                    PFX_PASSWORD);
+			X509_ALGOR *alg;
+
+			assert_non_null(kb);
+			X509_SIG_getm((X509_SIG *)PKCS12_SAFEBAG_get0_pkcs8(kb), &alg, NULL);
+			set_pbe_iter(alg, 6000000);
+		}
+		assert_non_null(PKCS12_add_safe(&safes, bags, -1, 0, NULL));
+		sk_PKCS12_SAFEBAG_pop_free(bags, PKCS12_SAFEBAG_free);
+		p12 = PKCS12_add_safes(safes, 0);
+		sk_PKCS7_pop_free(safes, PKCS7_free);
+		assert_non_null(p12);
+		der = p12_seal(p12, 0, &len);
+		expect_iter_refusal(f, der, (size_t)len, "(an encrypted private key alone: 6000000)");
+		OPENSSL_free(der);
+	}
+	/* no MAC, no password: the counts are still bounded */
+	{
+		PKCS12 *p12 = PKCS12_create(NULL, "iter", key, cert, NULL,
+		                            NID_aes_256_cbc, NID_aes_256_cbc, 1, -1, 0);
+		STACK_OF(PKCS7) *safes;
+		PKCS7 *p7;
+		size_t l1, l2;
+		char *s1, *s2;
+
+		assert_non_null(p12);
+		assert_int_equal(PKCS12_mac_present(p12), 0);
+		safes = PKCS12_unpack_authsafes(p12);
+		p7 = sk_PKCS7_value(safes, 0);
+		assert_true(PKCS7_type_is_encrypted(p7));
+		set_pbe_iter(p7->d.encrypted->enc_data->algorithm, ITER_MAX + 1);
+		assert_int_equal(PKCS12_pack_authsafes(p12, safes), 1);
+		sk_PKCS7_pop_free(safes, PKCS7_free);
+		der = NULL;
+		len = i2d_PKCS12(p12, &der);
+		PKCS12_free(p12);
+		s1 = snapshot(f, &l1);
+		expect_fail(f->t->identity_import(f->ctx, TETHER_SLOT_STAGED, der,
+		            (size_t)len, NULL, &err), &err, TETHER_ERR_INVALID,
+		            TETHER_CAT_BAD_INPUT);
+		assert_non_null(strstr(err.detail, "an encrypted part alone: 10000001"));
+		s2 = snapshot(f, &l2);
+		assert_snapshot_equal(s1, l1, s2, l2);
+		OPENSSL_free(der);
+	}
+	/* a key encrypted inside an encrypted part: seen only once that part
+	 * is decrypted (its own count, 1, is allowed) */
+	{
+		STACK_OF(PKCS12_SAFEBAG) *bags = NULL;
+		STACK_OF(PKCS7) *safes = NULL;
+		PKCS12_SAFEBAG *kb;
+		X509_ALGOR *alg;
+		PKCS12 *p12;
+
+		assert_non_null(PKCS12_add_cert(&bags, cert));
+		kb = PKCS12_add_key(&bags, key, 0, 1, NID_aes_256_cbc, PFX_PASSWORD);
+		assert_non_null(kb);
+		X509_SIG_getm((X509_SIG *)PKCS12_SAFEBAG_get0_pkcs8(kb), &alg, NULL);
+		set_pbe_iter(alg, ITER_MAX + 1);
+		assert_non_null(PKCS12_add_safe(&safes, bags, NID_aes_256_cbc, 1, PFX_PASSWORD));
+		sk_PKCS12_SAFEBAG_pop_free(bags, PKCS12_SAFEBAG_free);
+		p12 = PKCS12_add_safes(safes, 0);
+		sk_PKCS7_pop_free(safes, PKCS7_free);
+		assert_non_null(p12);
+		der = p12_seal(p12, 0, &len);
+		expect_iter_refusal(f, der, (size_t)len, "an encrypted private key alone: 10000001");
+		OPENSSL_free(der);
+	}
+	/* a PBMAC1 MAC (RFC 9579; OpenSSL 3.4+ checks it with PBKDF2), its
+	 * parameters in DER and in BER with an indefinite length */
+	for (i = 0; i < 2; i++) {
+		X509_ALGOR *kdf = PKCS5_pbkdf2_set((int)(ITER_MAX + 1), NULL, 0,
+		                                   NID_hmacWithSHA256, 32);
+		X509_ALGOR *hm = X509_ALGOR_new();
+		const X509_ALGOR *macalg = NULL;
+		unsigned char *seq, *p, *k = NULL, *m = NULL;
+		int kl, ml, sl;
+		ASN1_STRING *s = ASN1_STRING_new();
+		PKCS12 *p12 = PKCS12_create(PFX_PASSWORD, "iter", key, cert, NULL,
+		                            NID_aes_256_cbc, NID_aes_256_cbc, 1, 1, 0);
+
+		assert_non_null(kdf);
+		assert_non_null(p12);
+		assert_int_equal(X509_ALGOR_set0(hm, OBJ_nid2obj(NID_hmacWithSHA256),
+		                                 V_ASN1_NULL, NULL), 1);
+		kl = i2d_X509_ALGOR(kdf, &k);
+		ml = i2d_X509_ALGOR(hm, &m);
+		assert_true(kl > 0 && ml > 0);
+		sl = i == 0 ? ASN1_object_size(1, kl + ml, V_ASN1_SEQUENCE) : 2 + kl + ml + 2;
+		seq = p = OPENSSL_malloc((size_t)sl);
+		ASN1_put_object(&p, i == 0 ? 1 : 2, kl + ml, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+		memcpy(p, k, (size_t)kl);
+		memcpy(p + kl, m, (size_t)ml);
+		if (i == 1) {
+			p += kl + ml;
+			ASN1_put_eoc(&p);
+		}
+		assert_int_equal(ASN1_STRING_set(s, seq, sl), 1);
+		PKCS12_get0_mac(NULL, &macalg, NULL, NULL, p12);
+		assert_non_null(macalg);
+		assert_int_equal(X509_ALGOR_set0((X509_ALGOR *)macalg, OBJ_nid2obj(NID_pbmac1),
+		                                 V_ASN1_SEQUENCE, s), 1);
+		der = NULL;
+		len = i2d_PKCS12(p12, &der);
+		assert_true(len > 0);
+		expect_iter_refusal(f, der, (size_t)len, "the MAC alone: 10000001");
+		OPENSSL_free(der);
+		OPENSSL_free(seq);
+		OPENSSL_free(k);
+		OPENSSL_free(m);
+		X509_ALGOR_free(kdf);
+		X509_ALGOR_free(hm);
+		PKCS12_free(p12);
+	}
+	/* an encrypted PKCS#8 key in PEM */
+	{
+		PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(key);
+		X509_SIG *sig = PKCS8_encrypt(-1, EVP_aes_256_cbc(), KEY_PASSPHRASE, -1,
+		                              NULL, 0, 1, p8);
+		BIO *b = BIO_new(BIO_s_mem());
+		X509_ALGOR *alg;
+		char *pem;
+		long pl;
+		size_t l1, l2;
+		char *s1, *s2;
+
+		assert_non_null(sig);
+		X509_SIG_getm(sig, &alg, NULL);
+		set_pbe_iter(alg, ITER_MAX + 1);
+		assert_int_equal(PEM_write_bio_PKCS8(b, sig), 1);
+		assert_int_equal(PEM_write_bio_X509(b, cert), 1);
+		pl = BIO_get_mem_data(b, &pem);
+		s1 = snapshot(f, &l1);
+		expect_fail(f->t->identity_import(f->ctx, TETHER_SLOT_STAGED,
+		            (unsigned char *)pem, (size_t)pl, KEY_PASSPHRASE, &err), &err,
+		            TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT);
+		if (strstr(err.detail, "the PEM data asks for more than 10000000") == NULL ||
+		    strstr(err.detail, "the encrypted private key alone: 10000001") == NULL)
+			fail_msg("not the iteration refusal: %s", err.detail);
+		s2 = snapshot(f, &l2);
+		assert_snapshot_equal(s1, l1, s2, l2);
+		BIO_free(b);
+		X509_SIG_free(sig);
+		PKCS8_PRIV_KEY_INFO_free(p8);
+	}
+
+	/* counts that add up to the bound exactly are allowed: the MAC (made
+	 * with count 2, given ITER_MAX - 2; the two parts have 1 each) is
+	 * checked, and fails (about 2 s of work) */
+	der = p12_counts(key, cert, 0, ITER_MAX - 2, 0, 0, &len);
+	expect_fail(f->t->identity_import(f->ctx, TETHER_SLOT_STAGED, der, (size_t)len,
+	            PFX_PASSWORD, &err), &err, TETHER_ERR_PASSWORD, TETHER_CAT_BAD_PASSWORD);
+	OPENSSL_free(der);
+	EVP_PKEY_free(key);
+	X509_free(cert);
+}
+
+/* A PFX as Bouncy Castle 1.86 writes it by default, 600 000 iterations
+ * for the MAC, the certificates and the key: imported. */
+static void test_pkcs12_high_counts_import(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *key;
+	X509 *cert;
+	PKCS12 *p12;
+	unsigned char *der = NULL, *d1, *d2;
+	size_t l1, l2;
+	tether_error err;
+	int len;
+
+	if (!is_openssl(f))
+		skip();
+	gen(f, TETHER_SLOT_CURRENT, TETHER_KEY_EC_P256);
+	slot_key_cert(f, TETHER_SLOT_CURRENT, &key, &cert);
+	p12 = PKCS12_create(PFX_PASSWORD, "bc", key, cert, NULL, NID_aes_256_cbc,
+	                    NID_aes_256_cbc, 600000, 600000, 0);
+	assert_non_null(p12);
+	len = i2d_PKCS12(p12, &der);
+	assert_true(len > 0);
+	PKCS12_free(p12);
+	EVP_PKEY_free(key);
+	X509_free(cert);
+	ok(f->t->identity_import(f->ctx, TETHER_SLOT_STAGED, der, (size_t)len,
+	   PFX_PASSWORD, &err), &err, "import at 600000 iterations");
+	OPENSSL_free(der);
+	cert_of(f, TETHER_SLOT_CURRENT, &d1, &l1);
+	cert_of(f, TETHER_SLOT_STAGED, &d2, &l2);
+	assert_int_equal(l1, l2);
+	assert_memory_equal(d1, d2, l1);
+	free(d1);
+	free(d2);
+}
+
+/* ---------------------------------------------------------------- */
 /* PEM                                                               */
 /* ---------------------------------------------------------------- */
 
@@ -1196,6 +1607,8 @@ int main(void)
 		T(test_pkcs12_legacy),
 		T(test_pkcs12_failures),
 		T(test_pkcs12_rc2_import),
+		T(test_pkcs12_iteration_bound),
+		T(test_pkcs12_high_counts_import),
 		T(test_pem_import),
 		T(test_pem_encrypted),
 		T(test_pem_failures),

@@ -1293,6 +1293,17 @@ static void worker_init_fn(tether_worker *w, void *arg)
 		w->user = tether_xcalloc(1, sizeof(worker_data));
 }
 
+/* tether_workers_join's teardown: every thread is joined and every loop
+ * closed, so nothing (a late recheck_fn, a connection's close callback)
+ * can reach the worker data any more.  Its connections unlinked
+ * themselves as their handles closed, before the loop ended. */
+static void worker_free_fn(tether_worker *w, void *arg)
+{
+	(void)arg;
+	free(w->user);
+	w->user = NULL;
+}
+
 static void close_all_fn(tether_worker *w, void *arg)
 {
 	worker_data *wd = w->user;
@@ -1641,6 +1652,7 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 		r = tether_workers_start(NULL, nloops, on_accept, &a, &a.ws, &c->err);
 		if (r < 0)
 			return r;
+		tether_workers_set_teardown(a.ws, worker_free_fn, NULL);
 		tether_workers_broadcast(a.ws, worker_init_fn, NULL);
 		for (i = 0; i < a.npollers; i++) {
 			a.pollers[i].worker %= nloops;
@@ -1656,6 +1668,7 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 		r = tether_workers_start(a.listen_addr, nloops, on_accept, &a, &a.ws, &c->err);
 		if (r < 0)
 			return r;
+		tether_workers_set_teardown(a.ws, worker_free_fn, NULL);
 		tether_workers_broadcast(a.ws, worker_init_fn, NULL);
 		log_info("tether-agent %s listening on %s (port %d, %d loop%s), certificate %s, provider %s",
 		         PACKAGE_VERSION, a.listen_addr, tether_workers_port(a.ws), nloops, nloops == 1 ? "" : "s",

@@ -37,6 +37,8 @@ struct tether_workers {
 	int n;
 	worker_impl *w;
 	int port;
+	tether_worker_fn teardown;  /* run by tether_workers_join at the end */
+	void *teardown_arg;
 };
 
 int tether_default_loops(void)
@@ -378,8 +380,18 @@ void tether_workers_join(tether_workers *ws)
 		uv_loop_close(&wi->w.loop);
 		pthread_mutex_destroy(&wi->lock);
 	}
+	/* only now: a loop still running could reach another's data */
+	if (ws->teardown)
+		for (i = 0; i < ws->n; i++)
+			ws->teardown(&ws->w[i].w, ws->teardown_arg);
 	free(ws->w);
 	free(ws);
+}
+
+void tether_workers_set_teardown(tether_workers *ws, tether_worker_fn fn, void *arg)
+{
+	ws->teardown = fn;
+	ws->teardown_arg = arg;
 }
 
 int tether_workers_count(const tether_workers *ws) { return ws->n; }

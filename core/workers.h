@@ -37,6 +37,12 @@ void tether_workers_broadcast(tether_workers *ws, tether_worker_fn fn, void *arg
 void tether_workers_stop_listening(tether_workers *ws);
 /* Stop every loop (after the owner closed its connections) and join. */
 void tether_workers_join(tether_workers *ws);
+/* Have tether_workers_join run fn(w, arg) for every worker once all the
+ * threads are joined and every loop is closed: no callback, and no job
+ * posted to a loop (a broadcast still queued is dropped), can run after
+ * that, so fn may free w->user.  It runs on the joining thread; set it
+ * from that thread, before tether_workers_join. */
+void tether_workers_set_teardown(tether_workers *ws, tether_worker_fn fn, void *arg);
 int tether_workers_count(const tether_workers *ws);
 tether_worker *tether_workers_get(tether_workers *ws, int i);
 /* Bound port (first worker), for logging and tests. */

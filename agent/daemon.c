@@ -1741,6 +1741,11 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	free(a.trust);
 	pthread_mutex_destroy(&a.lock);
 	uv_loop_close(a.loop);
+	/* Join libuv's pool threads now, while OpenSSL is still initialised:
+	 * handshakes that ran there left per-thread OpenSSL state (error
+	 * queue, DRBGs) that only a thread's exit frees, and OpenSSL's own
+	 * atexit cleanup runs before libuv's destructor would join them. */
+	uv_library_shutdown();
 	log_info("stopped");
 	return 0;
 early_out:    /* refused to start: nothing runs yet */

@@ -1788,6 +1788,11 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	uv_walk(s.loop, close_walk, NULL);
 	uv_run(s.loop, UV_RUN_DEFAULT);
 	uv_loop_close(s.loop);
+	/* Join libuv's pool threads now, while OpenSSL is still initialised:
+	 * handshakes that ran there left per-thread OpenSSL state (error
+	 * queue, DRBGs) that only a thread's exit frees, and OpenSSL's own
+	 * atexit cleanup runs before libuv's destructor would join them. */
+	uv_library_shutdown();
 	log_info("stopped");
 	r = 0;
 out:

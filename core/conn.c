@@ -60,11 +60,11 @@ typedef struct pending_req {
 
 #define SEND_QUEUE_HIGH (4u << 20)  /* stop taking stream data above this */
 /* Back-pressure on a peer that sends requests faster than it reads the
- * answers: reading from it stops, between two frames, once this much output
- * waits in user space (wbuf plus libuv's write queue), and resumes below
- * READ_RESUME_QUEUE.  Above SEND_QUEUE_HIGH plus a STREAM_DATA frame, so
- * outgoing streams alone never stop the reading (the peer's window grants
- * and pings must get through). */
+ * answers: reading from it stops, between two frames, once output holds
+ * this much memory (wbuf and the writes libuv has not called back, see
+ * out_held), and resumes below READ_RESUME_QUEUE.  Above SEND_QUEUE_HIGH
+ * plus a STREAM_DATA frame, so outgoing streams alone do not stop the
+ * reading (the peer's window grants and pings must get through). */
 #define READ_PAUSE_QUEUE (SEND_QUEUE_HIGH + (1u << 20))
 #define READ_RESUME_QUEUE SEND_QUEUE_HIGH
 /* Requests received and not yet answered: a REQUEST beyond this many waits,
@@ -169,6 +169,7 @@ struct tether_conn {
 	unsigned char *held;            /* plaintext left unprocessed by the pause */
 	size_t held_len;
 	unsigned nwrites;               /* uv_writes not called back yet */
+	size_t wout;                    /* and their bytes, in the socket already or not */
 	/* handshake steps on the libuv thread pool (MAY_BLOCK providers, busy
 	 * listeners): while one runs the loop does not touch the TLS state or
 	 * the buffers, reading is stopped, and closing waits for it */
@@ -492,6 +493,15 @@ static size_t send_queue(tether_conn *c)
 	return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->wlen;
 }
 
+/* The memory output holds until libuv calls its writes back: more than
+ * send_queue, which leaves out what the socket took in this turn of the
+ * loop (the callbacks run in the next, and libuv reads up to 32 times in
+ * one turn). */
+static size_t out_held(tether_conn *c)
+{
+	return c->wout + c->wlen;
+}
+
 static void notify_writable(tether_conn *c)
 {
 	stream *st, *next;
@@ -514,6 +524,7 @@ static void after_write(uv_write_t *req, int status)
 	tether_conn *c = req->data;
 
 	c->nwrites--;
+	c->wout -= w->buf.len;
 	if (c->state != ST_CLOSED && c->streams && c->n_spare < SPARES && w->cap <= SPARE_MAX) {
 		c->spare[c->n_spare] = (unsigned char *)w->buf.base;
 		c->spare_cap[c->n_spare++] = w->cap;
@@ -572,10 +583,12 @@ static void flush_now(tether_conn *c)
 	w->cap = c->wcap;
 	w->req.data = c;
 	c->nwrites++;
+	c->wout += w->buf.len;
 	c->wbuf = NULL;
 	c->wlen = c->wcap = 0;
 	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, after_write) < 0) {
 		c->nwrites--;
+		c->wout -= w->buf.len;
 		free(w->buf.base);
 		free(w);
 		set_close_err(c, TETHER_ERR_IO, TETHER_CAT_CONNECTION_RESET, "cannot send to %s", c->peer_addr);
@@ -918,7 +931,7 @@ static void pump(tether_conn *c)
 out:
 	if (c->state != ST_CLOSED)
 		flush(c);
-	if (c->state == ST_OPEN && !c->read_paused && send_queue(c) >= READ_PAUSE_QUEUE)
+	if (c->state == ST_OPEN && !c->read_paused && out_held(c) >= READ_PAUSE_QUEUE)
 		pause_reading(c, PAUSE_QUEUE);
 }
 
@@ -934,7 +947,7 @@ static void pause_reading(tether_conn *c, int why)
 		uv_read_stop((uv_stream_t *)&c->tcp);
 	if (why == PAUSE_QUEUE)
 		tether_debug("rpc", "%s is not reading its answers (%zu bytes queued): pausing its requests",
-		             c->peer_addr, send_queue(c));
+		             c->peer_addr, out_held(c));
 	else
 		tether_debug("rpc", "%s has %zu requests in flight: its next request waits for an answer",
 		             c->peer_addr, c->inflight_in);
@@ -951,7 +964,7 @@ static void resume_reading(tether_conn *c)
 	if (!c->read_paused || c->state != ST_OPEN || c->hs_busy || !c->tcp_inited ||
 	    uv_is_closing((uv_handle_t *)&c->tcp))
 		return;
-	if (send_queue(c) >= READ_RESUME_QUEUE || c->inflight_in >= MAX_INFLIGHT_IN)
+	if (out_held(c) >= READ_RESUME_QUEUE || c->inflight_in >= MAX_INFLIGHT_IN)
 		return;
 	c->read_paused = 0;
 	/* nothing was read meanwhile, by our choice: the peer gets a fresh
@@ -1342,7 +1355,7 @@ static int must_wait(tether_conn *c, const unsigned char *p, size_t n)
 
 	if (c->state != ST_OPEN)
 		return 0;
-	if (send_queue(c) >= READ_PAUSE_QUEUE)
+	if (out_held(c) >= READ_PAUSE_QUEUE)
 		return PAUSE_QUEUE;
 	if (c->inflight_in >= MAX_INFLIGHT_IN) {
 		/* the type of the frame whose bytes come next */

@@ -107,6 +107,47 @@ static int on_entry(void *user, const char *section, const char *name, const cha
 	return 1;
 }
 
+/* inih (Debian's build) reads at most INI_MAX_LINE - 1 = 199 bytes of a
+ * line at a time, so a longer line is parsed as two, and it cuts a section
+ * name to 49 bytes: the in-place editor below would see other lines and
+ * sections than the loader.  Both refuse such a text instead, saying
+ * where. */
+#define CONF_LINE_MAX 199
+#define CONF_SECTION_MAX 49
+
+static int check_limits(const char *text, const char *name, tether_error *err)
+{
+	const char *p = text;
+	int lineno = 1;
+
+	while (*p) {
+		const char *e = strchr(p, '\n'), *b = p, *rb;
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+
+		if (len > CONF_LINE_MAX)
+			return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+			                      "%s: line %d is %zu characters long, more than the %d a "
+			                      "line may have: shorten it (a long value can often be "
+			                      "split over several keys or moved to a file)",
+			                      name, lineno, len, CONF_LINE_MAX);
+		while (b < p + len && isspace((unsigned char)*b))
+			b++;
+		if (b < p + len && *b == '[' &&
+		    (rb = memchr(b, ']', len - (size_t)(b - p))) != NULL &&
+		    (size_t)(rb - b - 1) > CONF_SECTION_MAX)
+			return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+			                      "%s: line %d: the section name is %zu characters long, more "
+			                      "than %d: tether's sections are [tether], [listen], [log] ... "
+			                      "('show-configuration' lists them)",
+			                      name, lineno, (size_t)(rb - b - 1), CONF_SECTION_MAX);
+		if (!e)
+			break;
+		p = e + 1;
+		lineno++;
+	}
+	return 0;
+}
+
 int tether_config_parse(const char *text, const char *name,
                         const tether_config_key *schema,
                         tether_config **out, tether_error *err)
@@ -115,6 +156,8 @@ int tether_config_parse(const char *text, const char *name,
 	tether_config *c;
 	int r;
 
+	if ((r = check_limits(text, name ? name : "config", err)) < 0)
+		return r;
 	ini_allow_multiline = false;
 	c = tether_xcalloc(1, sizeof(*c));
 	st.c = c;
@@ -270,7 +313,9 @@ static size_t split_lines(const char *text, line **out)
 		l->text[len] = '\0';
 		if (len && l->text[len - 1] == '\r')
 			l->text[len - 1] = '\0';
-		snprintf(buf, sizeof(buf), "%s", l->text);
+		/* inih skips a UTF-8 byte order mark at the start of the text */
+		snprintf(buf, sizeof(buf), "%s",
+		         (n == 1 && !strncmp(l->text, "\xEF\xBB\xBF", 3)) ? l->text + 3 : l->text);
 		trim(buf);
 		if (buf[0] == '[') {
 			char *rb = strchr(buf, ']');
@@ -286,10 +331,13 @@ static size_t split_lines(const char *text, line **out)
 				snprintf(l->key, sizeof(l->key), "%s", buf);
 				trim(l->key);
 				snprintf(l->value, sizeof(l->value), "%s", eq + 1);
-				{ /* inline comment */
-					char *sc = strstr(l->value, " ;");
-					if (sc)
-						*sc = '\0';
+				{ /* inline comment: ';' after a blank, as inih reads it */
+					char *sc;
+					for (sc = l->value; *sc; sc++)
+						if (*sc == ';' && sc > l->value && isspace((unsigned char)sc[-1])) {
+							*sc = '\0';
+							break;
+						}
 				}
 				trim(l->value);
 			}
@@ -431,6 +479,9 @@ int tether_config_edit_text(const char *text, const tether_config_edit *edits,
 	char *res, *p;
 	int r = 0;
 
+	*out = NULL;
+	if ((r = check_limits(text ? text : "", "the configuration", err)) < 0)
+		return r;
 	nl = split_lines(text ? text : "", &ls);
 	for (i = 0; i < n; i++) {
 		r = apply_one(&ls, &nl, &edits[i], err);
@@ -447,6 +498,10 @@ int tether_config_edit_text(const char *text, const tether_config_edit *edits,
 		*p++ = '\n';
 	}
 	*p = '\0';
+	if ((r = check_limits(res, "the configuration as edited", err)) < 0) {
+		free(res);
+		goto out;
+	}
 	*out = res;
 out:
 	free_lines(ls, nl);

@@ -161,6 +161,37 @@ static void section_header_blanks(void **s)
 	free(out);
 }
 
+/* Found by fuzz_conf in a CI smoke run: inih cuts a section name to 49
+ * bytes and reads a line of more than 199 bytes as two, so the editor and
+ * the loader saw different sections.  Both now refuse such a text, saying
+ * where; a UTF-8 BOM before the first header is read as inih reads it. */
+static void limits_and_bom(void **s)
+{
+	char text[400];
+	tether_config_edit ed = { TETHER_CFG_SET, "log", "level", "debug" };
+	tether_config *c = NULL;
+	tether_error e;
+	char *out = NULL;
+	(void)s;
+	memset(text, 0, sizeof(text));
+	snprintf(text, sizeof(text), "[log]\nlevel = %0250d\n", 1);
+	assert_int_equal(tether_config_parse(text, "t", NULL, &c, &e), TETHER_ERR_INVALID);
+	assert_non_null(strstr(e.detail, "line 2 is"));
+	assert_int_equal(tether_config_edit_text(text, &ed, 1, &out, &e), TETHER_ERR_INVALID);
+	assert_null(out);
+	snprintf(text, sizeof(text), "[%060d]\nlevel = info\n", 0);
+	assert_int_equal(tether_config_parse(text, "t", NULL, &c, &e), TETHER_ERR_INVALID);
+	assert_non_null(strstr(e.detail, "section name"));
+	assert_int_equal(tether_config_edit_text(text, &ed, 1, &out, &e), TETHER_ERR_INVALID);
+	/* BOM */
+	assert_int_equal(tether_config_edit_text("\xEF\xBB\xBF[log]\nlevel = info\n", &ed, 1, &out, &e), 0);
+	assert_int_equal(tether_config_parse(out, "t", NULL, &c, &e), 0);
+	assert_string_equal(tether_config_get(c, "log", "level", "-"), "debug");
+	assert_int_equal((int)c->n, 1);
+	tether_config_free(c);
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -171,6 +202,7 @@ int main(void)
 		cmocka_unit_test(newline_injection_refused),
 		cmocka_unit_test(edit_repeated_empty_section),
 		cmocka_unit_test(section_header_blanks),
+		cmocka_unit_test(limits_and_bom),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -113,6 +113,21 @@ static void thread_main(void *arg)
 	uv_run(&wi->w.loop, UV_RUN_DEFAULT);
 }
 
+/* A worker's loop, its job queue and its (not yet bound) listening handle. */
+static void worker_setup(worker_impl *wi, tether_workers *ws, tether_accept_fn on_accept, void *arg)
+{
+	wi->w.ws = ws;
+	wi->on_accept = on_accept;
+	wi->accept_arg = arg;
+	pthread_mutex_init(&wi->lock, NULL);
+	wi->tail = &wi->jobs;
+	uv_loop_init(&wi->w.loop);
+	uv_async_init(&wi->w.loop, &wi->async, on_async);
+	wi->async.data = wi;
+	uv_tcp_init(&wi->w.loop, &wi->listen);
+	wi->listen.data = wi;
+}
+
 #ifdef _WIN32
 /* Windows has no SO_REUSEPORT: one loop listens, bound by libuv. */
 static int start_one_listener(const struct sockaddr *sa, const char *address, tether_accept_fn on_accept,
@@ -127,16 +142,7 @@ static int start_one_listener(const struct sockaddr *sa, const char *address, te
 	ws->w = tether_xcalloc(1, sizeof(*ws->w));
 	wi = &ws->w[0];
 	wi->fd = -1;
-	wi->w.ws = ws;
-	wi->on_accept = on_accept;
-	wi->accept_arg = arg;
-	pthread_mutex_init(&wi->lock, NULL);
-	wi->tail = &wi->jobs;
-	uv_loop_init(&wi->w.loop);
-	uv_async_init(&wi->w.loop, &wi->async, on_async);
-	wi->async.data = wi;
-	uv_tcp_init(&wi->w.loop, &wi->listen);
-	wi->listen.data = wi;
+	worker_setup(wi, ws, on_accept, arg);
 	r = uv_tcp_bind(&wi->listen, sa, 0);
 	if (r == 0)
 		r = uv_listen((uv_stream_t *)&wi->listen, BACKLOG, on_connection);
@@ -293,16 +299,7 @@ int tether_workers_start(const char *address, int n, tether_accept_fn on_accept,
 	for (i = 0; i < n; i++) {
 		worker_impl *wi = &ws->w[i];
 		wi->w.index = i;
-		wi->w.ws = ws;
-		wi->on_accept = on_accept;
-		wi->accept_arg = arg;
-		pthread_mutex_init(&wi->lock, NULL);
-		wi->tail = &wi->jobs;
-		uv_loop_init(&wi->w.loop);
-		uv_async_init(&wi->w.loop, &wi->async, on_async);
-		wi->async.data = wi;
-		uv_tcp_init(&wi->w.loop, &wi->listen);
-		wi->listen.data = wi;
+		worker_setup(wi, ws, on_accept, arg);
 		if (uv_tcp_open(&wi->listen, wi->fd) < 0 ||
 		    uv_listen((uv_stream_t *)&wi->listen, BACKLOG, on_connection) < 0) {
 			r = tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, "cannot listen on %s", address);

@@ -34,6 +34,7 @@
 #define EXIT_TETHER_FAILED 255
 #define EXIT_INTERRUPTED 130
 #define POLL_WAIT_MS 20000
+#define CREATE_WAIT_MS 500             /* task.create follows the task this long */
 #define POLL_MARGIN_MS 30000
 #define CANCEL_WAIT_MS 15000
 #define DAEMON_LOST_MS 60000           /* how long a follower waits for the daemon to return */
@@ -379,13 +380,14 @@ static int daemon_lost(const tether_error *e)
 /* One task.poll of f (waiting up to wait_ms for news).  Returns 1 once the
  * task is over for us (ended, or tether failed), 2 if the answer brought
  * output, else 0. */
+static int poll_handle(follower *f, json_t *res);
+
 static int poll_once(follower *f, int wait_ms)
 {
 	runner *R = f->R;
-	json_t *p, *res = NULL, *out, *rec, *retry;
+	json_t *p, *res = NULL;
 	tether_error e;
-	size_t i;
-	int r, got = 0;
+	int r;
 
 	memset(&e, 0, sizeof(e));
 	p = json_pack("{s:I, s:I, s:i}", "id", (json_int_t)f->id, "after_seq", (json_int_t)f->after,
@@ -421,6 +423,21 @@ static int poll_once(follower *f, int wait_ms)
 		note(R, "%s: the daemon is back", f->target);
 		f->lost_since = 0;
 	}
+	r = poll_handle(f, res);
+	json_decref(res);
+	return r;
+}
+
+/* Handle a task.poll answer (res, borrowed) for f: write its output, note
+ * its retries.  Returns 1 once the task has ended (f finished), 2 if the
+ * answer brought output or said more is ready, else 0. */
+static int poll_handle(follower *f, json_t *res)
+{
+	runner *R = f->R;
+	json_t *out, *rec, *retry;
+	size_t i;
+	int got = 0;
+
 	out = json_object_get(res, "output");
 	pthread_mutex_lock(&R->lock);
 	json_array_foreach(out, i, rec) {
@@ -452,13 +469,11 @@ static int poll_once(follower *f, int wait_ms)
 		}
 		snprintf(f->error, sizeof(f->error), "%s", jstr(res, "error", ""));
 		snprintf(f->category, sizeof(f->category), "%s", jstr(res, "category", ""));
-		json_decref(res);
 		follower_finish(f);
 		return 1;
 	}
 	if (json_is_true(json_object_get(res, "more")))
 		got = 2;
-	json_decref(res);
 	return got;
 }
 
@@ -473,7 +488,8 @@ static void *work(void *arg)
 	size_t i, left = 0;
 
 	for (i = w->first; i < R->n; i += w->step)
-		left++;
+		if (!R->f[i].over)
+			left++;
 	while (left) {
 		int news = 0;
 		for (i = w->first; i < R->n; i += w->step) {
@@ -537,14 +553,30 @@ static int run_remote(cli_ctx *c, json_t *params)
 	r = cli_open_instance(c);
 	if (r < 0)
 		return r;
-	r = admin_client_call(c->inst, "task.create", params, ADMIN_CLIENT_TIMEOUT_MS, &res, &c->err);
+	/* Signals go to this thread only (sigtimedwait below); SIGUSR1 comes
+	 * from a follower that ended.  Blocked from before task.create: a
+	 * Ctrl-C while it waits (at most CREATE_WAIT_MS) cancels the task
+	 * once its number is known. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &sigs, &old);
+	/* with one target the daemon follows the task in this call too, for
+	 * up to CREATE_WAIT_MS: a short command needs no task.poll */
+	json_object_set_new(params, "wait_ms", json_integer(CREATE_WAIT_MS));
+	r = admin_client_call(c->inst, "task.create", params, CREATE_WAIT_MS + ADMIN_CLIENT_TIMEOUT_MS,
+	                      &res, &c->err);
 	if (r < 0) {
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		fprintf(stderr, "%s %s: %s (%s)\n", c->prog->progname, c->verb, c->err.detail,
 		        tether_category_name(c->err.category ? c->err.category : TETHER_CAT_INTERNAL));
 		return EXIT_TETHER_FAILED;
 	}
 	tasks = json_object_get(res, "tasks");
 	if (!json_is_array(tasks) || !json_array_size(tasks)) {
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		fprintf(stderr, "%s %s: the daemon created no task (its answer has no \"tasks\"): check "
 		        "its log (internal)\n", c->prog->progname, c->verb);
 		json_decref(res);
@@ -565,19 +597,18 @@ static int run_remote(cli_ctx *c, json_t *params)
 		R.f[i].id = (int64_t)json_integer_value(json_object_get(v, "id"));
 		snprintf(R.f[i].target, sizeof(R.f[i].target), "%s", jstr(v, "target", "?"));
 	}
+	/* the first poll's answer, from a daemon that follows in task.create
+	 * (an older one leaves it out: the followers poll from the start) */
+	if (R.n == 1 && json_is_object(json_object_get(res, "poll")) &&
+	    poll_handle(&R.f[0], json_object_get(res, "poll")) == 1)
+		R.f[0].over = 1;
 	json_decref(res);
 
-	/* Signals go to this thread only (sigtimedwait below); SIGUSR1 comes
-	 * from a follower that ended. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGHUP);
-	sigaddset(&sigs, SIGUSR1);
-	pthread_sigmask(SIG_BLOCK, &sigs, &old);
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, WORKER_STACK);
 	R.nw = R.n < WORKERS_MAX ? R.n : WORKERS_MAX;
+	if (R.n == 1 && R.f[0].over)
+		R.nw = 0;             /* it ended within task.create: nothing to follow */
 	R.w = tether_xcalloc(R.nw, sizeof(*R.w));
 	for (i = 0; i < R.nw; i++) {
 		worker *w = &R.w[i];

@@ -39,8 +39,16 @@
  *
  * Admin methods (params -> result):
  *   task.create {targets: [name...] | tag, argv: [...] | script, shell?,
- *                env?: {K: V}, cwd?, timeout_s?, isolation?}
- *               -> {tasks: [{id, target}]}
+ *                env?: {K: V}, cwd?, timeout_s?, isolation?,
+ *                wait_ms?: 0 (at most 60000), max_bytes?: 1 MiB}
+ *               -> {tasks: [{id, target}], poll?}
+ *               With wait_ms > 0 and one target, the answer also holds
+ *               "poll": what task.poll {id, after_seq: 0, wait_ms,
+ *               max_bytes} would have answered, and comes when that would
+ *               have come (output, the end, or wait_ms): a short command
+ *               is created and followed in one call instead of two.  A
+ *               daemon without this answers without "poll" (clients then
+ *               follow with task.poll as before).
  *   task.poll   {id, after_seq?: 0, wait_ms?: 0 (at most 60000),
  *                max_bytes?: 1 MiB}
  *               -> {id, target, state, exit_code, error?, category?,
@@ -140,6 +148,7 @@ typedef struct pollw {
 	admin_call *call;
 	int64_t id, after_seq;
 	size_t max_bytes;
+	json_t *create_res;           /* task.create with wait_ms: its answer, "poll" added */
 	uv_timer_t timer;
 } pollw;
 
@@ -671,7 +680,22 @@ static int poll_result(int64_t id, int64_t after_seq, size_t max_bytes, json_t *
 
 static void on_waiter_closed(uv_handle_t *h)
 {
-	free(h->data);
+	pollw *w = h->data;
+	json_decref(w->create_res);
+	free(w);
+}
+
+/* The answer of w: the poll result, or task.create's answer holding it. */
+static void waiter_reply(pollw *w, json_t *res)
+{
+	if (!w->create_res) {
+		admin_reply(w->call, res);
+		return;
+	}
+	if (res)
+		json_object_set_new(w->create_res, "poll", res);
+	admin_reply(w->call, w->create_res);
+	w->create_res = NULL;
 }
 
 static void waiter_answer(pollw *w)
@@ -689,10 +713,10 @@ static void waiter_answer(pollw *w)
 	if (!g)
 		admin_reply_error(w->call, "the tether-server daemon is stopping: the task continues "
 		                  "when it runs again; follow it with 'tether-server task logs'", "busy");
-	else if (poll_result(w->id, w->after_seq, w->max_bytes, &res, &e) < 0)
+	else if (poll_result(w->id, w->after_seq, w->max_bytes, &res, &e) < 0 && !w->create_res)
 		admin_reply_tether_error(w->call, &e);
 	else
-		admin_reply(w->call, res);
+		waiter_reply(w, res);   /* task.create: the tasks exist; without "poll" on error */
 	uv_timer_stop(&w->timer);
 	if (!uv_is_closing((uv_handle_t *)&w->timer))
 		uv_close((uv_handle_t *)&w->timer, on_waiter_closed);
@@ -712,6 +736,28 @@ static void wake_waiters(int64_t id)
 		if (w->id == id)
 			waiter_answer(w);
 	}
+}
+
+/* Answer call once task id has records after after_seq, has ended, or
+ * wait_ms passed: with the poll result, or with create_res (task.create's
+ * answer, stolen) holding it as "poll". */
+static void waiter_start(admin_call *call, int64_t id, int64_t after, size_t max_bytes,
+                         uint64_t wait_ms, json_t *create_res)
+{
+	pollw *w = tether_xcalloc(1, sizeof(*w));
+
+	w->call = call;
+	w->id = id;
+	w->after_seq = after;
+	w->max_bytes = max_bytes;
+	w->create_res = create_res;
+	uv_timer_init(srv_loop(g->s), &w->timer);
+	w->timer.data = w;
+	w->next = g->waiters;
+	if (g->waiters)
+		g->waiters->prev = w;
+	g->waiters = w;
+	uv_timer_start(&w->timer, on_waiter_timer, wait_ms, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -970,10 +1016,15 @@ static void m_create(admin_call *call, json_t *params)
 	tether_error e;
 	sqlite3 *db = registry_db(srv_registry(g->s));
 	int r = 0, rc;
+	const char *M = "task.create";
+	json_int_t wait, maxb;
 
 	memset(&e, 0, sizeof(e));
 	/* a refusal is audited by the admin layer when it is answered */
 	admin_call_set_audit(call, srv_audit(g->s));
+	if (int_param(call, M, params, "wait_ms", 0, POLL_WAIT_MAX_MS, 0, &wait) < 0 ||
+	    int_param(call, M, params, "max_bytes", 1, 16 * 1024 * 1024, POLL_MAX_BYTES, &maxb) < 0)
+		return;
 	if (command_param(call, params, &cmd) < 0)
 		return;
 	if (targets_param(call, params, &names, &n) < 0) {
@@ -1019,6 +1070,22 @@ static void m_create(admin_call *call, json_t *params)
 	}
 	res = json_object();
 	json_object_set_new(res, "tasks", arr);
+	if (wait > 0 && n == 1) {
+		/* follow it in this call, as task.poll {id, after_seq 0, wait_ms} */
+		task_rec rec;
+		int now = 1;
+		json_t *first = NULL;
+		if (task_store_get(g->store, ids[0], &rec, &e) == 0) {
+			now = task_state_final(rec.state) || rec.next_seq > 1;
+			task_rec_clear(&rec);
+		}
+		if (!now) {
+			waiter_start(call, ids[0], 0, (size_t)maxb, (uint64_t)wait, res);
+			goto out;
+		}
+		if (poll_result(ids[0], 0, (size_t)maxb, &first, &e) == 0)
+			json_object_set_new(res, "poll", first);
+	}
 	admin_reply(call, res);
 out:
 	for (i = 0; i < n; i++)
@@ -1037,8 +1104,7 @@ static void m_poll(admin_call *call, json_t *params, int may_wait)
 	task_rec r;
 	tether_error e;
 	json_t *res = NULL;
-	pollw *w;
-	int ended;
+	int ended, news;
 
 	memset(&e, 0, sizeof(e));
 	if (id_param(call, M, params, &id) < 0 ||
@@ -1051,24 +1117,13 @@ static void m_poll(admin_call *call, json_t *params, int may_wait)
 		return;
 	}
 	ended = task_state_final(r.state);
-	if (!ended && wait > 0 && r.next_seq - 1 <= after) {
-		/* nothing new: wait for output, the end, or wait_ms */
-		task_rec_clear(&r);
-		w = tether_xcalloc(1, sizeof(*w));
-		w->call = call;
-		w->id = id;
-		w->after_seq = after;
-		w->max_bytes = (size_t)maxb;
-		uv_timer_init(srv_loop(g->s), &w->timer);
-		w->timer.data = w;
-		w->next = g->waiters;
-		if (g->waiters)
-			g->waiters->prev = w;
-		g->waiters = w;
-		uv_timer_start(&w->timer, on_waiter_timer, (uint64_t)wait, 0);
+	news = r.next_seq - 1 > after;
+	task_rec_clear(&r);
+	/* nothing new: wait for output, the end, or wait_ms */
+	if (!ended && wait > 0 && !news) {
+		waiter_start(call, id, after, (size_t)maxb, (uint64_t)wait, NULL);
 		return;
 	}
-	task_rec_clear(&r);
 	if (poll_result(id, after, (size_t)maxb, &res, &e) < 0)
 		admin_reply_tether_error(call, &e);
 	else

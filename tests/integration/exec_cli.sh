@@ -86,6 +86,55 @@ is "$r" 0 "run-script --shell bash: exit 0"
 printf 'exit 4\n' | "$SERVER" run-script "${A[@]}" web1 - >/dev/null 2>&1
 is "$?" 4 "run-script reads the script from stdin with '-'"
 
+# --- task.create with wait_ms: created and followed in one admin call ---
+# admin METHOD JSON: one call on the admin socket, the answer's line on stdout
+admin() {
+	python3 - "$H/server-default/run/admin.sock" "$1" "$2" <<'EOT'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(60); s.connect(sys.argv[1])
+s.sendall((json.dumps({"id": 1, "method": sys.argv[2], "params": json.loads(sys.argv[3])}) + "\n").encode())
+b = b""
+while not b.endswith(b"\n"):
+	d = s.recv(65536)
+	if not d: break
+	b += d
+print(b.decode().strip())
+EOT
+}
+# jq-like: the Python expression $2 over the answer's "result" (r) in $1
+rget() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]).get("result"); print(eval(sys.argv[2]))' "$1" "$2"; }
+ans=$(admin task.create '{"targets":["web1"],"argv":["sh","-c","echo hi; exit 3"],"wait_ms":20000}')
+is "$(rget "$ans" 'r["poll"]["state"], r["poll"]["exit_code"], r["poll"]["output"][0]["text"]')" \
+   "('finished', 3, 'hi\\n')" "a command that ends within wait_ms: its output, state and exit code in the task.create answer"
+ans=$(admin task.create '{"targets":["web1"],"argv":["sleep","1.5"],"wait_ms":200}')
+is "$(rget "$ans" 'r["poll"]["state"] in ("pending", "running"), r["poll"]["exit_code"], r["poll"]["output"], r["poll"]["next_seq"]')" \
+   "(True, None, [], 0)" "one still running after wait_ms: answered after wait_ms, not ended, no output"
+id=$(rget "$ans" 'r["tasks"][0]["id"]')
+for i in $(seq 1 20); do   # a poll also answers when the state changes (pending -> running)
+	ans=$(admin task.poll "{\"id\":$id,\"wait_ms\":20000}")
+	[ "$(rget "$ans" 'r["state"] in ("pending", "running")')" = True ] || break
+done
+is "$(rget "$ans" 'r["state"], r["exit_code"]')" "('finished', 0)" "and task.poll follows it to its end"
+ans=$(admin task.create '{"targets":["web1"],"argv":["true"]}')
+is "$(rget "$ans" 'sorted(r)')" "['tasks']" "without wait_ms (older clients): the answer is the tasks only"
+id=$(rget "$ans" 'r["tasks"][0]["id"]')
+for i in $(seq 1 20); do
+	ans=$(admin task.poll "{\"id\":$id,\"wait_ms\":20000}")
+	[ "$(rget "$ans" 'r["state"] in ("pending", "running")')" = True ] || break
+done
+is "$(rget "$ans" 'r["state"], r["exit_code"]')" "('finished', 0)" "and task.poll gives its result as before"
+ans=$(admin task.create '{"targets":["web1","web2"],"argv":["true"],"wait_ms":20000}')
+is "$(rget "$ans" 'sorted(r), len(r["tasks"])')" "(['tasks'], 2)" "with several targets wait_ms is not used: the tasks only"
+n0=$("$SERVER" task list "${A[@]}" --json --limit 1000 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+admin task.create '{"targets":["web1"],"argv":["true"],"wait_ms":60001}' >"$TMP/ans"
+like "$TMP/ans" '"category": *"bad_input"' "wait_ms over 60000 is refused (bad_input)"
+like "$TMP/ans" 'wait_ms.*from 0 to 60000' "and says the range"
+is "$("$SERVER" task list "${A[@]}" --json --limit 1000 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" "$n0" "and creates no task"
+# exec's own use of it: a silent command longer than the folded wait still ends right
+"$SERVER" exec "${A[@]}" web1 -- sh -c 'sleep 1; echo late; exit 6' >"$TMP/o" 2>"$TMP/e"; r=$?
+is "$r" 6 "exec of a silent command that outlasts task.create's wait: its exit code"
+is "$(cat "$TMP/o")" "late" "and its output"
+
 # --- Ctrl-C: cancel on the agent, exit 130 ---
 bg "$SERVER" exec "${A[@]}" web1 -- sh -c "echo started; sleep $MARK" >"$TMP/co" 2>"$TMP/ce"
 XP=$LAST_PID

@@ -1521,6 +1521,11 @@ static void on_timer(uv_timer_t *t)
 	/* not reading because the peer's own requests are still running: its
 	 * pongs wait unread too, so they prove nothing either way */
 	if (c->o.keepalive_ms && c->read_paused != PAUSE_INFLIGHT) {
+		/* anything that arrived after the PING proves the peer alive as
+		 * well as its PONG would (protocol.md, section 6): on a lossy link
+		 * the PONG may wait behind stream data that TCP is retransmitting */
+		if (c->ping_outstanding && c->last_rx_ms > c->ping_sent_ms)
+			c->ping_outstanding = 0;
 		if (c->ping_outstanding && now - c->ping_sent_ms >= 2ull * c->o.keepalive_ms) {
 			set_close_err(c, TETHER_ERR_TIMEOUT, TETHER_CAT_TIMEOUT,
 			              "%s stopped answering keepalive pings (nothing for %llu ms)",
@@ -1561,6 +1566,14 @@ static void arm_keepalive(tether_conn *c)
 /* Setup                                                               */
 /* ------------------------------------------------------------------ */
 
+#ifndef _WIN32
+#ifdef TCP_RTO_MAX_MS
+#define TETHER_TCP_RTO_MAX_MS TCP_RTO_MAX_MS
+#else
+#define TETHER_TCP_RTO_MAX_MS 44 /* linux/tcp.h since 6.15; Debian 12's headers are older */
+#endif
+#endif
+
 static void set_sockopts(tether_conn *c)
 {
 	uv_os_fd_t fd;
@@ -1577,9 +1590,18 @@ static void set_sockopts(tether_conn *c)
 		setsockopt(fd, IPPROTO_TCP, TCP_MAXRT, &uto, sizeof(uto));
 #else
 		unsigned int uto = (ka * 4) * 1000; /* data unacknowledged this long: dead */
+		/* TCP doubles its retransmission timeout after every loss, up to
+		 * 120 s: after 7 losses in a row (30% loss makes that likely over
+		 * a long transfer) its next try would come after the keepalive
+		 * has given the connection up, even if the link is back.  A cap
+		 * of a third of the keepalive interval (at least 1 s) keeps it
+		 * trying within that window.  Linux 6.15 and later; elsewhere
+		 * setsockopt fails and the kernel's default stays. */
+		int rto_max = ka >= 3 ? (int)(ka / 3) * 1000 : 1000;
 		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
 		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
+		setsockopt(fd, IPPROTO_TCP, TETHER_TCP_RTO_MAX_MS, &rto_max, sizeof(rto_max));
 #endif
 	}
 }

@@ -23,7 +23,9 @@ third-party TLS stack).  Subcommands:
                                  mutual TLS + HELLO as a server, then each
                                  request in turn on that one connection; prints
                                  'result JSON' or 'error CODE MESSAGE' per
-                                 request ('closed' if the connection ends)
+                                 request ('closed' if the connection ends);
+                                 the pair '@sleep SECS' pauses without reading
+                                 (PINGs are never answered)
   serve-call PORT CERT KEY SECS METHOD PARAMS [METHOD PARAMS]...
                                  the same as the TLS server of one polling
                                  agent that connects to 127.0.0.1:PORT within
@@ -76,6 +78,9 @@ def hello(t):
 def requests(t, pairs):
     """Send each (method, params JSON) and print its answer, in order."""
     for i in range(0, len(pairs) - 1, 2):
+        if pairs[i] == "@sleep":        # pause without reading (no PONG either)
+            time.sleep(float(pairs[i + 1]))
+            continue
         rid = i // 2 + 1
         body = {"id": rid, "method": pairs[i], "params": json.loads(pairs[i + 1])}
         t.sendall(frame(2, rid, json.dumps(body).encode()))
@@ -270,12 +275,23 @@ def relay(port, upstream, delay):
                 await w.drain()
         await asyncio.gather(rd(), wr(), return_exceptions=True)
 
+    def like_tether(w):
+        # the relay stands in for the network: it retransmits as tether's
+        # own sockets would (core/conn.c caps TCP's retransmission backoff
+        # at a third of the default 15 s keepalive where the kernel can)
+        try:
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, 44, 5000)  # TCP_RTO_MAX_MS
+        except OSError:
+            pass
+
     async def handle(cr, cw):
         try:
             ur, uw = await asyncio.open_connection("127.0.0.1", upstream)
         except OSError:
             cw.close()
             return
+        like_tether(cw)
+        like_tether(uw)
         await asyncio.gather(pump(cr, uw), pump(ur, cw), return_exceptions=True)
 
     async def serve():

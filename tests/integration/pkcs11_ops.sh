@@ -3,7 +3,8 @@
 # code) and upload/download (SHA-256 checked) with the agent's key on a
 # SoftHSM2 token and the server on the openssl provider, then the other way
 # round (the server's key on the token), each in listening and in polling
-# mode, with TLS 1.3 and with TLS 1.2.
+# mode, with TLS 1.3 and with TLS 1.2; then with ECDSA keys (P-256, P-384)
+# on the token, either side, listening mode, TLS 1.3 and 1.2.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/p11lib.sh"
 head -c 1048577 /dev/urandom > "$TMP/blob"        # 1 MiB + 1 byte
@@ -11,11 +12,12 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 BLOB_SHA=$(sha "$TMP/blob")
 n_suite=0
 
-# suite TOKEN-SIDE MODE VERSION: TOKEN-SIDE agent|server holds its key on the token
+# suite TOKEN-SIDE MODE VERSION [KEY-TYPE]: TOKEN-SIDE agent|server holds
+# its key (rsa2048 unless KEY-TYPE) on the token
 suite() {
-	local side=$1 mode=$2 ver=$3 d
+	local side=$1 mode=$2 ver=$3 kt=${4:-rsa2048} d
 	n_suite=$((n_suite + 1))
-	d="$side on token, $mode, TLS $ver"
+	d="$side on token ($kt), $mode, TLS $ver"
 	echo "# --- $d ---"
 	local H="$TMP/h$n_suite" A
 	A=(--home "$H")
@@ -29,9 +31,22 @@ suite() {
 	else
 		"$SERVER" configure "${A[@]}" "${P11[@]}" >/dev/null
 	fi
-	"$SERVER" new-certificate "${A[@]}" >/dev/null &&
-		"$AGENT" new-certificate "${A[@]}" >/dev/null
+	local KT=() KS=()
+	[ "$side" = agent ] && KT=(--key-type "$kt") || KS=(--key-type "$kt")
+	"$SERVER" new-certificate "${A[@]}" "${KS[@]}" >/dev/null &&
+		"$AGENT" new-certificate "${A[@]}" "${KT[@]}" >/dev/null
 	ok $? "$d: both identities made (one on the token)"
+	if [ "$side" = agent ]; then
+		"$AGENT" export-certificate "${A[@]}" --export-pem "$TMP/tok$n_suite.pem" >/dev/null
+	else
+		"$SERVER" export-certificate "${A[@]}" --export-pem "$TMP/tok$n_suite.pem" >/dev/null
+	fi
+	openssl x509 -in "$TMP/tok$n_suite.pem" -noout -text > "$TMP/tok$n_suite.txt" 2>&1
+	case $kt in
+	rsa2048) like "$TMP/tok$n_suite.txt" "Public-Key: \(2048 bit\)" "$d: the token's certificate has an RSA-2048 key" ;;
+	ec-p256) like "$TMP/tok$n_suite.txt" "NIST CURVE: P-256" "$d: the token's certificate has a P-256 key" ;;
+	ec-p384) like "$TMP/tok$n_suite.txt" "NIST CURVE: P-384" "$d: the token's certificate has a P-384 key" ;;
+	esac
 	like "$H/$side-default/$side.ini" "^provider = pkcs11" "$d: the $side's config names the pkcs11 provider"
 	AT=$("$AGENT" show-thumbprint "${A[@]}" | head -1)
 	ST=$("$SERVER" show-thumbprint "${A[@]}" | head -1)
@@ -62,6 +77,12 @@ suite() {
 	is "$(p11_json "$TMP/h.json" 'd[0]["state"]')" healthy "$d: healthy"
 	is "$(p11_json "$TMP/h.json" 'd[0]["peer_sha256"]')" "$AT" "$d: peer_sha256 is the agent's thumbprint"
 	is "$(p11_json "$TMP/h.json" 'd[0]["tls_version"]')" "TLSv$ver" "$d: TLSv$ver negotiated"
+	if [ "$side" = agent ] && [ "$kt" != rsa2048 ]; then
+		# The agent's certificate (signed on the token) and, at TLS 1.2,
+		# the suite say ECDSA: the token's raw r||s became valid DER.
+		like "$TMP/h.json" '"cert_signature_algorithm": *"ecdsa-with-SHA(256|384)"' "$d: the agent's certificate is ECDSA-signed (on the token)"
+		[ "$ver" = 1.2 ] && like "$TMP/h.json" '"cipher": *"ECDHE-ECDSA-' "$d: TLS 1.2 suite ECDHE-ECDSA (the handshake signed on the token)"
+	fi
 
 	"$SERVER" exec "${A[@]}" $T -- sh -c 'printf "out one\n"; printf "err one\n" >&2; printf "out two"; exit 7' >"$TMP/o" 2>"$TMP/e"
 	is "$?" 7 "$d: exec exits with the command's exit code"
@@ -87,6 +108,15 @@ for side in agent server; do
 	for mode in listening polling; do
 		for ver in 1.3 1.2; do
 			suite $side $mode $ver
+		done
+	done
+done
+# ECDSA keys on the token: the token signs raw r||s, which pkcs11-provider
+# turns into the DER signature TLS carries; both roles, TLS 1.3 and 1.2.
+for kt in ec-p256 ec-p384; do
+	for side in agent server; do
+		for ver in 1.3 1.2; do
+			suite $side listening $ver $kt
 		done
 	done
 done

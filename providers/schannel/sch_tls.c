@@ -128,6 +128,29 @@ int sch_tls_ctx_new(tether_provider_ctx *p, const tether_tls_ctx_params *params,
 		return sch_err_set(err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
 		                   "the schannel provider does not enforce a FIPS policy itself: enable "
 		                   "Windows' FIPS mode (a system policy) and remove the FIPS option");
+	/* [tls] fips-module = required: Windows' validated modules (CNG, and the
+	 * CryptoAPI providers built on it) run in their FIPS-approved mode only
+	 * when the system policy says so; BCryptGetFipsAlgorithmMode reads it. */
+	if (params->policy & TETHER_TLS_POLICY_FIPS_MODULE) {
+		BOOLEAN fips_on = FALSE;
+		NTSTATUS st = BCryptGetFipsAlgorithmMode(&fips_on);
+		if (st != 0)
+			return sch_err_set(err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
+			                   "[tls] fips-module = required, but Windows' FIPS mode cannot "
+			                   "be read (BCryptGetFipsAlgorithmMode: 0x%08lx): check the "
+			                   "system's CNG (bcrypt.dll), or set [tls] fips-module = off",
+			                   (unsigned long)st);
+		if (!fips_on)
+			return sch_err_set(err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
+			                   "[tls] fips-module = required, but Windows' FIPS mode is off "
+			                   "(BCryptGetFipsAlgorithmMode): enable the security policy "
+			                   "\"System cryptography: Use FIPS compliant algorithms for "
+			                   "encryption, hashing, and signing\" (secpol.msc or Group "
+			                   "Policy; it sets HKLM\\System\\CurrentControlSet\\Control\\"
+			                   "Lsa\\FipsAlgorithmPolicy\\Enabled = 1), restart the agent, or "
+			                   "set [tls] fips-module = off");
+		sch_log(p, TETHER_LOG_DEBUG, "[tls] fips-module = required: Windows' FIPS mode is on");
+	}
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return sch_err_set(err, TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL, "out of memory");

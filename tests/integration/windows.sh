@@ -137,6 +137,17 @@ if [ -x "$SERVER" ]; then
 	WT=$(WAGENT show-thumbprint --home "$WH" | head -n1 | tr -d '\r')
 	run_ok "tether-server target add --polling (the trust exchange, server side)" \
 		"$SERVER" target add "${SA[@]}" win --polling --thumbprint "$WT"
+	# [tls] fips-module = required: Wine's BCryptGetFipsAlgorithmMode (a
+	# semi-stub) always reports FIPS mode off, so the agent must refuse to
+	# start and name the Windows policy that turns it on.
+	cp "$TMP/win/agent-default/agent.ini" "$TMP/agent.ini.keep"
+	printf '\n[tls]\nfips-module = required\n' >>"$TMP/win/agent-default/agent.ini"
+	run_exit 1 "agent.exe run with [tls] fips-module = required refuses to start (Wine: FIPS mode off)" \
+		WAGENT run --home "$WH"
+	like "$TMP/err" "fips-module = required, but Windows' FIPS mode is off" "... saying Windows' FIPS mode is off"
+	like "$TMP/err" 'System cryptography: Use FIPS compliant algorithms' "... naming the security policy to enable"
+	like "$TMP/err" 'HKLM\\System\\CurrentControlSet\\Control\\Lsa\\FipsAlgorithmPolicy\\Enabled' "... and its registry value"
+	mv "$TMP/agent.ini.keep" "$TMP/win/agent-default/agent.ini"
 	bg timeout 900 wine "$WBUILD/tether-agent.exe" run --home "$WH" 2>"$TMP/wagent.log"
 	WPID=$LAST_PID
 	wlong grep -q "polling agent win connected" "$TMP/server.log"

@@ -38,6 +38,11 @@
  *   TETHER_P11_FAULT_LOG     optional: one line appended per injected
  *                            fault ("C_SignInit CKR_DEVICE_REMOVED"), so a
  *                            test can check faults were really injected.
+ *   TETHER_P11_SIGN_DELAY_MS every C_Sign or C_SignFinal that signs waits
+ *                            this long (1 to 1000 ms) before it is
+ *                            forwarded, as on a network HSM, and each new
+ *                            high of signatures in flight at once is logged
+ *                            ("C_Sign in-flight N") to TETHER_P11_FAULT_LOG.
  *
  * Only C_GetFunctionList is exported; the 2.40 function list is enough for
  * p11-kit and pkcs11-provider (which fall back to it without
@@ -309,9 +314,70 @@ static CK_RV f_C_SignInit(CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HAN
 	}
 	return real->C_SignInit(a, b, c);
 }
-FAULT(C_Sign, K_SESSION, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), (a, b, c, d, e))
+/* C_Sign and C_SignFinal (pkcs11-provider signs TLS handshakes in parts:
+ * C_SignInit, C_SignUpdate, C_SignFinal), slowed down by
+ * TETHER_P11_SIGN_DELAY_MS (a network HSM); each new high of signatures in
+ * flight at once is noted ("C_Sign in-flight N"). */
+static int sign_inflight, sign_max;
+
+static long sign_enter(int really)
+{
+	const char *ds = getenv("TETHER_P11_SIGN_DELAY_MS");
+	long ms = ds != NULL ? strtol(ds, NULL, 10) : 0;
+	char what[32];
+	int high = 0;
+
+	/* Only a real signature, not a length query, waits. */
+	if (ms <= 0 || ms > 1000 || !really)
+		return 0;
+	pthread_mutex_lock(&lock);
+	if (++sign_inflight > sign_max)
+		high = sign_max = sign_inflight;
+	pthread_mutex_unlock(&lock);
+	if (high) {
+		snprintf(what, sizeof(what), "in-flight %d", high);
+		note("C_Sign", what);
+	}
+	usleep((useconds_t)ms * 1000);
+	return ms;
+}
+
+static void sign_leave(long ms)
+{
+	if (ms == 0)
+		return;
+	pthread_mutex_lock(&lock);
+	sign_inflight--;
+	pthread_mutex_unlock(&lock);
+}
+
+static CK_RV f_C_Sign(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+                      CK_ULONG_PTR e)
+{
+	CK_RV rv = check("C_Sign", K_SESSION);
+	long ms;
+
+	if (rv != CKR_OK)
+		return rv;
+	ms = sign_enter(d != NULL);
+	rv = real->C_Sign(a, b, c, d, e);
+	sign_leave(ms);
+	return rv;
+}
+
+static CK_RV f_C_SignFinal(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c)
+{
+	CK_RV rv = check("C_SignFinal", K_SESSION);
+	long ms;
+
+	if (rv != CKR_OK)
+		return rv;
+	ms = sign_enter(b != NULL);
+	rv = real->C_SignFinal(a, b, c);
+	sign_leave(ms);
+	return rv;
+}
 FAULT(C_SignUpdate, K_SESSION, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a, b, c))
-FAULT(C_SignFinal, K_SESSION, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c), (a, b, c))
 FAULT(C_SignRecoverInit, K_SESSION, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), (a, b, c))
 FAULT(C_SignRecover, K_SESSION, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), (a, b, c, d, e))
 FAULT(C_VerifyInit, K_SESSION, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), (a, b, c))

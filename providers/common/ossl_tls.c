@@ -90,6 +90,8 @@
 #define SUITES_TLS13_FIPS "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384"
 #define GROUPS      "x25519:secp256r1:secp384r1"
 #define GROUPS_FIPS "secp256r1:secp384r1"
+/* OpenSSL security level 2: 112 bits (RSA >= 2048, ECC >= 224). */
+#define OSSL_TLS_FIPS_SECLEVEL 2
 #define SIGALGS \
 	"rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pkcs1_sha256:" \
 	"rsa_pkcs1_sha384:ecdsa_secp256r1_sha256:ecdsa_secp384r1_sha384"
@@ -710,6 +712,14 @@ static int tls_fail(tether_tls *t, tether_error *err, int ssl_error,
 	if (vr != X509_V_OK && vr != OSSL_TLS_V_ERR_NOT_PINNED)
 		append(detail, sizeof(detail), "; peer certificate: %s",
 		       X509_verify_cert_error_string(vr));
+	if (vr == X509_V_ERR_EE_KEY_TOO_SMALL)
+		append(detail, sizeof(detail), "; its key is too weak for this "
+		       "side's OpenSSL security level %d%s: the peer needs a new "
+		       "certificate (RSA 2048 bits or more, or EC P-256/P-384: "
+		       "'new-certificate' there), then pin its thumbprint",
+		       SSL_get_security_level(t->ssl),
+		       (t->c->policy & TETHER_TLS_POLICY_FIPS) ?
+		       " ([tls] policy = fips: no RSA keys under 2048 bits)" : "");
 	if (t->alert_recv == 116)
 		append(detail, sizeof(detail), "; the peer requires a client "
 		       "certificate");
@@ -863,6 +873,13 @@ int ossl_tls_ctx_new(const tether_host *host,
 		                 "cannot set the TLS algorithms");
 		goto fail;
 	}
+
+	/* FIPS: keys and curves of at least 112 bits of security (RSA and
+	 * DH >= 2048, ECC >= 224), whatever OPENSSL_CONF's ssl_conf section
+	 * set (CipherString = DEFAULT@SECLEVEL=1 would otherwise let a pinned
+	 * RSA-1024 peer in: the pin is only worth the key's strength). */
+	if (fips && SSL_CTX_get_security_level(ctx) < OSSL_TLS_FIPS_SECLEVEL)
+		SSL_CTX_set_security_level(ctx, OSSL_TLS_FIPS_SECLEVEL);
 
 	if (!SSL_CTX_set_max_early_data(ctx, 0)) {
 		r = ossl_err_set(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,

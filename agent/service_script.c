@@ -79,6 +79,10 @@
 #define META_MAX (4u << 20)
 #define RECORD_COST 96                        /* JSON bytes of a record beside its data */
 
+/* The move to running is written to meta.json only if the process is
+ * still running this long after its start (see spawn). */
+#define RUNNING_META_DELAY_MS 100
+
 #define EXIT_CANCELLED 130
 #define EXIT_TIMED_OUT 124
 #define EXIT_UNKNOWN 254
@@ -141,6 +145,7 @@ typedef struct run {
 	uv_process_t proc;
 	uv_pipe_t pipe[2];
 	uv_timer_t timeout, grace, drain;
+	uv_timer_t meta;              /* the delayed meta.json write of the move to running */
 	uv_async_t async;
 	int handles;                  /* open handles; freed at 0 */
 	int pipes_open;
@@ -1086,6 +1091,7 @@ static void finalize(run *ru)
 	run_close(ru, (uv_handle_t *)&ru->timeout);
 	run_close(ru, (uv_handle_t *)&ru->grace);
 	run_close(ru, (uv_handle_t *)&ru->drain);
+	run_close(ru, (uv_handle_t *)&ru->meta);   /* not written yet: the end supersedes it */
 
 	pthread_mutex_lock(&S.lock);
 	t->state = state;
@@ -1120,6 +1126,13 @@ static void finalize(run *ru)
 		spawn_next(ru->loop, next);
 		ticket_unref(next);
 	}
+}
+
+static void on_meta_timer(uv_timer_t *h)
+{
+	run *ru = h->data;
+	if (!ru->finalized)
+		meta_write_flags(ru->t, META_NOSYNC);
 }
 
 /* Make the environment: the agent's own, then the overrides, then
@@ -1193,9 +1206,10 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	uv_timer_init(loop, &ru->timeout);
 	uv_timer_init(loop, &ru->grace);
 	uv_timer_init(loop, &ru->drain);
+	uv_timer_init(loop, &ru->meta);
 	uv_async_init(loop, &ru->async, on_run_async);
-	ru->timeout.data = ru->grace.data = ru->drain.data = ru->async.data = ru;
-	ru->handles = 4;
+	ru->timeout.data = ru->grace.data = ru->drain.data = ru->meta.data = ru->async.data = ru;
+	ru->handles = 5;
 
 	path = tether_asprintf("%s/output.log", t->dir);
 	ru->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -1274,7 +1288,14 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	pthread_mutex_unlock(&S.lock);
 	if (cancel)
 		uv_async_send(&ru->async);
-	meta_write_flags(t, META_NOSYNC);
+	/* The move to running (start time, pid) goes to meta.json only once
+	 * the process has run RUNNING_META_DELAY_MS: a shorter one ends first
+	 * and its end is written instead, which saves a file creation and the
+	 * freeing of the file it replaces (the ext4 inode allocation and the
+	 * discard of the freed block were most of the agent's time per
+	 * command).  The file's running state only matters after the agent
+	 * process died, when queued and running are both reported lost. */
+	uv_timer_start(&ru->meta, on_meta_timer, RUNNING_META_DELAY_MS, 0);
 	tether_debug("script", "ticket %s: started %s as process %ld", t->id, c->argv[0], ru->pid);
 out:
 	free(path);

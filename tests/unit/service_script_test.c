@@ -182,14 +182,25 @@ static double now_s(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* The pid meta.json records for a running ticket.  The move to running is
+ * written once the process has run RUNNING_META_DELAY_MS (100 ms): wait
+ * for it, up to 5 s, and check the state written with it. */
 static long ticket_pid(const char *ticket)
 {
 	char *p = tether_asprintf("%s/scripts/%s/meta.json", work, ticket);
-	json_t *m = json_load_file(p, 0, NULL);
-	long pid;
-	assert_non_null(m);
-	pid = (long)json_integer_value(json_object_get(m, "pid"));
-	json_decref(m);
+	long pid = 0;
+	int i;
+
+	for (i = 0; i < 100 && !pid; i++) {
+		json_t *m = json_load_file(p, 0, NULL);
+		assert_non_null(m);
+		pid = (long)json_integer_value(json_object_get(m, "pid"));
+		if (pid)
+			assert_string_equal(json_string_value(json_object_get(m, "state")), "running");
+		json_decref(m);
+		if (!pid)
+			usleep(50 * 1000);
+	}
 	free(p);
 	return pid;
 }
@@ -663,7 +674,9 @@ static void test_restart_recovery(void **state)
 		for (i = 0; i < 100; i++) {
 			x = call_ok(hl, SRV_A, "script.status",
 			            json_pack("{s:s, s:i}", "ticket", t, "wait_ms", 5000));
-			if (json_array_size(json_object_get(x, "output")))
+			/* killed while it runs, once its running state (and
+			 * pid, for the clean-up below) is in meta.json */
+			if (json_array_size(json_object_get(x, "output")) && ticket_pid(t) > 0)
 				kill(getpid(), SIGKILL);
 			json_decref(x);
 		}

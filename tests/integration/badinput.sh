@@ -289,6 +289,58 @@ healthy good; ok $? "server polling port, random bytes: still commands the good 
 unread server $SPID $SPORT "$TMP/agt.pem" 40000 PEER_ROLE=agent
 healthy good; ok $? "server still commands the good agent after the unread flood"
 
+echo "# --- the server's polling port: refused handshakes, a flood, half-open connections ---"
+# The polling port is the server's public face in polling mode: the same
+# refusals as the agent's listening port (listening.sh, above), and the
+# good agent keeps being served throughout.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=stranger \
+	-keyout "$TMP/stranger.key" -out "$TMP/stranger.crt" 2>/dev/null
+XT=$(openssl x509 -in "$TMP/stranger.crt" -noout -fingerprint -sha256 | sed 's/.*=//; s/://g' | tr A-F a-f)
+mark_log "$TMP/server.log"
+printf '\x00\x00\x00\x00' | timeout 10 openssl s_client -connect 127.0.0.1:$SPORT -ign_eof >"$TMP/pnc" 2>&1
+unlike "$TMP/pnc" '"protocol"' "polling port, no client certificate: no application data"
+printf '\x00\x00\x00\x00' | timeout 10 openssl s_client -connect 127.0.0.1:$SPORT -cert "$TMP/stranger.crt" \
+	-key "$TMP/stranger.key" -ign_eof >"$TMP/pun" 2>&1
+# the pin is checked after the handshake there (it runs on the pool):
+# a refusing HELLO and nothing else (protocol.md, section 1)
+like "$TMP/pun" '"error":\{"code":"untrusted","message":"certificate '"$XT"' is not trusted' \
+	"polling port, an unregistered certificate: a refusing HELLO that names it"
+unlike "$TMP/pun" '"(id|method|result)":' "polling port, an unregistered certificate: no request, no answer"
+echo | timeout 10 openssl s_client -connect 127.0.0.1:$SPORT -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' >"$TMP/p11" 2>&1
+unlike "$TMP/p11" "^New, TLSv1\.1, Cipher is [A-Z]" "polling port, TLS 1.1 ClientHello: no session"
+echo | timeout 10 openssl s_client -connect 127.0.0.1:$SPORT -tls1 -cipher 'DEFAULT:@SECLEVEL=0' >"$TMP/p10" 2>&1
+unlike "$TMP/p10" "^New, TLSv1(\.0)?, Cipher is [A-Z]" "polling port, TLS 1.0 ClientHello: no session"
+for i in $(seq 1 30); do
+	new_lines "$TMP/server.log"
+	grep -q "$XT" "$TMP/new" && [ "$(grep -c 'failed (protocol_version)' "$TMP/new")" -ge 2 ] && break
+	sleep 0.1
+done
+like "$TMP/new" "$XT is not registered; if it is yours, run 'tether-server target add NAME --polling --thumbprint $XT'" \
+	"server log: the unregistered certificate, its thumbprint and the command"
+[ "$(grep -c 'failed (protocol_version)' "$TMP/new")" -ge 2 ]
+ok $? "server log: TLS 1.1 and TLS 1.0 logged as protocol_version"
+healthy good; ok $? "polling port, refused handshakes: still commands the good agent"
+
+$PEER flood 127.0.0.1 $SPORT 127.0.0.2 400 200 >"$TMP/pflood" 2>&1 &
+FP=$!
+sleep 0.5
+good=0
+for i in 1 2 3 4 5; do healthy good && good=$((good + 1)); sleep 0.2; done
+wait $FP
+is "$good" 5 "polling port: health of the good agent succeeds 5 times out of 5 during 200 handshakes/s from another address"
+like "$TMP/pflood" "refused [1-9]" "polling port: the flood was rate-limited ($(cat "$TMP/pflood"))"
+
+timeout 120 $PEER slowloris 127.0.0.1 $SPORT 1000 25 >"$TMP/pslow" 2>&1 &
+SL=$!
+sleep 3
+good=0
+for i in 1 2 3 4 5; do healthy good && good=$((good + 1)); sleep 1; done
+is "$good" 5 "polling port: health of the good agent succeeds 5 times out of 5 while 1000 connections stall"
+wait $SL
+like "$TMP/pslow" "closed by the peer (9[0-9][0-9]|1000) of" "polling port: the server drops the stalled handshakes ($(tail -1 "$TMP/pslow"))"
+healthy good; ok $? "polling port: still commands the good agent after the slowloris"
+kill -0 $SPID; ok $? "polling port: the server is still running"
+
 kill $SPID $APID 2>/dev/null
 wait $SPID $APID 2>/dev/null
 done_testing

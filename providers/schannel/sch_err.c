@@ -70,7 +70,18 @@ static const struct status_row rows[] = {
 	  " (machine keys need an administrator or LocalSystem)"),
 	R(0x80090016u, "NTE_BAD_KEYSET", TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
 	  " (the key container is gone)"),
+	R(0x80090013u, "NTE_BAD_PROVIDER", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
+	  " (the key storage provider is not installed)"),
+	R(0x80090014u, "NTE_BAD_PROV_TYPE", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, ""),
+	R(0x80090017u, "NTE_PROV_TYPE_NOT_DEF", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
+	  " (the provider type is not registered on this system)"),
+	R(0x8009001Eu, "NTE_PROV_DLL_NOT_FOUND", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
+	  " (the provider's DLL is missing)"),
 	R(0x80090029u, "NTE_NOT_SUPPORTED", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, ""),
+	R(0x80070005u, "E_ACCESSDENIED", TETHER_ERR_PERMISSION, TETHER_CAT_IO,
+	  " (access denied: machine keys and the instance's files need an administrator or LocalSystem)"),
+	R(0x80070078u, "ERROR_CALL_NOT_IMPLEMENTED", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
+	  " (not implemented by this system)"),
 	R(0x80090027u, "NTE_INVALID_PARAMETER", TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL, ""),
 	R(0x80004001u, "E_NOTIMPL", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
 	  " (not implemented by this system; Wine lacks several CNG and PFX functions)"),
@@ -112,6 +123,52 @@ void sch_status_lookup(uint32_t status, int tls, sch_status_map *out)
 	out->code = tls ? TETHER_ERR_TLS : TETHER_ERR_CRYPTO;
 	out->category = tls ? TETHER_CAT_HANDSHAKE : TETHER_CAT_INTERNAL;
 	out->name = NULL;
+}
+
+/* The CryptoAPI fallback is for systems without CNG persisted keys, not
+ * for a CNG that refused: a permission error must not silently give a key
+ * a LocalSystem service cannot open (a non-elevated user's key), so only
+ * "this is not there" codes qualify, plus the two answers measured under
+ * Wine 8.0, which has NCrypt keys but nothing that uses them:
+ *  - CertCreateSelfSignCertificate with an NCrypt key handle fails with
+ *    ERROR_INVALID_PARAMETER (it takes the handle for a CryptoAPI one);
+ *  - PFXImportCertStore with PKCS12_ALWAYS_CNG_KSP returns NULL and sets
+ *    no error (flags it does not know).
+ * (NCryptOpenStorageProvider, NCryptCreatePersistedKey with
+ * NCRYPT_MACHINE_KEY_FLAG and NCryptFinalizeKey all succeed there.) */
+int sch_cng_unsupported(int step, uint32_t status)
+{
+	switch (status) {
+	case 0x80090029u:        /* NTE_NOT_SUPPORTED */
+	case 0x80004001u:        /* E_NOTIMPL */
+	case 0x80090013u:        /* NTE_BAD_PROVIDER */
+	case 0x80090014u:        /* NTE_BAD_PROV_TYPE */
+	case 0x80090017u:        /* NTE_PROV_TYPE_NOT_DEF */
+	case 0x8009001Eu:        /* NTE_PROV_DLL_NOT_FOUND */
+	case 0x80070078u:        /* HRESULT_FROM_WIN32(ERROR_CALL_NOT_IMPLEMENTED) */
+	case 0x80070032u:        /* HRESULT_FROM_WIN32(ERROR_NOT_SUPPORTED) */
+		return step >= SCH_CNG_OPEN && step <= SCH_CNG_PFX_IMPORT;
+	case 0x80070057u:        /* HRESULT_FROM_WIN32(ERROR_INVALID_PARAMETER) */
+		return step == SCH_CNG_SELF_SIGN;
+	case 0:
+		return step == SCH_CNG_PFX_IMPORT;
+	default:
+		return 0;
+	}
+}
+
+const char *sch_cng_advice(uint32_t status)
+{
+	switch (status) {
+	case 0x80090010u:        /* NTE_PERM */
+	case 0x80070005u:        /* E_ACCESSDENIED */
+	case 0x80070522u:        /* HRESULT_FROM_WIN32(ERROR_PRIVILEGE_NOT_HELD) */
+		return ": run the command elevated (an Administrator prompt) or as LocalSystem: "
+		       "the key is a machine key so that the agent's service can use it";
+	default:
+		return ": no key was made; if this system's CNG key storage cannot be repaired, "
+		       "set [schannel] key-storage = capi for a CryptoAPI key (TLS 1.2 at most)";
+	}
 }
 
 int sch_err_set(tether_error *err, int code, int category, const char *fmt, ...)

@@ -6,10 +6,12 @@
  * leave their store.  On Windows a key is a CNG persisted key of the
  * Microsoft Software Key Storage Provider, as a machine key (a LocalSystem
  * service can use it; RSA-PSS and TLS 1.3 work).  Where CNG persisted keys
- * fail at run time (Wine 8.0), the key goes to a named CryptoAPI container
- * (MS_ENH_RSA_AES_PROV, PROV_RSA_AES, AT_KEYEXCHANGE), one container per
- * identity (a second import into one container overwrites the first key),
- * and TLS is capped at 1.2.  Promotion renames the slot files; the
+ * are not supported (detected at run time by the failure's code,
+ * sch_cng_unsupported: Wine 8.0), the key goes to a named CryptoAPI machine
+ * container (MS_ENH_RSA_AES_PROV, PROV_RSA_AES, AT_KEYEXCHANGE), one
+ * container per identity (a second import into one container overwrites
+ * the first key), and TLS is capped at 1.2.  Any other CNG failure
+ * (permissions) is an error.  Promotion renames the slot files; the
  * containers keep their names. */
 #include <errno.h>
 #include <stdio.h>
@@ -165,12 +167,13 @@ wchar_t *sch_container_name(tether_provider_ctx *p, int slot)
 	return sch_wide(name);
 }
 
-void sch_key_delete(int kind, const wchar_t *prov_name, const wchar_t *container)
+void sch_key_delete(int kind, int capi_machine, const wchar_t *prov_name, const wchar_t *container)
 {
 	if (kind == SCH_KEY_CAPI) {
 		HCRYPTPROV h = 0;
 		CryptAcquireContextW(&h, container, prov_name ? prov_name : MS_ENH_RSA_AES_PROV_W,
-		                     PROV_RSA_AES, CRYPT_DELETEKEYSET);
+		                     PROV_RSA_AES, CRYPT_DELETEKEYSET |
+		                     (capi_machine ? CRYPT_MACHINE_KEYSET : 0));
 	} else {
 		NCRYPT_PROV_HANDLE prov = 0;
 		NCRYPT_KEY_HANDLE key = 0;
@@ -182,9 +185,12 @@ void sch_key_delete(int kind, const wchar_t *prov_name, const wchar_t *container
 	}
 }
 
-/* <slot>.key: "cng|capi\n<provider>\n<container>\n" (UTF-8). */
+/* <slot>.key: "cng|capi\n<provider>\n<container>\n" (UTF-8), and for capi
+ * "machine\n" (a file without it, from an earlier version, names a user
+ * keyset). */
 int sch_slot_store(tether_provider_ctx *p, int slot, const unsigned char *der, size_t len,
-                   int kind, const wchar_t *prov_name, const wchar_t *container, tether_error *err)
+                   int kind, int capi_machine, const wchar_t *prov_name, const wchar_t *container,
+                   tether_error *err)
 {
 	char *cer = slot_path(p, slot, "cer"), *key = slot_path(p, slot, "key");
 	char *pn = narrow(prov_name), *cn = narrow(container), ref[KEYREF_MAX];
@@ -197,7 +203,8 @@ int sch_slot_store(tether_provider_ctx *p, int slot, const unsigned char *der, s
 	r = ensure_dir(p, err);
 	if (r < 0)
 		goto out;
-	snprintf(ref, sizeof(ref), "%s\n%s\n%s\n", kind == SCH_KEY_CAPI ? "capi" : "cng", pn, cn);
+	snprintf(ref, sizeof(ref), "%s\n%s\n%s\n%s", kind == SCH_KEY_CAPI ? "capi" : "cng", pn, cn,
+	         kind != SCH_KEY_CAPI ? "" : capi_machine ? "machine\n" : "user\n");
 	/* key reference first: a .cer without .key is never left behind */
 	r = write_atomic(key, ref, strlen(ref), err);
 	if (r == 0)
@@ -210,10 +217,10 @@ out:
 	return r;
 }
 
-static int read_keyref(tether_provider_ctx *p, int slot, int *kind, wchar_t **prov,
-                       wchar_t **container, tether_error *err)
+static int read_keyref(tether_provider_ctx *p, int slot, int *kind, int *capi_machine,
+                       wchar_t **prov, wchar_t **container, tether_error *err)
 {
-	char *path = slot_path(p, slot, "key"), *l1, *l2, *l3, *save = NULL;
+	char *path = slot_path(p, slot, "key"), *l1, *l2, *l3, *l4, *save = NULL;
 	unsigned char *buf = NULL;
 	size_t len;
 	int r;
@@ -226,13 +233,16 @@ static int read_keyref(tether_provider_ctx *p, int slot, int *kind, wchar_t **pr
 	l1 = strtok_r((char *)buf, "\r\n", &save);
 	l2 = l1 ? strtok_r(NULL, "\r\n", &save) : NULL;
 	l3 = l2 ? strtok_r(NULL, "\r\n", &save) : NULL;
-	if (!l3 || (strcmp(l1, "cng") && strcmp(l1, "capi"))) {
+	l4 = l3 ? strtok_r(NULL, "\r\n", &save) : NULL;
+	if (!l3 || (strcmp(l1, "cng") && strcmp(l1, "capi")) ||
+	    (l4 && strcmp(l4, "machine") && strcmp(l4, "user"))) {
 		r = sch_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
 		                "%s is damaged: remove the slot and create or import the certificate again",
 		                path);
 		goto out;
 	}
 	*kind = strcmp(l1, "capi") == 0 ? SCH_KEY_CAPI : SCH_KEY_CNG;
+	*capi_machine = l4 && strcmp(l4, "machine") == 0 ? SCH_CAPI_MACHINE : SCH_CAPI_USER;
 	*prov = sch_wide(l2);
 	*container = sch_wide(l3);
 out:
@@ -262,7 +272,7 @@ int sch_identity_load(tether_provider_ctx *p, int slot, tether_identity **out, t
 	unsigned char *der = NULL;
 	size_t len;
 	wchar_t *prov = NULL, *container = NULL;
-	int kind = 0, r;
+	int kind = 0, machine = 0, r;
 	CRYPT_KEY_PROV_INFO kpi;
 	PCCERT_CONTEXT cc = NULL;
 	tether_identity *id;
@@ -279,7 +289,7 @@ int sch_identity_load(tether_provider_ctx *p, int slot, tether_identity **out, t
 	r = read_small(cer, 64 * 1024, &der, &len, err);
 	if (r < 0)
 		goto out;
-	r = read_keyref(p, slot, &kind, &prov, &container, err);
+	r = read_keyref(p, slot, &kind, &machine, &prov, &container, err);
 	if (r < 0)
 		goto out;
 	cc = CertCreateCertificateContext(X509_ASN_ENCODING, der, (DWORD)len);
@@ -293,6 +303,7 @@ int sch_identity_load(tether_provider_ctx *p, int slot, tether_identity **out, t
 	if (kind == SCH_KEY_CAPI) {
 		kpi.dwProvType = PROV_RSA_AES;
 		kpi.dwKeySpec = AT_KEYEXCHANGE;
+		kpi.dwFlags = machine ? CRYPT_MACHINE_KEYSET : 0;
 	} else {
 		kpi.dwProvType = 0;            /* CNG */
 		kpi.dwFlags = NCRYPT_MACHINE_KEY_FLAG;
@@ -310,6 +321,7 @@ int sch_identity_load(tether_provider_ctx *p, int slot, tether_identity **out, t
 	}
 	id->cert = cc;
 	id->kind = kind;
+	id->capi_machine = machine;
 	id->der = der;
 	id->der_len = len;
 	cc = NULL;
@@ -348,14 +360,14 @@ int sch_identity_remove(tether_provider_ctx *p, int slot, tether_error *err)
 {
 	char *cer, *key;
 	wchar_t *prov = NULL, *container = NULL;
-	int kind, r;
+	int kind, machine, r;
 
 	r = sch_identity_exists(p, slot, err);
 	if (r <= 0)
 		return r == 0 ? sch_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
 		                            "the %s slot is empty", sch_slot_name(slot)) : r;
-	if (read_keyref(p, slot, &kind, &prov, &container, NULL) == 0)
-		sch_key_delete(kind, prov, container);
+	if (read_keyref(p, slot, &kind, &machine, &prov, &container, NULL) == 0)
+		sch_key_delete(kind, machine, prov, container);
 	free(prov);
 	free(container);
 	cer = slot_path(p, slot, "cer");
@@ -410,6 +422,120 @@ int sch_identity_promote(tether_provider_ctx *p, tether_error *err)
 	return move_slot(p, TETHER_SLOT_STAGED, TETHER_SLOT_CURRENT, err);
 }
 
+/* Can this system's Schannel use the CryptoAPI key in container (machine
+ * or user keyset) as the private key of certificate der?  Returns the
+ * status of AcquireCredentialsHandle (SEC_E_OK: yes), which is where
+ * Schannel opens the key. */
+static uint32_t capi_schannel_status(const unsigned char *der, size_t len,
+                                     const wchar_t *container, int machine)
+{
+	PCCERT_CONTEXT cc = CertCreateCertificateContext(X509_ASN_ENCODING, der, (DWORD)len);
+	CRYPT_KEY_PROV_INFO kpi;
+	SCHANNEL_CRED sc;
+	CredHandle cred;
+	TimeStamp ts;
+	SECURITY_STATUS s;
+
+	if (!cc)
+		return sch_last_status();
+	memset(&kpi, 0, sizeof(kpi));
+	kpi.pwszContainerName = (LPWSTR)container;
+	kpi.pwszProvName = (LPWSTR)MS_ENH_RSA_AES_PROV_W;
+	kpi.dwProvType = PROV_RSA_AES;
+	kpi.dwKeySpec = AT_KEYEXCHANGE;
+	kpi.dwFlags = machine ? CRYPT_MACHINE_KEYSET : 0;
+	if (!CertSetCertificateContextProperty(cc, CERT_KEY_PROV_INFO_PROP_ID, 0, &kpi)) {
+		s = (SECURITY_STATUS)sch_last_status();
+		CertFreeCertificateContext(cc);
+		return (uint32_t)s;
+	}
+	memset(&sc, 0, sizeof(sc));
+	sc.dwVersion = SCHANNEL_CRED_VERSION;
+	sc.cCreds = 1;
+	sc.paCred = &cc;
+	sc.grbitEnabledProtocols = SP_PROT_TLS1_2_CLIENT;
+	sc.dwFlags = SCH_CRED_MANUAL_CRED_VALIDATION | SCH_CRED_NO_DEFAULT_CREDS;
+	s = AcquireCredentialsHandleW(NULL, (LPWSTR)UNISP_NAME_W, SECPKG_CRED_OUTBOUND, NULL, &sc,
+	                              NULL, NULL, &cred, &ts);
+	if (s == SEC_E_OK)
+		FreeCredentialsHandle(&cred);
+	CertFreeCertificateContext(cc);
+	return (uint32_t)s;
+}
+
+/* Copy the key of machine container `container` into a new user container
+ * of the same name, then delete the machine one. */
+static int capi_to_user(const wchar_t *container, tether_error *err)
+{
+	HCRYPTPROV src = 0, dst = 0;
+	HCRYPTKEY k = 0, nk = 0;
+	BYTE *blob = NULL;
+	DWORD n = 0;
+	int r = 0;
+
+	if (!CryptAcquireContextW(&src, container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES,
+	                          CRYPT_MACHINE_KEYSET) ||
+	    !CryptGetUserKey(src, AT_KEYEXCHANGE, &k) ||
+	    !CryptExportKey(k, 0, PRIVATEKEYBLOB, 0, NULL, &n) || !(blob = malloc(n)) ||
+	    !CryptExportKey(k, 0, PRIVATEKEYBLOB, 0, blob, &n)) {
+		r = sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
+		                 "cannot read the key of the CryptoAPI machine container");
+		goto out;
+	}
+	if (!CryptAcquireContextW(&dst, container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES, CRYPT_NEWKEYSET) ||
+	    !CryptImportKey(dst, blob, n, 0, CRYPT_EXPORTABLE, &nk)) {
+		r = sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
+		                 "cannot store the key in a CryptoAPI user container");
+		if (dst) {
+			CryptReleaseContext(dst, 0);
+			dst = 0;
+			sch_key_delete(SCH_KEY_CAPI, SCH_CAPI_USER, NULL, container);
+		}
+	}
+out:
+	if (blob) {
+		SecureZeroMemory(blob, n);
+		free(blob);
+	}
+	if (nk)
+		CryptDestroyKey(nk);
+	if (k)
+		CryptDestroyKey(k);
+	if (dst)
+		CryptReleaseContext(dst, 0);
+	if (src)
+		CryptReleaseContext(src, 0);
+	if (r == 0)
+		sch_key_delete(SCH_KEY_CAPI, SCH_CAPI_MACHINE, NULL, container);
+	return r;
+}
+
+int sch_capi_place(tether_provider_ctx *p, const unsigned char *der, size_t len,
+                   const wchar_t *container, int *machine, tether_error *err)
+{
+	uint32_t s;
+	int r;
+
+	*machine = SCH_CAPI_MACHINE;
+	if (!p->capi_user) {
+		s = capi_schannel_status(der, len, container, SCH_CAPI_MACHINE);
+		/* only this answer means "not from a machine keyset"; any other
+		 * failure is the TLS code's to report, with the key where it
+		 * belongs */
+		if (s != (uint32_t)SEC_E_UNKNOWN_CREDENTIALS)
+			return 0;
+		p->capi_user = 1;
+		sch_log(p, TETHER_LOG_WARN, "this system's Schannel cannot use a key in a CryptoAPI "
+		        "machine key container (AcquireCredentialsHandle: SEC_E_UNKNOWN_CREDENTIALS, as "
+		        "under Wine 8.0): the key goes to a user key container, which only this "
+		        "account can open (a service must run as the same account)");
+	}
+	r = capi_to_user(container, err);
+	if (r == 0)
+		*machine = SCH_CAPI_USER;
+	return r;
+}
+
 /* ---- key generation ---------------------------------------------------- */
 
 static int key_bits(int type)
@@ -423,8 +549,10 @@ static int key_bits(int type)
 }
 
 /* CNG persisted machine key.  Returns 0, or a negative code with err set
- * (the caller falls back to CryptoAPI). */
-static int cng_generate(const wchar_t *name, int type, NCRYPT_KEY_HANDLE *out, tether_error *err)
+ * and *status, *step saying what failed (sch_cng_unsupported decides
+ * whether the caller falls back to CryptoAPI). */
+static int cng_generate(const wchar_t *name, int type, NCRYPT_KEY_HANDLE *out, uint32_t *status,
+                        int *step, tether_error *err)
 {
 	NCRYPT_PROV_HANDLE prov = 0;
 	NCRYPT_KEY_HANDLE key = 0;
@@ -436,12 +564,14 @@ static int cng_generate(const wchar_t *name, int type, NCRYPT_KEY_HANDLE *out, t
 	SECURITY_STATUS s;
 	int r = 0;
 
-	s = NCryptOpenStorageProvider(&prov, MS_KEY_STORAGE_PROVIDER, 0);
+	*step = SCH_CNG_OPEN;
+	*status = (uint32_t)(s = NCryptOpenStorageProvider(&prov, MS_KEY_STORAGE_PROVIDER, 0));
 	if (s != 0)
 		return sch_err_status(err, (uint32_t)s, 0, "NCryptOpenStorageProvider");
-	s = NCryptCreatePersistedKey(prov, &key, alg, name, 0, NCRYPT_MACHINE_KEY_FLAG);
+	*step = SCH_CNG_CREATE;
+	*status = (uint32_t)(s = NCryptCreatePersistedKey(prov, &key, alg, name, 0, NCRYPT_MACHINE_KEY_FLAG));
 	if (s != 0) {
-		r = sch_err_status(err, (uint32_t)s, 0, "NCryptCreatePersistedKey");
+		r = sch_err_status(err, (uint32_t)s, 0, "NCryptCreatePersistedKey (a machine key)");
 		key = 0;
 		goto out;
 	}
@@ -451,8 +581,9 @@ static int cng_generate(const wchar_t *name, int type, NCRYPT_KEY_HANDLE *out, t
 		s = NCryptSetProperty(key, NCRYPT_EXPORT_POLICY_PROPERTY, (PBYTE)&policy, sizeof(policy), 0);
 	if (s == 0)
 		s = NCryptFinalizeKey(key, 0);
+	*status = (uint32_t)s;
 	if (s != 0) {
-		r = sch_err_status(err, (uint32_t)s, 0, "NCryptFinalizeKey");
+		r = sch_err_status(err, (uint32_t)s, 0, "NCryptFinalizeKey (a machine key)");
 		NCryptDeleteKey(key, 0);
 		key = 0;
 		goto out;
@@ -476,14 +607,15 @@ static int capi_generate(const wchar_t *name, int type, HCRYPTPROV *out, tether_
 		return sch_err_set(err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
 		                   "EC keys need CNG, which this system lacks (CryptoAPI fallback, as "
 		                   "under Wine): use --key-type rsa2048, rsa3072 or rsa4096");
-	if (!CryptAcquireContextW(&h, name, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES, CRYPT_NEWKEYSET))
+	if (!CryptAcquireContextW(&h, name, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES,
+	                          CRYPT_NEWKEYSET | CRYPT_MACHINE_KEYSET))
 		return sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
-		                    "cannot create a CryptoAPI key container");
+		                    "cannot create a CryptoAPI machine key container");
 	if (!CryptGenKey(h, AT_KEYEXCHANGE, ((DWORD)bits << 16) | CRYPT_EXPORTABLE, &k)) {
 		int r = sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
 		                     "cannot generate an RSA key");
 		CryptReleaseContext(h, 0);
-		sch_key_delete(SCH_KEY_CAPI, NULL, name);
+		sch_key_delete(SCH_KEY_CAPI, SCH_CAPI_MACHINE, NULL, name);
 		return r;
 	}
 	CryptDestroyKey(k);
@@ -506,7 +638,7 @@ static void to_systemtime(int64_t t, SYSTEMTIME *st)
 /* Self-signed certificate, sha256 (RSA: sha256RSA; EC: sha256ECDSA). */
 static int self_sign(HCRYPTPROV_OR_NCRYPT_KEY_HANDLE key, int kind, int type,
                      const wchar_t *container, const tether_keygen_params *kp,
-                     PCCERT_CONTEXT *out, tether_error *err)
+                     PCCERT_CONTEXT *out, uint32_t *status, tether_error *err)
 {
 	char cn[200];
 	wchar_t *x500 = NULL;
@@ -545,6 +677,7 @@ static int self_sign(HCRYPTPROV_OR_NCRYPT_KEY_HANDLE key, int kind, int type,
 		kpi.pwszProvName = (LPWSTR)MS_ENH_RSA_AES_PROV_W;
 		kpi.dwProvType = PROV_RSA_AES;
 		kpi.dwKeySpec = AT_KEYEXCHANGE;
+		kpi.dwFlags = CRYPT_MACHINE_KEYSET;
 	} else {
 		kpi.pwszProvName = (LPWSTR)MS_KEY_STORAGE_PROVIDER;
 		kpi.dwFlags = NCRYPT_MACHINE_KEY_FLAG;
@@ -553,6 +686,7 @@ static int self_sign(HCRYPTPROV_OR_NCRYPT_KEY_HANDLE key, int kind, int type,
 	to_systemtime(now + (int64_t)days * 86400, &end);
 	cc = CertCreateSelfSignCertificate(key, &name, 0, &kpi, &alg, &start, &end, NULL);
 	if (!cc) {
+		*status = sch_last_status();
 		r = sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
 		                 "CertCreateSelfSignCertificate");
 		goto out;
@@ -569,7 +703,7 @@ int sch_identity_generate(tether_provider_ctx *p, int slot, const tether_keygen_
 	int type = kp ? kp->key_type : TETHER_KEY_RSA2048;
 	wchar_t *name = NULL;
 	PCCERT_CONTEXT cc = NULL;
-	int kind = SCH_KEY_CNG, r;
+	int kind = SCH_KEY_CNG, machine = 0, r;
 	tether_error cng_err;
 
 	if (type < 0 || type >= TETHER_KEY__COUNT)
@@ -585,23 +719,31 @@ int sch_identity_generate(tether_provider_ctx *p, int slot, const tether_keygen_
 	memset(&cng_err, 0, sizeof(cng_err));
 	if (!p->cng_broken) {
 		NCRYPT_KEY_HANDLE key = 0;
-		r = cng_generate(name, type, &key, &cng_err);
+		uint32_t status = 0;
+		int step = 0;
+		r = cng_generate(name, type, &key, &status, &step, &cng_err);
 		if (r == 0) {
-			r = self_sign(key, SCH_KEY_CNG, type, name, kp, &cc, &cng_err);
+			step = SCH_CNG_SELF_SIGN;
+			r = self_sign(key, SCH_KEY_CNG, type, name, kp, &cc, &status, &cng_err);
 			NCryptFreeObject(key);
 			if (r < 0)
-				sch_key_delete(SCH_KEY_CNG, NULL, name);
+				sch_key_delete(SCH_KEY_CNG, 0, NULL, name);
 		}
-		if (r < 0) {
-			/* detected at run time: this system has no usable CNG persisted keys */
-			p->cng_broken = 1;
-			sch_log(p, TETHER_LOG_DEBUG, "CNG persisted key unavailable (%s): using a "
-			        "CryptoAPI key container; TLS is limited to 1.2 with it", cng_err.detail);
+		if (r < 0 && !sch_cng_unsupported(step, status)) {
+			/* CNG is there but refused (permissions, ...): say so, never
+			 * quietly make a key the agent's service may not open */
+			r = sch_err_set(err, cng_err.code, cng_err.category, "cannot make the CNG machine "
+			                "key: %s%s", cng_err.detail, sch_cng_advice(status));
+			goto out;
 		}
+		if (r < 0)
+			sch_cng_fall_back(p, cng_err.detail);      /* detected at run time (Wine) */
 	}
 	if (!cc) {
 		HCRYPTPROV h = 0;
+		uint32_t status = 0;
 		kind = SCH_KEY_CAPI;
+		machine = SCH_CAPI_MACHINE;
 		free(name);
 		name = sch_container_name(p, slot);
 		if (!name)
@@ -610,18 +752,21 @@ int sch_identity_generate(tether_provider_ctx *p, int slot, const tether_keygen_
 		r = capi_generate(name, type, &h, err);
 		if (r < 0)
 			goto out;
-		r = self_sign(h, SCH_KEY_CAPI, type, name, kp, &cc, err);
+		r = self_sign(h, SCH_KEY_CAPI, type, name, kp, &cc, &status, err);
 		CryptReleaseContext(h, 0);
 		if (r < 0) {
-			sch_key_delete(SCH_KEY_CAPI, NULL, name);
+			sch_key_delete(SCH_KEY_CAPI, SCH_CAPI_MACHINE, NULL, name);
 			goto out;
 		}
+		r = sch_capi_place(p, cc->pbCertEncoded, cc->cbCertEncoded, name, &machine, err);
+		if (r < 0)
+			goto out;
 	}
-	r = sch_slot_store(p, slot, cc->pbCertEncoded, cc->cbCertEncoded, kind,
+	r = sch_slot_store(p, slot, cc->pbCertEncoded, cc->cbCertEncoded, kind, machine,
 	                   kind == SCH_KEY_CAPI ? MS_ENH_RSA_AES_PROV_W : MS_KEY_STORAGE_PROVIDER,
 	                   name, err);
 	if (r < 0)
-		sch_key_delete(kind, NULL, name);
+		sch_key_delete(kind, machine, NULL, name);
 out:
 	if (cc)
 		CertFreeCertificateContext(cc);

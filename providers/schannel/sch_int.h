@@ -36,6 +36,22 @@ int sch_err_status(tether_error *err, uint32_t status, int tls, const char *what
 int sch_err_set(tether_error *err, int code, int category, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/* Where making a CNG persisted key failed, for sch_cng_unsupported. */
+enum sch_cng_step {
+	SCH_CNG_OPEN = 1,        /* NCryptOpenStorageProvider */
+	SCH_CNG_CREATE,          /* NCryptCreatePersistedKey, NCryptSetProperty, NCryptFinalizeKey */
+	SCH_CNG_SELF_SIGN,       /* CertCreateSelfSignCertificate with the CNG key */
+	SCH_CNG_PFX_IMPORT,      /* PFXImportCertStore with PKCS12_ALWAYS_CNG_KSP */
+};
+/* 1 if status (an HRESULT; GetLastError() as HRESULT_FROM_WIN32; 0 if the
+ * call gave none) at step means that this system has no usable CNG
+ * persisted keys, so the CryptoAPI fallback (TLS 1.2 at most) is right;
+ * 0 if it is a failure to report (permissions, a damaged file, ...). */
+int sch_cng_unsupported(int step, uint32_t status);
+/* What to do about a CNG failure that is not "unsupported" (" : run ...").
+ * Never NULL. */
+const char *sch_cng_advice(uint32_t status);
+
 /* "TLSv1.2" / "TLSv1.3" / "" from an SP_PROT_* bit set. */
 const char *sch_protocol_name(uint32_t sp_prot);
 /* OpenSSL's name of a TLS cipher suite id (0xC030 ->
@@ -74,17 +90,24 @@ enum sch_key_kind {
 	SCH_KEY_CNG = 1,     /* Microsoft Software Key Storage Provider, machine keys */
 	SCH_KEY_CAPI = 2,    /* named CryptoAPI container (Wine); TLS 1.2 at most */
 };
+/* CryptoAPI containers tether makes are machine keysets (a LocalSystem
+ * service can open them); slots written before that, with three lines in
+ * their .key file, name user keysets. */
+#define SCH_CAPI_MACHINE 1
+#define SCH_CAPI_USER 0
 
 struct tether_provider_ctx {
 	tether_host host;
 	char *dir;                       /* <state_dir>/identity-schannel */
 	char *container_prefix;          /* "tether-<program>-<instance>" */
 	int cng_broken;                  /* CNG persisted keys failed once: use CAPI */
+	int capi_user;                   /* Schannel cannot use CAPI machine keysets here */
 };
 
 struct tether_identity {
 	PCCERT_CONTEXT cert;             /* with CERT_KEY_PROV_INFO attached */
 	int kind;                        /* enum sch_key_kind */
+	int capi_machine;                /* SCH_KEY_CAPI: a machine keyset */
 	unsigned char *der;
 	size_t der_len;
 };
@@ -104,11 +127,29 @@ int sch_identity_load(tether_provider_ctx *p, int slot, tether_identity **out, t
 int sch_identity_cert_der(const tether_identity *id, const unsigned char **der, size_t *len);
 void sch_identity_free(tether_identity *id);
 /* Store an identity whose key is already persisted: writes the slot's
- * .cer and .key files (key reference: kind, provider, container). */
+ * .cer and .key files (key reference: kind, provider, container, and for
+ * SCH_KEY_CAPI "machine" -- every CryptoAPI container made now is one). */
 int sch_slot_store(tether_provider_ctx *p, int slot, const unsigned char *der, size_t len,
-                   int kind, const wchar_t *prov_name, const wchar_t *container, tether_error *err);
-/* Delete a persisted key. */
-void sch_key_delete(int kind, const wchar_t *prov_name, const wchar_t *container);
+                   int kind, int capi_machine, const wchar_t *prov_name, const wchar_t *container,
+                   tether_error *err);
+/* A new CryptoAPI key in the machine container `container` (certificate
+ * der): keep it there if this system's Schannel can use a machine keyset
+ * for TLS, else (Wine 8.0: AcquireCredentialsHandle answers
+ * SEC_E_UNKNOWN_CREDENTIALS) move it into a user container of the same
+ * name, say so once at warning level, and use user containers for the
+ * rest of the process.  *machine says where the key is now. */
+int sch_capi_place(tether_provider_ctx *p, const unsigned char *der, size_t len,
+                   const wchar_t *container, int *machine, tether_error *err);
+/* Delete a persisted key (capi_machine: SCH_CAPI_MACHINE or SCH_CAPI_USER;
+ * CNG keys are machine keys). */
+void sch_key_delete(int kind, int capi_machine, const wchar_t *prov_name, const wchar_t *container);
+/* The CNG failure (status, at step) is the "this system has no usable CNG
+ * persisted keys" kind: mark CNG unusable for this process and log once, at
+ * warning level, why, that CryptoAPI machine key containers are used
+ * instead and that TLS is capped at 1.2. */
+void sch_cng_fall_back(tether_provider_ctx *p, const char *why);
+/* GetLastError() as an HRESULT (HRESULT_FROM_WIN32 of a Win32 code). */
+uint32_t sch_last_status(void);
 /* A fresh unique container name for slot. */
 wchar_t *sch_container_name(tether_provider_ctx *p, int slot);
 int sch_digest(int alg, const void *data, size_t len, unsigned char *out, size_t *out_len,

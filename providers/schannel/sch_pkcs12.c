@@ -53,7 +53,8 @@ static void delete_imported_key(PCCERT_CONTEXT cc)
 /* Import data into a certificate store; *leaf is the certificate that has
  * a private key (exactly one is expected). */
 static int pfx_open(const unsigned char *data, size_t len, const char *password, DWORD flags,
-                    HCERTSTORE *store_out, PCCERT_CONTEXT *leaf, tether_error *err)
+                    HCERTSTORE *store_out, PCCERT_CONTEXT *leaf, uint32_t *status,
+                    tether_error *err)
 {
 	CRYPT_DATA_BLOB blob;
 	wchar_t *wpw = NULL;
@@ -61,6 +62,7 @@ static int pfx_open(const unsigned char *data, size_t len, const char *password,
 	PCCERT_CONTEXT cc = NULL, found = NULL;
 	int nkeys = 0, r = 0;
 
+	*status = 0;
 	if (is_pem(data, len))
 		return sch_err_set(err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED,
 		                   "the schannel provider imports PFX (PKCS#12) files only: convert the "
@@ -73,7 +75,9 @@ static int pfx_open(const unsigned char *data, size_t len, const char *password,
 	wpw = sch_wide(password ? password : "");
 	if (!wpw)
 		return sch_err_set(err, TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL, "out of memory");
+	SetLastError(0);
 	st = PFXImportCertStore(&blob, wpw, flags);
+	*status = st ? 0 : sch_last_status();
 	SecureZeroMemory(wpw, wcslen(wpw) * sizeof(wchar_t));
 	free(wpw);
 	if (!st && GetLastError() == 0)     /* Wine reports nothing */
@@ -155,10 +159,11 @@ static int capi_rehome(PCCERT_CONTEXT leaf, const wchar_t *container, tether_err
 	}
 	if (spec == AT_SIGNATURE)      /* Schannel wants the exchange slot */
 		((BLOBHEADER *)blob)->aiKeyAlg = CALG_RSA_KEYX;
-	if (!CryptAcquireContextW(&dst, container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES, CRYPT_NEWKEYSET) ||
+	if (!CryptAcquireContextW(&dst, container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES,
+	                          CRYPT_NEWKEYSET | CRYPT_MACHINE_KEYSET) ||
 	    !CryptImportKey(dst, blob, n, 0, CRYPT_EXPORTABLE, &nk)) {
 		r = sch_err_last(err, TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL,
-		                 "cannot store the private key in a CryptoAPI container");
+		                 "cannot store the private key in a CryptoAPI machine key container");
 		goto out;
 	}
 	n = 0;
@@ -188,7 +193,7 @@ out:
 	if (src && free_src)
 		CryptReleaseContext(src, 0);
 	if (r < 0)
-		sch_key_delete(SCH_KEY_CAPI, NULL, container);
+		sch_key_delete(SCH_KEY_CAPI, SCH_CAPI_MACHINE, NULL, container);
 	return r;
 }
 
@@ -215,7 +220,8 @@ int sch_import(tether_provider_ctx *p, int slot, const unsigned char *data, size
 	PCCERT_CONTEXT leaf = NULL;
 	CRYPT_KEY_PROV_INFO *kpi = NULL;
 	wchar_t *container = NULL;
-	int r, keep_key = 0;
+	uint32_t status = 0;
+	int r, keep_key = 0, machine = SCH_CAPI_MACHINE;
 
 	r = sch_identity_exists(p, slot, err);
 	if (r != 0)
@@ -224,16 +230,27 @@ int sch_import(tether_provider_ctx *p, int slot, const unsigned char *data, size
 	r = pfx_open(data, len, password,
 	             CRYPT_EXPORTABLE | (p->cng_broken ? CRYPT_USER_KEYSET :
 	                                 PKCS12_ALWAYS_CNG_KSP | CRYPT_MACHINE_KEYSET),
-	             &st, &leaf, err);
-	if (r < 0 && !p->cng_broken && err->category != TETHER_CAT_BAD_PASSWORD &&
-	    err->category != TETHER_CAT_UNSUPPORTED) {
-		/* no CNG key storage for PFX keys here (Wine): CryptoAPI */
-		r = pfx_open(data, len, password, CRYPT_EXPORTABLE | CRYPT_USER_KEYSET, &st, &leaf, err);
-		if (r == 0) {
-			p->cng_broken = 1;
-			sch_log(p, TETHER_LOG_DEBUG, "PFX import into CNG machine keys failed; "
-			        "imported into a CryptoAPI container (TLS 1.2 at most)");
-		}
+	             &st, &leaf, &status, err);
+	if (r < 0 && !p->cng_broken && status != 0 && !sch_cng_unsupported(SCH_CNG_PFX_IMPORT, status) &&
+	    err->category != TETHER_CAT_BAD_PASSWORD && err->category != TETHER_CAT_BAD_INPUT) {
+		/* CNG is there but refused (permissions, ...): say so */
+		char why[TETHER_ERROR_DETAIL_MAX];
+		snprintf(why, sizeof(why), "%s", err->detail);
+		return sch_err_set(err, err->code, err->category, "cannot import the PFX into a CNG "
+		                   "machine key: %s%s", why, sch_cng_advice(status));
+	}
+	if (r < 0 && !p->cng_broken && sch_cng_unsupported(SCH_CNG_PFX_IMPORT, status)) {
+		/* no CNG key storage for PFX keys here (Wine: no error at all for
+		 * PKCS12_ALWAYS_CNG_KSP): CryptoAPI.  If that fails too, its error
+		 * (a wrong password, say) is the one to report, and CNG is not
+		 * judged. */
+		tether_error first = *err;
+		r = pfx_open(data, len, password, CRYPT_EXPORTABLE | CRYPT_USER_KEYSET, &st, &leaf,
+		             &status, err);
+		if (r == 0)
+			sch_cng_fall_back(p, status == 0 && first.detail[0] ?
+			                  "PFXImportCertStore with PKCS12_ALWAYS_CNG_KSP failed and gave no reason"
+			                  : first.detail);
 	}
 	if (r < 0)
 		return r;
@@ -243,7 +260,7 @@ int sch_import(tether_provider_ctx *p, int slot, const unsigned char *data, size
 	}
 	if (kpi->dwProvType == 0) {
 		/* a CNG key: Windows gave it a unique name; keep it */
-		r = sch_slot_store(p, slot, leaf->pbCertEncoded, leaf->cbCertEncoded, SCH_KEY_CNG,
+		r = sch_slot_store(p, slot, leaf->pbCertEncoded, leaf->cbCertEncoded, SCH_KEY_CNG, 0,
 		                   kpi->pwszProvName, kpi->pwszContainerName, err);
 		keep_key = r == 0;
 		goto out;
@@ -256,10 +273,15 @@ int sch_import(tether_provider_ctx *p, int slot, const unsigned char *data, size
 	r = capi_rehome(leaf, container, err);
 	if (r < 0)
 		goto out;
-	r = sch_slot_store(p, slot, leaf->pbCertEncoded, leaf->cbCertEncoded, SCH_KEY_CAPI,
+	r = sch_capi_place(p, leaf->pbCertEncoded, leaf->cbCertEncoded, container, &machine, err);
+	if (r < 0) {
+		sch_key_delete(SCH_KEY_CAPI, SCH_CAPI_MACHINE, NULL, container);
+		goto out;
+	}
+	r = sch_slot_store(p, slot, leaf->pbCertEncoded, leaf->cbCertEncoded, SCH_KEY_CAPI, machine,
 	                   MS_ENH_RSA_AES_PROV_W, container, err);
 	if (r < 0)
-		sch_key_delete(SCH_KEY_CAPI, NULL, container);
+		sch_key_delete(SCH_KEY_CAPI, machine, NULL, container);
 out:
 	free(kpi);
 	free(container);
@@ -273,10 +295,12 @@ int sch_peek(tether_provider_ctx *p, const unsigned char *data, size_t len, cons
 	HCERTSTORE st = NULL;
 	PCCERT_CONTEXT leaf = NULL;
 	unsigned char *copy;
+	uint32_t status;
 	int r;
 
 	/* a full import (keys land in a store) that is then undone */
-	r = pfx_open(data, len, password, CRYPT_EXPORTABLE | CRYPT_USER_KEYSET, &st, &leaf, err);
+	r = pfx_open(data, len, password, CRYPT_EXPORTABLE | CRYPT_USER_KEYSET, &st, &leaf, &status,
+	             err);
 	if (r < 0)
 		return r;
 	copy = malloc(leaf->cbCertEncoded);

@@ -18,6 +18,23 @@ void sch_log(tether_provider_ctx *p, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
+uint32_t sch_last_status(void)
+{
+	DWORD e = GetLastError();
+
+	return e && (e & 0xFFFF0000u) == 0 ? 0x80070000u | e : (uint32_t)e;
+}
+
+void sch_cng_fall_back(tether_provider_ctx *p, const char *why)
+{
+	if (p->cng_broken)
+		return;
+	p->cng_broken = 1;
+	sch_log(p, TETHER_LOG_WARN, "CNG persisted keys are not usable on this system (%s): the "
+	        "key goes to a CryptoAPI key container instead (a machine keyset where Schannel "
+	        "can use one), and TLS is capped at 1.2 for it (a CryptoAPI key cannot sign RSA-PSS, which TLS 1.3 needs)", why);
+}
+
 int sch_err_last(tether_error *err, int code, int category, const char *what)
 {
 	DWORD e = GetLastError();

@@ -39,6 +39,7 @@ mkdir -p "$TMP/win"
 run_ok "create-instance (schannel is the Windows default)" WAGENT create-instance --home "$WH"
 like "$TMP/win/agent-default/agent.ini" '^provider = schannel' "the config names the schannel provider"
 run_ok "new-certificate" WAGENT new-certificate --home "$WH"
+cp "$TMP/err" "$TMP/newcert.err"
 NEW=$(sed -n 's/^New thumbprint: //p' "$TMP/out" | tr -d '\r')
 run_ok "show-thumbprint" WAGENT show-thumbprint --home "$WH"
 SHOWN=$(head -n1 "$TMP/out" | tr -d '\r')
@@ -47,6 +48,21 @@ like "$TMP/out" 'sha256WithRSAEncryption' "the certificate is signed sha256RSA"
 like "$TMP/win/agent-default/state/identity-schannel/current.key" '^(capi|cng)$' "the key reference names its store"
 grep -q '^capi$' "$TMP/win/agent-default/state/identity-schannel/current.key"
 ok $? "under Wine, CNG persisted keys are missing: the key went to a CryptoAPI container (detected at run time)"
+like "$TMP/newcert.err" 'warning: CNG persisted keys are not usable on this system \(CertCreateSelfSignCertificate.*0x80070057.*TLS is capped at 1\.2' \
+	"... said once at warning level, with Wine's reason (ERROR_INVALID_PARAMETER) and the TLS 1.2 cap"
+is "$(grep -c 'CNG persisted keys are not usable' "$TMP/newcert.err")" 1 "... only once"
+# The container is made as a machine keyset (a LocalSystem service can open
+# it), but Wine's Schannel cannot use one (AcquireCredentialsHandle:
+# SEC_E_UNKNOWN_CREDENTIALS): detected, and the key moved to a user keyset.
+like "$TMP/newcert.err" "warning: this system's Schannel cannot use a key in a CryptoAPI machine key container \(AcquireCredentialsHandle: SEC_E_UNKNOWN_CREDENTIALS" \
+	"... and that Wine's Schannel cannot use a machine keyset, so the key went to a user keyset"
+is "$(sed -n 4p "$TMP/win/agent-default/state/identity-schannel/current.key" | tr -d '\r')" user \
+	"the key reference says user keyset"
+C1=$(sed -n 3p "$TMP/win/agent-default/state/identity-schannel/current.key" | tr -d '\r')
+timeout 30 wine reg query 'HKCU\Software\Wine\Crypto\RSA' >"$TMP/reg" 2>&1
+like "$TMP/reg" "RSA\\\\$C1" "... Wine keeps it under HKCU"
+timeout 30 wine reg query 'HKLM\Software\Wine\Crypto\RSA' >"$TMP/reg" 2>&1
+unlike "$TMP/reg" "RSA\\\\$C1" "... and the machine container was deleted"
 run_ok "export-certificate --export-pem" WAGENT export-certificate --home "$WH" --export-pem "$(winpath "$TMP/win.pem")"
 FP=$(openssl x509 -in "$TMP/win.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d ':' | tr 'A-F' 'a-f')
 is "$FP" "$NEW" "the thumbprint equals openssl x509 -fingerprint -sha256 of the exported certificate"
@@ -70,6 +86,7 @@ if [ -x "$AGENT" ]; then
 	like "$TMP/err" '[Pp]assword' "... and says the password is wrong"
 	run_ok "import-certificate of the Linux PFX" \
 		WAGENT import-certificate --home "$WH" --from-file "$(winpath "$TMP/lin.pfx")" --pfx-password-file "$(winpath "$TMP/pw")"
+	cp "$TMP/err" "$TMP/import.err"
 	run_ok "show-thumbprint after the import" WAGENT show-thumbprint --home "$WH"
 	is "$(head -n1 "$TMP/out" | tr -d '\r')" "$LIN" "the imported identity has the Linux thumbprint"
 	PREV=$(openssl x509 -inform DER -in "$TMP/win/agent-default/state/identity-schannel/previous.cer" \
@@ -79,6 +96,12 @@ if [ -x "$AGENT" ]; then
 	B=$(sed -n 3p "$TMP/win/agent-default/state/identity-schannel/previous.key" | tr -d '\r')
 	[ -n "$A" ] && [ -n "$B" ] && [ "$A" != "$B" ]
 	ok $? "each identity has its own key container ($A, $B)"
+	is "$(sed -n 4p "$TMP/win/agent-default/state/identity-schannel/current.key" | tr -d '\r')" user \
+		"the imported key was copied into a CryptoAPI user keyset (Wine's Schannel cannot use a machine one)"
+	timeout 30 wine reg query 'HKCU\Software\Wine\Crypto\RSA' >"$TMP/reg" 2>&1
+	like "$TMP/reg" "RSA\\\\$A" "... under HKCU"
+	like "$TMP/import.err" 'warning: CNG persisted keys are not usable on this system \(PFXImportCertStore with PKCS12_ALWAYS_CNG_KSP failed and gave no reason\)' \
+		"the import's fallback to CryptoAPI is said at warning level, with Wine's reason"
 else
 	echo "# SKIP Linux PFX import: $AGENT not built"
 fi

@@ -80,6 +80,53 @@ static void status_detail(void **s)
 	assert_int_equal(sch_err_status(NULL, 0x80090304u, 1, "x"), TETHER_ERR_TLS);
 }
 
+/* The CryptoAPI fallback happens only when CNG persisted keys are not
+ * supported (sch_err.c: sch_cng_unsupported); a permission error and the
+ * like are reported, with advice. */
+static void cng_fallback_rule(void **s)
+{
+	static const uint32_t unsupported[] = {
+		0x80090029u /* NTE_NOT_SUPPORTED */, 0x80004001u /* E_NOTIMPL */,
+		0x80090013u /* NTE_BAD_PROVIDER */, 0x80090014u /* NTE_BAD_PROV_TYPE */,
+		0x80090017u /* NTE_PROV_TYPE_NOT_DEF */, 0x8009001Eu /* NTE_PROV_DLL_NOT_FOUND */,
+		0x80070078u /* ERROR_CALL_NOT_IMPLEMENTED */, 0x80070032u /* ERROR_NOT_SUPPORTED */,
+	};
+	static const uint32_t reported[] = {
+		0x80090010u /* NTE_PERM */, 0x80070005u /* E_ACCESSDENIED */,
+		0x80070522u /* ERROR_PRIVILEGE_NOT_HELD */, 0x80090016u /* NTE_BAD_KEYSET */,
+		0x8009000Fu /* NTE_EXISTS */, 0x80090009u /* NTE_BAD_FLAGS */,
+		0x80090027u /* NTE_INVALID_PARAMETER */, 0x8009000Eu /* NTE_NO_MEMORY */,
+		0x80070070u /* ERROR_DISK_FULL */, 0x80090330u /* SEC_E_DECRYPT_FAILURE */,
+		0x80070056u /* ERROR_INVALID_PASSWORD */, 0x8009310Bu /* CRYPT_E_ASN1_BADTAG */,
+	};
+	size_t i;
+	int step;
+	(void)s;
+	for (step = SCH_CNG_OPEN; step <= SCH_CNG_PFX_IMPORT; step++) {
+		for (i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++)
+			assert_int_equal(sch_cng_unsupported(step, unsupported[i]), 1);
+		for (i = 0; i < sizeof(reported) / sizeof(reported[0]); i++)
+			assert_int_equal(sch_cng_unsupported(step, reported[i]), 0);
+		/* Wine 8.0: CertCreateSelfSignCertificate with an NCrypt key
+		 * handle says ERROR_INVALID_PARAMETER; only that step may read
+		 * it as "not supported" */
+		assert_int_equal(sch_cng_unsupported(step, 0x80070057u), step == SCH_CNG_SELF_SIGN);
+		/* Wine 8.0: PFXImportCertStore with PKCS12_ALWAYS_CNG_KSP gives
+		 * NULL and no error at all */
+		assert_int_equal(sch_cng_unsupported(step, 0), step == SCH_CNG_PFX_IMPORT);
+	}
+	/* not a step: never a fallback */
+	assert_int_equal(sch_cng_unsupported(0, 0x80090029u), 0);
+	assert_int_equal(sch_cng_unsupported(SCH_CNG_PFX_IMPORT + 1, 0x80090029u), 0);
+	/* advice: elevation for permission errors, key-storage = capi otherwise */
+	assert_non_null(strstr(sch_cng_advice(0x80090010u), "elevated"));
+	assert_non_null(strstr(sch_cng_advice(0x80070005u), "elevated"));
+	assert_non_null(strstr(sch_cng_advice(0x80070522u), "LocalSystem"));
+	assert_null(strstr(sch_cng_advice(0x80090016u), "elevated"));
+	assert_non_null(strstr(sch_cng_advice(0x80090016u), "key-storage = capi"));
+	assert_non_null(strstr(sch_cng_advice(0x80070070u), "TLS 1.2"));
+}
+
 static void names(void **s)
 {
 	(void)s;
@@ -172,6 +219,7 @@ int main(void)
 		cmocka_unit_test(status_table),
 		cmocka_unit_test(status_unknown),
 		cmocka_unit_test(status_detail),
+		cmocka_unit_test(cng_fallback_rule),
 		cmocka_unit_test(names),
 		cmocka_unit_test(sni),
 	};

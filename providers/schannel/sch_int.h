@@ -29,6 +29,9 @@ typedef struct sch_status_map {
  * work; a few codes mean different things there (SEC_E_DECRYPT_FAILURE). */
 void sch_status_lookup(uint32_t status, int tls, sch_status_map *out);
 
+/* Row i of the status table (for its test): 1 with the status, its name and
+ * its hint (" (...)"), 0 past the last row. */
+int sch_status_row(size_t i, uint32_t *status, const char **name, const char **hint);
 /* Fill err from a status: category from the table, detail
  * "<what>: <name> (0x%08x)<hint>".  Returns err->code (negative). */
 int sch_err_status(tether_error *err, uint32_t status, int tls, const char *what);

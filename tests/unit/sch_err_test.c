@@ -53,6 +53,125 @@ static void status_table(void **s)
 	}
 }
 
+/* Every row of sch_err.c's table, as specified: status, name, code,
+ * category, and words its hint must contain.  status_table_complete walks
+ * the table itself, so a row added there without a line here fails. */
+struct spec {
+	uint32_t status;
+	const char *name;
+	int code;
+	int category;
+	const char *hint_words;
+};
+
+static const struct spec specs[] = {
+	{ 0x80090300u, "SEC_E_INSUFFICIENT_MEMORY", TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL, "the system is out" },
+	{ 0x80090301u, "SEC_E_INVALID_HANDLE", TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL, "a Schannel handle was" },
+	{ 0x80090302u, "SEC_E_UNSUPPORTED_FUNCTION", TETHER_ERR_TLS, TETHER_CAT_PROTOCOL_VERSION, "Wine has no server role" },
+	{ 0x80090303u, "SEC_E_TARGET_UNKNOWN", TETHER_ERR_TLS, TETHER_CAT_HANDSHAKE, "Schannel refused the target" },
+	{ 0x80090304u, "SEC_E_INTERNAL_ERROR", TETHER_ERR_TLS, TETHER_CAT_HANDSHAKE, "under Wine most failures" },
+	{ 0x80090305u, "SEC_E_SECPKG_NOT_FOUND", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "the Schannel security package" },
+	{ 0x80090308u, "SEC_E_INVALID_TOKEN", TETHER_ERR_TLS, TETHER_CAT_NOT_TLS, "the peer does not" },
+	{ 0x8009030Cu, "SEC_E_LOGON_DENIED", TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "the peer refused the" },
+	{ 0x8009030Du, "SEC_E_UNKNOWN_CREDENTIALS", TETHER_ERR_CRYPTO, TETHER_CAT_INTERNAL, "cannot be used by Schannel" },
+	{ 0x8009030Eu, "SEC_E_NO_CREDENTIALS", TETHER_ERR_TLS, TETHER_CAT_PEER_NO_CERTIFICATE, "no client certificate" },
+	{ 0x8009030Fu, "SEC_E_MESSAGE_ALTERED", TETHER_ERR_TLS, TETHER_CAT_CONNECTION_RESET, "a TLS record failed" },
+	{ 0x80090311u, "SEC_E_NO_AUTHENTICATING_AUTHORITY", TETHER_ERR_TLS, TETHER_CAT_HANDSHAKE, "Schannel could not check" },
+	{ 0x80090317u, "SEC_E_CONTEXT_EXPIRED", TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET, "the peer closed the" },
+	{ 0x80090318u, "SEC_E_INCOMPLETE_MESSAGE", TETHER_ERR_TLS, TETHER_CAT_CONNECTION_RESET, "the connection ended inside" },
+	{ 0x80090321u, "SEC_E_BUFFER_TOO_SMALL", TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL, "a TLS buffer was" },
+	{ 0x80090322u, "SEC_E_WRONG_PRINCIPAL", TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "the peer's certificate does" },
+	{ 0x80090325u, "SEC_E_UNTRUSTED_ROOT", TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "Schannel distrusted the peer's" },
+	{ 0x80090326u, "SEC_E_ILLEGAL_MESSAGE", TETHER_ERR_TLS, TETHER_CAT_HANDSHAKE, "the peer sent a" },
+	{ 0x80090327u, "SEC_E_CERT_UNKNOWN", TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "the peer refused our" },
+	{ 0x80090328u, "SEC_E_CERT_EXPIRED", TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "a certificate in the" },
+	{ 0x80090329u, "SEC_E_ENCRYPT_FAILURE", TETHER_ERR_TLS, TETHER_CAT_INTERNAL, "a TLS record could" },
+	{ 0x80090330u, "SEC_E_DECRYPT_FAILURE", TETHER_ERR_TLS, TETHER_CAT_CONNECTION_RESET, "for a PFX file: wrong password" },
+	{ 0x80090331u, "SEC_E_ALGORITHM_MISMATCH", TETHER_ERR_TLS, TETHER_CAT_NO_SHARED_CIPHER, "no cipher suite in" },
+	{ 0x80090337u, "SEC_E_CRYPTO_SYSTEM_INVALID", TETHER_ERR_TLS, TETHER_CAT_NO_SHARED_CIPHER, "no cipher this system" },
+	{ 0x8009033Fu, "SEC_E_SHUTDOWN_IN_PROGRESS", TETHER_ERR_CLOSED, TETHER_CAT_CONNECTION_RESET, "the TLS session is" },
+	{ 0x80090349u, "SEC_E_CERT_WRONG_USAGE", TETHER_ERR_TLS, TETHER_CAT_NO_SHARED_SIGALG, "the certificate's key cannot" },
+	{ 0x8009035Du, "SEC_E_INVALID_PARAMETER", TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL, "Schannel refused a parameter" },
+	{ 0x80090363u, "SEC_E_MUTUAL_AUTH_FAILED", TETHER_ERR_TLS, TETHER_CAT_UNTRUSTED, "the peer's certificate was" },
+	{ 0x80090367u, "SEC_E_APPLICATION_PROTOCOL_MISMATCH", TETHER_ERR_TLS, TETHER_CAT_HANDSHAKE, "no application protocol (ALPN)" },
+	{ 0x80090005u, "NTE_BAD_DATA", TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT, "the data is damaged" },
+	{ 0x80090009u, "NTE_BAD_FLAGS", TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL, "the provider refused the" },
+	{ 0x8009000Bu, "NTE_BAD_KEY_STATE", TETHER_ERR_UNSUPPORTED, TETHER_CAT_KEY_NOT_EXPORTABLE, "the private key was" },
+	{ 0x8009000Eu, "NTE_NO_MEMORY", TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL, "the key provider is" },
+	{ 0x8009000Fu, "NTE_EXISTS", TETHER_ERR_EXISTS, TETHER_CAT_INTERNAL, "a key container of" },
+	{ 0x80090010u, "NTE_PERM", TETHER_ERR_PERMISSION, TETHER_CAT_IO, "an administrator or LocalSystem" },
+	{ 0x80090016u, "NTE_BAD_KEYSET", TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND, "the key container is" },
+	{ 0x80090013u, "NTE_BAD_PROVIDER", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "the key storage provider" },
+	{ 0x80090014u, "NTE_BAD_PROV_TYPE", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "the provider type is" },
+	{ 0x80090017u, "NTE_PROV_TYPE_NOT_DEF", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "the provider type is" },
+	{ 0x8009001Eu, "NTE_PROV_DLL_NOT_FOUND", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "the provider's DLL is" },
+	{ 0x80090029u, "NTE_NOT_SUPPORTED", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "not supported by this" },
+	{ 0x80070005u, "E_ACCESSDENIED", TETHER_ERR_PERMISSION, TETHER_CAT_IO, "administrator or LocalSystem" },
+	{ 0x80070078u, "ERROR_CALL_NOT_IMPLEMENTED", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "not implemented by this" },
+	{ 0x80090027u, "NTE_INVALID_PARAMETER", TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL, "the key provider refused" },
+	{ 0x80004001u, "E_NOTIMPL", TETHER_ERR_UNSUPPORTED, TETHER_CAT_UNSUPPORTED, "not implemented by this" },
+	{ 0x80070056u, "ERROR_INVALID_PASSWORD", TETHER_ERR_PASSWORD, TETHER_CAT_BAD_PASSWORD, "wrong PFX password" },
+	{ 0x80092002u, "CRYPT_E_BAD_ENCODE", TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT, "the data is not" },
+	{ 0x8009310Bu, "CRYPT_E_ASN1_BADTAG", TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT, "not a PKCS#12 file," },
+	{ 0x80093102u, "CRYPT_E_ASN1_EOD", TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT, "the file is truncated" },
+	{ 0x80092004u, "CRYPT_E_NOT_FOUND", TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND, "the object or property" },
+};
+
+static void status_table_complete(void **s)
+{
+	size_t i, j, n_spec = sizeof(specs) / sizeof(specs[0]), rows = 0;
+	uint32_t st, st2;
+	const char *name, *hint, *name2, *hint2;
+	sch_status_map m;
+	tether_error e;
+	char want[TETHER_ERROR_DETAIL_MAX];
+	(void)s;
+	for (i = 0; sch_status_row(i, &st, &name, &hint); i++) {
+		const struct spec *sp = NULL;
+		rows++;
+		for (j = 0; j < n_spec; j++)
+			if (specs[j].status == st)
+				sp = &specs[j];
+		if (!sp)
+			fail_msg("table row 0x%08x (%s) has no line in specs[]", (unsigned)st, name);
+		/* one row per status */
+		for (j = i + 1; sch_status_row(j, &st2, &name2, &hint2); j++)
+			if (st2 == st)
+				fail_msg("status 0x%08x is in the table twice", (unsigned)st);
+		assert_non_null(name);
+		assert_string_equal(name, sp->name);
+		/* the hint: never empty, " (...)", with the specified words */
+		assert_non_null(hint);
+		if (strlen(hint) < 4 || strncmp(hint, " (", 2) != 0 || hint[strlen(hint) - 1] != ')')
+			fail_msg("%s: hint '%s' is not ' (...)'", name, hint);
+		if (!strstr(hint, sp->hint_words))
+			fail_msg("%s: hint '%s' lacks '%s'", name, hint, sp->hint_words);
+		/* the lookup, in TLS work and in identity/PFX work */
+		sch_status_lookup(st, 1, &m);
+		assert_int_equal(m.code, sp->code);
+		assert_int_equal(m.category, sp->category);
+		assert_string_equal(m.name, sp->name);
+		assert_true(m.category > TETHER_CAT_NONE && m.category < TETHER_CAT__COUNT);
+		assert_true(m.code < 0);
+		sch_status_lookup(st, 0, &m);
+		if (st == 0x80090330u) {        /* a PFX that fails to decrypt: wrong password */
+			assert_int_equal(m.code, TETHER_ERR_PASSWORD);
+			assert_int_equal(m.category, TETHER_CAT_BAD_PASSWORD);
+		} else {
+			assert_int_equal(m.code, sp->code);
+			assert_int_equal(m.category, sp->category);
+		}
+		/* the detail a user reads */
+		memset(&e, 0, sizeof(e));
+		assert_int_equal(sch_err_status(&e, st, 1, "op"), sp->code);
+		assert_int_equal(e.category, sp->category);
+		snprintf(want, sizeof(want), "op: %s (0x%08x)%s", name, (unsigned)st, hint);
+		assert_string_equal(e.detail, want);
+	}
+	/* and every specified row is in the table */
+	assert_int_equal(rows, n_spec);
+}
+
 static void status_unknown(void **s)
 {
 	sch_status_map m;
@@ -217,6 +336,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(status_table),
+		cmocka_unit_test(status_table_complete),
 		cmocka_unit_test(status_unknown),
 		cmocka_unit_test(status_detail),
 		cmocka_unit_test(cng_fallback_rule),

@@ -3,6 +3,7 @@
  * running daemon (a running one picks the change up on reload). */
 #include "config.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,33 +86,100 @@ static int slot_parse(const char *s)
 	return -1;
 }
 
+/* Can a new file be written at path?  It must not exist, and its folder
+ * must exist and take a new file (tried with a probe file, so that a
+ * read-only file system or an ACL is found too).  Checked before anything
+ * changes. */
+static int export_dest_check(cli_ctx *c, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir, *probe;
+	unsigned char rnd[4] = { 0 };
+	int fd, e;
+#ifdef _WIN32
+	const char *bs = strrchr(path, '\\');
+	if (bs && (!slash || bs > slash))
+		slash = bs;
+#endif
+
+	if (tether_path_exists(path))
+		return tether_err_set(&c->err, TETHER_ERR_EXISTS, TETHER_CAT_IO,
+		                      "%s already exists: choose another file name or remove it first "
+		                      "(nothing was changed)", path);
+	dir = tether_strdup(slash ? path : ".");
+	if (slash)
+		dir[slash == path ? 1 : slash - path] = '\0';
+	if (!tether_is_dir(dir)) {
+		e = tether_err_set(&c->err, TETHER_ERR_NOT_FOUND, TETHER_CAT_IO,
+		                   "cannot write %s: the folder %s does not exist: create it or choose "
+		                   "another path (nothing was changed)", path, dir);
+		free(dir);
+		return e;
+	}
+	c->prov->t->random_bytes(rnd, sizeof(rnd));
+	probe = tether_asprintf("%s.tmp.probe%02x%02x%02x%02x", path, rnd[0], rnd[1], rnd[2], rnd[3]);
+	fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		int why = errno;
+		free(probe);
+		e = tether_err_set(&c->err, why == EACCES || why == EPERM || why == EROFS ? TETHER_ERR_PERMISSION : TETHER_ERR_IO,
+		                   TETHER_CAT_IO, "cannot write %s: cannot create a file in %s: %s: "
+		                   "choose a folder you can write to (nothing was changed)", path, dir, strerror(why));
+		free(dir);
+		return e;
+	}
+	close(fd);
+	unlink(probe);
+	free(probe);
+	free(dir);
+	return 0;
+}
+
+/* Everything a PFX export needs, found before anything changes: a provider
+ * that can export keys, a destination that can be written, and a
+ * non-empty password (*pw, free with tether_free_secret). */
+static int export_prepare(cli_ctx *c, const char *path, const char *pw_file, char **pw)
+{
+	int r;
+
+	*pw = NULL;
+	if (!c->prov->t->identity_export_pkcs12 || (c->prov->t->flags & TETHER_PROVIDER_NO_KEY_EXPORT))
+		return tether_err_set(&c->err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_KEY_NOT_EXPORTABLE,
+		                      "the %s provider cannot export private keys: leave out --export-pfx "
+		                      "(nothing was changed)", c->prov->t->name);
+	r = export_dest_check(c, path);
+	if (r < 0)
+		return r;
+	r = tether_secret_get(pw_file, PW_ENV, "Password for the PFX file: ", 1, pw, &c->err);
+	if (r < 0) {
+		tether_err_prefix(&c->err, "nothing was changed");
+		return r;
+	}
+	if (!(*pw)[0]) {
+		tether_free_secret(*pw);
+		*pw = NULL;
+		return tether_err_set(&c->err, TETHER_ERR_USAGE, TETHER_CAT_BAD_PASSWORD,
+		                      "the PFX password is empty: a PFX holds the private key, give it a password "
+		                      "(nothing was changed)");
+	}
+	return 0;
+}
+
 /* Write a PFX of slot to path (0600, refusing to replace a file). */
-static int export_pfx(cli_ctx *c, int slot, const char *path, const char *pw_file, int legacy)
+static int export_write(cli_ctx *c, int slot, const char *path, const char *pw, int legacy)
 {
 	unsigned char *pfx = NULL;
 	size_t len = 0;
-	char *pw = NULL;
 	int r;
 
-	if (!c->prov->t->identity_export_pkcs12)
-		return tether_err_set(&c->err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_KEY_NOT_EXPORTABLE,
-		                      "the %s provider cannot export private keys", c->prov->t->name);
-	if (tether_path_exists(path))
-		return tether_err_set(&c->err, TETHER_ERR_EXISTS, TETHER_CAT_IO,
-		                      "%s already exists: choose another file name or remove it first", path);
-	r = tether_secret_get(pw_file, PW_ENV, "Password for the PFX file: ", 1, &pw, &c->err);
-	if (r < 0)
-		return r;
-	if (!pw[0]) {
-		tether_free_secret(pw);
-		return tether_err_set(&c->err, TETHER_ERR_USAGE, TETHER_CAT_BAD_PASSWORD,
-		                      "the PFX password is empty: a PFX holds the private key, give it a password");
-	}
 	r = c->prov->t->identity_export_pkcs12(c->prov->ctx, slot, pw, legacy, &pfx, &len, &c->err);
-	tether_free_secret(pw);
 	if (r < 0)
 		return r;
-	r = tether_write_atomic(path, pfx, len, 0600, &c->err);
+	if (tether_path_exists(path))   /* appeared since export_dest_check */
+		r = tether_err_set(&c->err, TETHER_ERR_EXISTS, TETHER_CAT_IO,
+		                   "%s already exists: choose another file name or remove it first", path);
+	else
+		r = tether_write_atomic(path, pfx, len, 0600, &c->err);
 	tether_free_wiped(pfx, len);
 	return r;
 }
@@ -126,13 +194,34 @@ static const cli_opt new_cert_opts[] = {
 	{ NULL, 0, 0, NULL, NULL }
 };
 
+/* Put back a staged identity saved by verb_new_certificate (no-op without
+ * one).  Keeps c->err. */
+static int restore_staged(cli_ctx *c, const unsigned char *pfx, size_t len, const char *pw)
+{
+	tether_error e;
+	int r;
+
+	if (!pfx)
+		return -1;
+	memset(&e, 0, sizeof(e));
+	r = c->prov->t->identity_import(c->prov->ctx, TETHER_SLOT_STAGED, pfx, len, pw, &e);
+	if (r < 0)
+		tether_err_prefix(&c->err, "the previously staged certificate could not be put back (%s)", e.detail);
+	return r;
+}
+
 int verb_new_certificate(cli_ctx *c, int argc, char **argv)
 {
 	cert_opts o = { 0 };
 	tether_keygen_params kp;
 	tether_id_summary cur, neu;
+	tether_id_summary old_staged;
 	int oi, r, server = !strcmp(c->prog->program, "server");
 	int target_slot;
+	char *pw = NULL;
+	char backup_pw[49] = "";
+	unsigned char *backup = NULL;
+	size_t backup_len = 0;
 
 	r = cli_parse(c, argc, argv, new_cert_opts, "[--key-type TYPE] [--if-blank] [--export-pfx FILE --pfx-password-file FILE]",
 	              server ? "Generate a new certificate. On the server it is STAGED: the certificate in use is not\n"
@@ -170,45 +259,78 @@ int verb_new_certificate(cli_ctx *c, int argc, char **argv)
 		printf("The %s already has a certificate (%s); nothing changed.\n", c->prog->program, cur.sha256);
 		return 0;
 	}
-	/* The staged slot receives the new identity. */
-	r = c->prov->t->identity_exists(c->prov->ctx, TETHER_SLOT_STAGED, &c->err);
+	/* Everything that can be checked is checked, and the password read,
+	 * before anything changes: a failed export must not replace the
+	 * identity (every peer's pin would break) nor a staged one (agents
+	 * may already trust it). */
+	if (o.export_pfx) {
+		r = export_prepare(c, o.export_pfx, o.pw_file, &pw);
+		if (r < 0)
+			return r;
+	}
+	/* The staged slot receives the new identity.  One staged there
+	 * already is replaced only if all goes well: until then it is kept as
+	 * an in-memory PKCS#12 (when the provider can export keys) and put
+	 * back if anything below fails. */
+	r = tether_slot_summary(c->prov, TETHER_SLOT_STAGED, &old_staged, &c->err);
 	if (r < 0)
-		return r;
-	if (r == 1) {
-		tether_id_summary st;
-		if (tether_slot_summary(c->prov, TETHER_SLOT_STAGED, &st, &c->err) == 0 && st.present)
-			printf("Discarding the previously staged certificate %s\n", st.sha256);
+		goto out;
+	if (old_staged.present) {
+		if (c->prov->t->identity_export_pkcs12 && !(c->prov->t->flags & TETHER_PROVIDER_NO_KEY_EXPORT)) {
+			unsigned char rnd[24];
+			size_t i;
+			c->prov->t->random_bytes(rnd, sizeof(rnd));
+			for (i = 0; i < sizeof(rnd); i++)
+				snprintf(backup_pw + 2 * i, 3, "%02x", rnd[i]);
+			tether_wipe(rnd, sizeof(rnd));
+			r = c->prov->t->identity_export_pkcs12(c->prov->ctx, TETHER_SLOT_STAGED, backup_pw, 0,
+			                                         &backup, &backup_len, &c->err);
+			if (r < 0) {
+				tether_err_prefix(&c->err, "cannot keep the staged certificate %s while a new one "
+				                  "is made (nothing was changed)", old_staged.sha256);
+				goto out;
+			}
+		}
 		r = c->prov->t->identity_remove(c->prov->ctx, TETHER_SLOT_STAGED, &c->err);
 		if (r < 0)
-			return r;
+			goto out;
 	}
+	r = c->prov->t->identity_generate(c->prov->ctx, TETHER_SLOT_STAGED, &kp, &c->err);
+	if (r < 0) {
+		restore_staged(c, backup, backup_len, backup_pw);
+		goto out;
+	}
+	r = tether_slot_summary(c->prov, TETHER_SLOT_STAGED, &neu, &c->err);
+	if (r == 0 && o.export_pfx)
+		r = export_write(c, TETHER_SLOT_STAGED, o.export_pfx, pw, o.legacy);
 	target_slot = TETHER_SLOT_STAGED;
-	r = c->prov->t->identity_generate(c->prov->ctx, target_slot, &kp, &c->err);
-	if (r < 0)
-		return r;
-	if (!server || !cur.present) {
+	if (r == 0 && (!server || !cur.present)) {
 		r = c->prov->t->identity_promote(c->prov->ctx, &c->err);
-		if (r < 0)
-			return r;
+		if (r < 0 && o.export_pfx)
+			unlink(o.export_pfx);   /* of a certificate never used */
 		target_slot = TETHER_SLOT_CURRENT;
 	}
-	r = tether_slot_summary(c->prov, target_slot, &neu, &c->err);
-	if (r < 0)
-		return r;
-	if (o.export_pfx) {
-		r = export_pfx(c, target_slot, o.export_pfx, o.pw_file, o.legacy);
-		if (r < 0) {
-			tether_err_prefix(&c->err, "the new certificate %s was generated, but exporting it failed", neu.sha256);
-			return r;
-		}
+	if (r < 0) {
+		/* Undo: drop the new certificate, put the old staged one back. */
+		tether_error keep = c->err;
+		c->prov->t->identity_remove(c->prov->ctx, TETHER_SLOT_STAGED, &c->err);
+		c->err = keep;
+		if (restore_staged(c, backup, backup_len, backup_pw) == 0)
+			tether_err_prefix(&c->err, "the new certificate was discarded; the certificate in use "
+			                  "and the staged one %s are kept", old_staged.sha256);
+		else if (!old_staged.present)
+			tether_err_prefix(&c->err, "the new certificate was discarded; the certificate in use is kept");
+		goto out;
 	}
+	if (old_staged.present && !c->json)
+		printf("Discarded the previously staged certificate %s\n", old_staged.sha256);
 	if (c->json) {
 		json_t *j = json_object();
 		json_object_set_new(j, "old", cur.present ? tether_id_summary_json(&cur) : json_null());
 		json_object_set_new(j, "new", tether_id_summary_json(&neu));
 		json_object_set_new(j, "slot", json_string(tether_slot_names[target_slot]));
 		cli_print_json(j);
-		return 0;
+		goto done;
 	}
 	if (server && cur.present) {
 		printf("Current certificate (in use): %s\n", cur.sha256);
@@ -224,9 +346,16 @@ int verb_new_certificate(cli_ctx *c, int argc, char **argv)
 	}
 	if (o.export_pfx)
 		printf("Exported to %s (mode 0600)\n", o.export_pfx);
+done:
 	if (target_slot == TETHER_SLOT_CURRENT)
 		tell_daemon(c);
-	return 0;
+	r = 0;
+out:
+	tether_free_secret(pw);
+	if (backup)
+		tether_free_wiped(backup, backup_len);
+	tether_wipe(backup_pw, sizeof(backup_pw));
+	return r;
 }
 
 int verb_show_thumbprint(cli_ctx *c, int argc, char **argv)
@@ -355,7 +484,11 @@ int verb_export_certificate(cli_ctx *c, int argc, char **argv)
 		if (r == 0)
 			return tether_err_set(&c->err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
 			                      "the %s slot holds no certificate", tether_slot_names[slot]);
-		r = export_pfx(c, slot, o.export_pfx, o.pw_file, o.legacy);
+		char *pw = NULL;
+		r = export_prepare(c, o.export_pfx, o.pw_file, &pw);
+		if (r == 0)
+			r = export_write(c, slot, o.export_pfx, pw, o.legacy);
+		tether_free_secret(pw);
 		if (r < 0)
 			return r;
 		printf("Certificate and private key written to %s (mode 0600)\n", o.export_pfx);

@@ -83,6 +83,31 @@ fi
 chmod 700 "$H/agent-default/state"
 is "$(snapshot "$H")" "$S0" "state still byte-identical after all failures"
 
+# --- a failed new-certificate --export-pfx changes nothing (checked, and the
+# password read, before the certificate is replaced) ---
+touch "$TMP/taken.pfx"
+export_failures() { # PROGRAM LABEL ARGS...: each way an export can fail up front
+	local prog=$1 label=$2 s0; shift 2
+	s0=$(snapshot "$H")
+	run_exit 1 "$label: new-certificate --export-pfx onto an existing file" "$prog" new-certificate "$@" --export-pfx "$TMP/taken.pfx" --pfx-password-file "$TMP/pw"
+	like "$TMP/err" "taken.pfx already exists: choose another file name or remove it first \(nothing was changed\)" "$label: says the file exists and what to do"
+	is "$(snapshot "$H")" "$s0" "$label: existing destination: state byte-identical"
+	run_exit 1 "$label: new-certificate --export-pfx into a missing folder" "$prog" new-certificate "$@" --export-pfx "$TMP/nodir/new.pfx" --pfx-password-file "$TMP/pw"
+	like "$TMP/err" "cannot write .*/nodir/new.pfx: the folder .*/nodir does not exist: create it or choose another path \(nothing was changed\)" "$label: says the folder is missing and what to do"
+	is "$(snapshot "$H")" "$s0" "$label: missing folder: state byte-identical"
+	run_exit 1 "$label: new-certificate with a missing password file" "$prog" new-certificate "$@" --export-pfx "$TMP/new.pfx" --pfx-password-file "$TMP/nonexist"
+	like "$TMP/err" "nothing was changed: cannot read the password file: cannot open .*/nonexist: No such file" "$label: says the password file cannot be read, and why"
+	is "$(snapshot "$H")" "$s0" "$label: missing password file: state byte-identical"
+	# no password at all (no file, no environment, no terminal to prompt on)
+	env -u TETHER_PFX_PASSWORD setsid -w "$prog" new-certificate "$@" --export-pfx "$TMP/new.pfx" </dev/null >"$TMP/out" 2>"$TMP/err"
+	is "$?" 2 "$label: new-certificate --export-pfx without any password is a usage error (exit 2)"
+	like "$TMP/err" "nothing was changed: a password is needed: give --pfx-password-file FILE" "$label: no password: says what is missing and that nothing was changed"
+	is "$(snapshot "$H")" "$s0" "$label: no password: state byte-identical"
+	[ ! -e "$TMP/new.pfx" ] && [ ! -e "$TMP/nodir" ] && ! ls "$TMP" | grep -q '\.tmp\.'
+	ok $? "$label: no PFX, folder or probe file left behind"
+}
+export_failures "$AGENT" agent "${A[@]}"
+
 # --- key types ---
 for kt in rsa3072 ec-p256 ec-p384; do
 	run_ok "new-certificate --key-type $kt" "$AGENT" new-certificate "${A[@]}" --key-type $kt
@@ -150,4 +175,21 @@ run_ok "use-staged-certificate" "$SERVER" use-staged-certificate "${S[@]}"
 like "$TMP/out" "New thumbprint: $NEW2" "staged certificate is now current"
 run_exit 1 "use-staged with nothing staged" "$SERVER" use-staged-certificate "${S[@]}"
 like "$TMP/err" "no certificate is staged" "says nothing is staged"
+# --- the server: a failed export keeps the current AND the staged certificate ---
+run_ok "stage a certificate agents may already trust" "$SERVER" new-certificate "${S[@]}"
+STAGED=$(sed -n 's/^New certificate (staged): *//p' "$TMP/out")
+"$SERVER" show-thumbprint "${S[@]}" --json > "$TMP/show.json"
+CUR=$(j 'd["sha256"]')
+export_failures "$SERVER" server "${S[@]}"
+# A failure after the new certificate was made (the PFX write fails: file
+# size limit) puts the old staged certificate back.
+( trap '' XFSZ; ulimit -f 2; exec "$SERVER" new-certificate "${S[@]}" --export-pfx "$TMP/big.pfx" --pfx-password-file "$TMP/pw" ) >"$TMP/out" 2>"$TMP/err"
+is "$?" 1 "server: new-certificate whose PFX cannot be written exits 1"
+like "$TMP/err" "the new certificate was discarded; the certificate in use and the staged one $STAGED are kept" "server: says the new certificate was discarded and the old ones kept"
+"$SERVER" show-thumbprint "${S[@]}" --json > "$TMP/show.json"
+is "$(j 'd["sha256"]')" "$CUR" "server: certificate in use unchanged"
+is "$(j 'd["staged"]["sha256"]')" "$STAGED" "server: the staged certificate is still there"
+[ ! -e "$TMP/big.pfx" ]; ok $? "server: no PFX left behind"
+run_ok "server: new-certificate --export-pfx succeeds after the failures" "$SERVER" new-certificate "${S[@]}" --export-pfx "$TMP/new.pfx" --pfx-password-file "$TMP/pw"
+like "$TMP/out" "Discarded the previously staged certificate $STAGED" "server: the old staged certificate is replaced only on success"
 done_testing

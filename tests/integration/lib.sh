@@ -38,8 +38,9 @@ like() { grep -qE -- "$2" "$1"; ok $? "$3"; grep -qE -- "$2" "$1" || { echo "# n
 unlike() { ! grep -qE -- "$2" "$1"; ok $? "$3"; }
 done_testing() { echo "1..$_n"; [ $_failed -eq 0 ]; exit $?; }
 skip_all() { echo "1..0 # SKIP $1"; exit 0; }
-# A digest of every file under a directory (to check that failures change nothing).
-snapshot() { (cd "$1" && find . -type f ! -name '*.lock' -print0 | sort -z | xargs -0 sha256sum) 2>/dev/null; }
+# A digest of every file under a directory, and where each symbolic link
+# points (identity slots are links), to check that failures change nothing.
+snapshot() { (cd "$1" && find . -type f ! -name '*.lock' -print0 | sort -z | xargs -0 sha256sum; find . -type l -printf '%p -> %l\n' | sort) 2>/dev/null; }
 # A free TCP port on 127.0.0.1 outside the ephemeral range.
 free_port() {
 	local p i

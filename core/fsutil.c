@@ -8,6 +8,9 @@
 #include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#ifndef _WIN32
+#include <pwd.h>
+#endif
 #include "error.h"
 #include "fsutil.h"
 #include "util.h"
@@ -251,8 +254,23 @@ int tether_check_writable_dir(const char *dir, tether_error *err)
 	int r = tether_mkdirs(dir, 0700, err);
 	if (r < 0)
 		return r;
-	if (access(dir, W_OK | X_OK) < 0)
+	if (access(dir, W_OK | X_OK) < 0) {
+		int e = errno;
+#ifndef _WIN32
+		struct stat st;
+		if (stat(dir, &st) == 0 && st.st_uid != geteuid()) {
+			struct passwd *pw = getpwuid(st.st_uid);
+			char uid[24];
+			snprintf(uid, sizeof(uid), "uid %u", (unsigned)st.st_uid);
+			return tether_err_set(err, TETHER_ERR_PERMISSION, TETHER_CAT_IO,
+			                      "state directory %s is not writable by this user (uid %u): %s: "
+			                      "run as the instance's owner (%s), or fix the directory's permissions",
+			                      dir, (unsigned)geteuid(), strerror(e), pw ? pw->pw_name : uid);
+		}
+#endif
 		return tether_err_set(err, TETHER_ERR_PERMISSION, TETHER_CAT_IO,
-		                      "state directory %s is not writable: %s", dir, strerror(errno));
+		                      "state directory %s is not writable: %s: fix its permissions (it must "
+		                      "be writable by the instance's owner) or run as that owner", dir, strerror(e));
+	}
 	return 0;
 }

@@ -70,18 +70,34 @@ is "$(snapshot "$H")" "$S0" "unknown key type: state byte-identical"
 run_exit 1 "provider that cannot be loaded" "$AGENT" new-certificate "${A[@]}" --provider nosuch
 like "$TMP/err" "provider 'nosuch' not found" "says the provider is not found and where it looked"
 is "$(snapshot "$H")" "$S0" "bad provider: state byte-identical"
-if [ "$(id -u)" = 0 ]; then
-	# root ignores permissions; an immutable-ish check: make state a file
-	:
-fi
-chmod 500 "$H/agent-default/state"
-if [ "$(id -u)" != 0 ]; then
-	run_exit 1 "unwritable state directory" "$AGENT" new-certificate "${A[@]}"
-else
-	pass "unwritable state directory (skipped as root: permissions do not apply) # SKIP root"
-fi
-chmod 700 "$H/agent-default/state"
 is "$(snapshot "$H")" "$S0" "state still byte-identical after all failures"
+
+# --- an unwritable state directory: root ignores permissions, so as root
+# (as in CI) the commands run as nobody on an instance root owns, its state
+# directory 0755; otherwise the directory is made 0500 ---
+RH="$TMP/rohome"
+RA=(--home "$RH")
+run_ok "create an agent for the unwritable case" "$AGENT" create-instance "${RA[@]}"
+run_ok "give it a certificate" "$AGENT" new-certificate "${RA[@]}"
+if [ "$(id -u)" = 0 ]; then
+	command -v setpriv >/dev/null || { echo "setpriv (util-linux) is missing" >&2; exit 1; }
+	as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+	chmod 711 "$TMP"
+	chmod 755 "$RH" "$RH/agent-default" "$RH/agent-default/state"
+	chmod 644 "$RH/agent-default/agent.ini"
+	why="not writable by this user \(uid 65534\): Permission denied: run as the instance's owner \(root\), or fix the directory's permissions"
+else
+	as_user() { "$@"; }
+	chmod 500 "$RH/agent-default/state"
+	why="not writable: Permission denied: fix its permissions .* or run as that owner"
+fi
+R0=$(snapshot "$RH")
+run_exit 1 "unwritable state directory: new-certificate" as_user "$AGENT" new-certificate "${RA[@]}"
+like "$TMP/err" "state directory $RH/agent-default/state is $why" "says what failed, why, and what to do"
+run_exit 1 "unwritable state directory: configure --trust" as_user "$AGENT" configure "${RA[@]}" --trust "$(printf 'ab%.0s' $(seq 32))"
+like "$TMP/err" "state directory $RH/agent-default/state is $why" "configure says what failed, why, and what to do"
+is "$(snapshot "$RH")" "$R0" "unwritable state directory: state byte-identical"
+chmod 700 "$TMP" "$RH/agent-default/state"
 
 # --- a failed new-certificate --export-pfx changes nothing (checked, and the
 # password read, before the certificate is replaced) ---

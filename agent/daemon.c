@@ -948,6 +948,27 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 		tether_ratelimit_done(a->rl, (struct sockaddr *)&ac->sa, 0);
 	if (ac->poller) {
 		/* logged by poller_closed */
+	} else if (!ac->open && ac->tls && ((why->code && why->code != TETHER_ERR_UNTRUSTED &&
+	                                     why->category == TETHER_CAT_UNTRUSTED) ||
+	                                    (ac->tphex[0] && (!why->code ||
+	                                                      why->category == TETHER_CAT_CONNECTION_RESET)))) {
+		/* The peer refused this agent's certificate: with an alert in the
+		 * handshake (certificate_unknown, bad_certificate), or, a server
+		 * that checks the pin right after the handshake, by closing
+		 * before its HELLO (a connecting tether side sends it at once;
+		 * the close may show as a reset when this side was writing). */
+		const char *sha = ac->tls->summary.sha256;
+		if (why->category == TETHER_CAT_UNTRUSTED)
+			log_warn("handshake with %s failed (untrusted): the peer refused this agent's certificate %s: %s",
+			         tether_conn_peer_addr(c), sha, why->detail);
+		else
+			log_warn("handshake with %s failed (untrusted): server %s closed the connection right after the "
+			         "TLS handshake, without its greeting (%s), which is how a tether server refuses an "
+			         "agent whose certificate %s it does not pin", tether_conn_peer_addr(c), ac->tphex,
+			         why->code ? why->detail : "close_notify", sha);
+		log_warn("hint: if that server should trust this agent, run 'tether-server target set-thumbprint "
+		         "NAME %s' there (NAME: this agent's target); 'tether-agent show-thumbprint' shows this "
+		         "agent's certificate", sha);
 	} else if (why->code && why->category == TETHER_CAT_UNTRUSTED) {
 		tether_thumbprint tp;
 		char hex[TETHER_THUMBPRINT_HEX];

@@ -195,6 +195,9 @@ struct srv {
 	tether_ratelimit *rl;
 	const srv_preauth *preauth;
 	unsigned npreauth;
+	/* health: target name -> the failure last logged for it (malloc'd
+	 * "state|category|pin|presented"), so a repeat is not logged again */
+	smap hfail;
 };
 
 /* A polling agent's connection. */
@@ -600,6 +603,47 @@ static void item_done(health_item *it)
 		health_start_more(j);
 }
 
+/* Log a target's failed health check with its category and hint: the
+ * first failure and each change, not every repeat (a health --all over
+ * thousands of broken targets would flood the log otherwise). */
+static void health_log_fail(srv *s, const health_item *it)
+{
+	char key[sizeof(it->state) + sizeof(it->category) + 2 * TETHER_THUMBPRINT_HEX + 4], where[300];
+	char *old = smap_get(&s->hfail, it->t.name);
+	int cat;
+
+	for (cat = TETHER_CAT__COUNT - 1; cat > 0; cat--) /* the category's number, for its hint */
+		if (!strcmp(tether_category_name(cat), it->category))
+			break;
+
+	snprintf(key, sizeof(key), "%s|%s|%s|%s", it->state, it->category, it->t.sha256, it->peer_sha256);
+	if (old && !strcmp(old, key)) {
+		tether_debug("health", "target %s failed again (%s): %s", it->t.name, it->category, it->error);
+		return;
+	}
+	free(old);
+	smap_put(&s->hfail, it->t.name, tether_strdup(key));
+	if (it->t.host)
+		snprintf(where, sizeof(where), "listening agent at %s:%d", it->t.host, it->t.port);
+	else
+		snprintf(where, sizeof(where), "polling agent");
+	log_warn("health check of target %s (%s) failed (%s): %s; until this changes, repeats are not logged",
+	         it->t.name, where, it->category, it->error);
+	log_warn("hint: %s", tether_category_hint(cat ? cat : TETHER_CAT_INTERNAL));
+}
+
+/* A target that failed before is healthy again: say so once. */
+static void health_log_ok(srv *s, const health_item *it)
+{
+	char *old = smap_get(&s->hfail, it->t.name);
+
+	if (!old)
+		return;
+	free(old);
+	smap_put(&s->hfail, it->t.name, NULL);
+	log_info("target %s is healthy again", it->t.name);
+}
+
 static void item_fail(health_item *it, tether_conn *c, const tether_error *e)
 {
 	held *h = held_find(it->job->s, it->t.name);
@@ -625,6 +669,7 @@ static void item_fail(health_item *it, tether_conn *c, const tether_error *e)
 	else
 		snprintf(it->error, sizeof(it->error), "%s", e->detail);
 	it->rtt_ms = -1;
+	health_log_fail(it->job->s, it);
 	item_done(it);
 }
 
@@ -652,12 +697,14 @@ static void on_health_response(void *arg, tether_conn *c, const tether_rpc_respo
 		snprintf(it->category, sizeof(it->category), "%s", resp->category[0] ? resp->category : "internal");
 		snprintf(it->error, sizeof(it->error), "the agent answered health with an error: %s: %s",
 		         resp->code, resp->message);
+		health_log_fail(it->job->s, it);
 	} else {
 		const char *alg = json_string_value(json_object_get(json_object_get(resp->result, "certificate"),
 		                                                    "cert_signature_algorithm"));
 		snprintf(it->state, sizeof(it->state), "healthy");
 		snprintf(it->sig_alg, sizeof(it->sig_alg), "%s", alg ? alg : "");
 		it->result = json_incref(resp->result);
+		health_log_ok(it->job->s, it);
 	}
 	item_done(it);
 }
@@ -996,6 +1043,7 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 	} else if (why->code && why->code != TETHER_ERR_CLOSED && why->category != TETHER_CAT_PEER_NO_CERTIFICATE) {
 		log_info("polling connection from %s failed (%s): %s", tether_conn_peer_addr(c),
 		         tether_category_name(why->category), why->detail);
+		log_info("hint: %s", tether_category_hint(why->category));
 	}
 	for (pp = &s->pconns; *pp; pp = &(*pp)->next)
 		if (*pp == pc) {
@@ -1797,6 +1845,7 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	r = 0;
 out:
 	held_free_all(&s);
+	smap_clear(&s.hfail, free);
 	polling_free(&s);
 	if (s.admin)
 		admin_server_stop(s.admin);

@@ -130,7 +130,8 @@ APORT=$(free_port)
 "$AGENT" new-certificate "${A[@]}" >/dev/null
 "$SERVER" create-instance "${A[@]}" >/dev/null
 "$SERVER" new-certificate "${A[@]}" >/dev/null
-printf '\n[polling]\naddress = 127.0.0.1:%s\n' "$(free_port)" >> "$H/server-default/server.ini"
+PPORT=$(free_port)
+printf '\n[polling]\naddress = 127.0.0.1:%s\n' "$PPORT" >> "$H/server-default/server.ini"
 AT=$("$AGENT" show-thumbprint "${A[@]}" | head -1)
 ST=$("$SERVER" show-thumbprint "${A[@]}" | head -1)
 "$AGENT" configure "${A[@]}" --trust "$ST" --listen 127.0.0.1:$APORT >/dev/null
@@ -179,6 +180,36 @@ run_exit 1 "health of a TLS 1.1-only target fails" "$SERVER" health "${A[@]}" ol
 like "$TMP/out" "\(protocol_version\)" "health: the category is printed"
 like "$TMP/out" "^    hint: the two sides share no TLS version" "health: one hint line follows"
 run_ok "health of the real agent" "$SERVER" health "${A[@]}" web1
+
+# --- the server pins the wrong agent thumbprint: both sides log it, with a hint ---
+WT=$(printf '%064x' 5)
+"$SERVER" target add "${A[@]}" wrongpin --listening 127.0.0.1:$APORT --thumbprint "$WT" >/dev/null
+run_exit 1 "health with a wrong pin fails" "$SERVER" health "${A[@]}" wrongpin
+run_exit 1 "and again" "$SERVER" health "${A[@]}" wrongpin
+sleep 0.3
+grep -A1 "health check of target wrongpin " "$TMP/server.log" > srvlog1
+like srvlog1 "warning: health check of target wrongpin \(listening agent at 127.0.0.1:$APORT\) failed \(untrusted\): .*the agent presented $AT but $WT is pinned.*set-thumbprint wrongpin $AT" \
+	"server log: the failed health check with target, category and detail"
+like srvlog1 "warning: hint: the presented certificate's SHA-256 thumbprint is not pinned" "server log: followed by its hint"
+is "$(grep -c "health check of target wrongpin " "$TMP/server.log")" "1" "server log: the repeated failure is logged once"
+grep -A1 "closed the connection right after the TLS handshake" "$TMP/agent.log" > agentlog3
+like agentlog3 "warning: handshake with 127.0.0.1:[0-9]+ failed \(untrusted\): server $ST closed .*certificate $AT it does not pin" \
+	"agent log: the server refused this agent's certificate, with its thumbprint"
+like agentlog3 "hint: .*run 'tether-server target set-thumbprint NAME $AT' there" "agent log: followed by what to run on the server"
+# a client that checks the pin inside the handshake answers with an alert
+"$PING" connect 127.0.0.1:$APORT --expect-thumbprint "$WT" --count 1 --timeout 3 > /dev/null 2>&1
+sleep 0.3
+like "$TMP/agent.log" "failed \(untrusted\): the peer refused this agent's certificate $AT: .*alert received: (certificate unknown|bad certificate)" \
+	"agent log: a refusing alert names this agent's certificate"
+"$SERVER" target set-thumbprint "${A[@]}" wrongpin "$AT" >/dev/null
+run_ok "health once the pin is right" "$SERVER" health "${A[@]}" wrongpin
+like "$TMP/server.log" "info: target wrongpin is healthy again" "server log: the recovery is logged"
+"$SERVER" target remove "${A[@]}" wrongpin >/dev/null
+# the polling port's failures carry the hint too
+echo | timeout 10 openssl s_client -connect 127.0.0.1:$PPORT -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' > /dev/null 2>&1
+sleep 0.3
+grep -A1 "polling connection from .* failed (protocol_version)" "$TMP/server.log" > srvlog2
+like srvlog2 "hint: the two sides share no TLS version.*MinProtocol" "server log: a polling-port failure is followed by its hint"
 run_exit 1 "server doctor with a failing target" "$SERVER" doctor "${A[@]}"
 like "$TMP/out" "target web1 +healthy" "server doctor: the healthy target passes"
 like "$TMP/out" "polling-port .*in use by this instance" "server doctor: the polling port is the running server's"

@@ -3,8 +3,12 @@
  *   {"time":"2026-01-02T03:04:05Z","who":"uid=0(root)","what":"target.add",
  *    "target":"web1","result":"ok"}
  * and, for a failure, "result":"error" with "category" and "error" (the
- * message).  Each line is written with one write(2) on an O_APPEND file, so
- * several processes may share a log without interleaving lines. */
+ * message; bytes that are not UTF-8 are written as U+FFFD).  Whole lines
+ * are written with write(2) on an O_APPEND file, so several processes may
+ * share a log without interleaving lines.  Deferred (the agent), lines wait
+ * in memory for tether_audit_flush, which the agent calls before the
+ * answers they record are handed to the socket, and at most 64 KiB of them;
+ * tether_audit_close flushes. */
 #ifndef TETHER_AUDIT_H
 #define TETHER_AUDIT_H
 
@@ -25,5 +29,11 @@ int tether_audit_write(tether_audit *a, const char *who, const char *what,
                        const char *target, const char *result,
                        const char *category, const char *message,
                        tether_error *err);
+
+/* on: tether_audit_write only buffers (thread-safe); off (the default):
+ * every line is written at once.  Turning it off flushes. */
+void tether_audit_set_deferred(tether_audit *a, int on);
+/* Write out the buffered lines.  a may be NULL. */
+int tether_audit_flush(tether_audit *a, tether_error *err);
 
 #endif

@@ -569,6 +569,8 @@ static void flush_now(tether_conn *c)
 	 * the memory of the answers themselves */
 	if (c->state == ST_OPEN && c->wlen < WRITE_COALESCE && c->nwrites > 0)
 		return;
+	if (c->o.before_send)
+		c->o.before_send(c->o.cb_arg, c);
 	/* doubling left up to half of it unused: give that back while it waits
 	 * (streams keep theirs: the buffer is reused for the next frames) */
 	if (!c->streams && c->wcap - c->wlen > c->wlen / 8) {
@@ -2045,6 +2047,34 @@ int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
 	}
 	if (r < 0)
 		return r;
+	send_frame(c, f, fl);
+	free(f);
+	flush(c);
+	drain_check(c);
+	return 0;
+}
+
+int tether_conn_respond_raw(tether_conn *c, uint32_t id, const char *json, size_t len)
+{
+	unsigned char *f = NULL;
+	size_t fl = 0;
+	tether_error e;
+	int r;
+
+	if (c->state != ST_OPEN) {
+		if (c->inflight_in)
+			c->inflight_in--;
+		return TETHER_ERR_CLOSED;
+	}
+	r = tether_rpc_result_encode_raw(id, json, len, 0, &f, &fl, &e);
+	if (r < 0) {
+		log_error("cannot encode the answer to request %u: %s", id, e.detail);
+		return tether_conn_respond(c, id, NULL, TETHER_RPC_ERR_INTERNAL,
+		                           "the answer could not be encoded", NULL);
+	}
+	if (c->inflight_in)
+		c->inflight_in--;
+	c->last_activity_ms = now_ms();
 	send_frame(c, f, fl);
 	free(f);
 	flush(c);

@@ -79,6 +79,10 @@ typedef struct tether_conn_opts {
 	 * before connecting, or NULL (load generators spread their source
 	 * addresses over 127.0.0.0/8 this way). */
 	const char *bind_address;
+	/* Called with cb_arg right before output is handed to the socket (a
+	 * batch of answers among it): the agent writes the audit lines of
+	 * those answers first.  May be NULL. */
+	void (*before_send)(void *arg, tether_conn *c);
 } tether_conn_opts;
 
 /* Accept a connection from a listening stream.  On failure on_close has
@@ -125,6 +129,9 @@ void tether_conn_stream_release(tether_conn *c, uint32_t id);
 /* Answer a request: result (stolen) or an error code and message. */
 int tether_conn_respond(tether_conn *c, uint32_t id, json_t *result,
                         const char *code, const char *message, const char *category);
+/* Answer with a result already serialised (json: len bytes, a complete
+ * JSON object; see tether_rpc_result_encode_raw). */
+int tether_conn_respond_raw(tether_conn *c, uint32_t id, const char *json, size_t len);
 
 /* Orderly close: GOAWAY, close_notify, then close.  Idempotent. */
 void tether_conn_close(tether_conn *c, const char *code, const char *message);

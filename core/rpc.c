@@ -85,6 +85,48 @@ out:
 }
 
 int
+tether_rpc_result_encode_raw(uint32_t id, const char *json, size_t len,
+                             size_t max_json, unsigned char **out,
+                             size_t *out_len, tether_error *err)
+{
+	char pre[40];
+	unsigned char *buf;
+	size_t np, body;
+	int r;
+
+	if (id == 0 || json == NULL || len < 2 || json[0] != '{' ||
+	    json[len - 1] != '}')
+		return MISUSE("response %u: the id must not be 0 and the result "
+		              "must be a JSON object", id);
+	if (max_json == 0)
+		max_json = TETHER_FRAME_JSON_MAX_DEFAULT;
+	if (max_json > TETHER_FRAME_JSON_MAX_HARD)
+		max_json = TETHER_FRAME_JSON_MAX_HARD;
+	np = (size_t)snprintf(pre, sizeof(pre), "{\"id\":%u,\"result\":", id);
+	body = np + len + 1;
+	if (len > max_json || body > max_json)
+		return FAIL(TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+		            "response is %zu bytes of JSON, more than the limit "
+		            "of %zu bytes", body, max_json);
+	buf = malloc(TETHER_FRAME_HEADER_LEN + body);
+	if (buf == NULL)
+		return FAIL(TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL,
+		            "out of memory for response %u", id);
+	r = tether_frame_header_write(TETHER_FRAME_RESPONSE, id, (uint32_t)body,
+	                              buf, err);
+	if (r < 0) {
+		free(buf);
+		return r;
+	}
+	memcpy(buf + TETHER_FRAME_HEADER_LEN, pre, np);
+	memcpy(buf + TETHER_FRAME_HEADER_LEN + np, json, len);
+	buf[TETHER_FRAME_HEADER_LEN + np + len] = '}';
+	*out = buf;
+	*out_len = TETHER_FRAME_HEADER_LEN + body;
+	return 0;
+}
+
+int
 tether_rpc_error_encode(uint32_t id, const char *code, const char *message,
                         const char *category, unsigned char **out,
                         size_t *out_len, tether_error *err)

@@ -67,6 +67,13 @@ int tether_rpc_request_encode(uint32_t id, const char *method, json_t *params,
 int tether_rpc_result_encode(uint32_t id, json_t *result, size_t max_json,
                              unsigned char **out, size_t *out_len,
                              tether_error *err);
+/* The same RESPONSE frame from a result already serialised: json (len
+ * bytes) must be a complete JSON object, e.g. a cached json_dumps output;
+ * only its outer braces are checked.  For answers whose text is mostly
+ * constant (health), without building and dumping a json_t per request. */
+int tether_rpc_result_encode_raw(uint32_t id, const char *json, size_t len,
+                                 size_t max_json, unsigned char **out,
+                                 size_t *out_len, tether_error *err);
 /* message is cut to 1024 bytes and cleaned of control characters;
  * category may be NULL. */
 int tether_rpc_error_encode(uint32_t id, const char *code, const char *message,

@@ -82,6 +82,46 @@ test_request_roundtrip(void **state)
 	tether_rpc_request_clear(&req);
 }
 
+/* A result serialised by the caller: the same frame as from a json_t. */
+static void
+test_result_raw(void **state)
+{
+	static const char res[] = "{\"version\":\"0.1.0\",\"uptime_s\":12}";
+	tether_frame_decoder d;
+	tether_frame f;
+	tether_rpc_response resp;
+	tether_error err;
+	unsigned char *buf = NULL, *ref = NULL;
+	size_t n = 0, rn = 0;
+	json_t *result;
+
+	(void)state;
+	assert_int_equal(tether_rpc_result_encode_raw(4294967295u, res, strlen(res), 0, &buf, &n, &err), 0);
+	result = json_pack("{s:s, s:i}", "version", "0.1.0", "uptime_s", 12);
+	assert_int_equal(tether_rpc_result_encode(4294967295u, result, 0, &ref, &rn, &err), 0);
+	json_decref(result);
+	assert_int_equal(n, rn);
+	assert_memory_equal(buf, ref, n);
+	free(ref);
+	decode_one(buf, n, &d, &f);
+	assert_int_equal(f.type, TETHER_FRAME_RESPONSE);
+	assert_int_equal(f.id, 4294967295u);
+	assert_int_equal(tether_rpc_response_parse(f.id, f.body, f.body_len, &resp, &err), 0);
+	assert_false(resp.is_error);
+	assert_int_equal(json_integer_value(json_object_get(resp.result, "uptime_s")), 12);
+	tether_rpc_response_clear(&resp);
+	tether_frame_decoder_free(&d);
+	free(buf);
+
+	/* not an object, id 0, over the limit: refused, nothing made */
+	buf = NULL;
+	assert_int_equal(tether_rpc_result_encode_raw(1, "[1]", 3, 0, &buf, &n, &err), TETHER_ERR_INVALID);
+	assert_int_equal(tether_rpc_result_encode_raw(1, "{", 1, 0, &buf, &n, &err), TETHER_ERR_INVALID);
+	assert_int_equal(tether_rpc_result_encode_raw(0, res, strlen(res), 0, &buf, &n, &err), TETHER_ERR_INVALID);
+	assert_int_equal(tether_rpc_result_encode_raw(1, res, strlen(res), 20, &buf, &n, &err), TETHER_ERR_INVALID);
+	assert_null(buf);
+}
+
 static void
 test_response_roundtrip(void **state)
 {
@@ -362,6 +402,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_request_roundtrip),
 		cmocka_unit_test(test_response_roundtrip),
+		cmocka_unit_test(test_result_raw),
 		cmocka_unit_test(test_encode_refuses),
 		cmocka_unit_test(test_request_parse_refuses),
 		cmocka_unit_test(test_response_parse_refuses),

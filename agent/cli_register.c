@@ -243,9 +243,8 @@ static int run_register(cli_ctx *c, reg_run *rr)
 	r = c->prov->t->identity_load(c->prov->ctx, TETHER_SLOT_CURRENT, &id, &c->err);
 	if (r == TETHER_ERR_NOT_FOUND) {
 		r = tether_err_set(&c->err, r, TETHER_CAT_NOT_FOUND,
-		                   "this agent has no certificate yet: run 'tether-agent new-certificate%s%s' first "
-		                   "(registration proves the agent holds its key)",
-		                   c->instance_name ? " --instance " : "", c->instance_name ? c->instance_name : "");
+		                   "this agent has no certificate yet: run 'tether-agent new-certificate%s' first "
+		                   "(registration proves the agent holds its key)", cli_args(c));
 		goto out;
 	}
 	if (r < 0)
@@ -471,12 +470,11 @@ int verb_register_with(cli_ctx *c, int argc, char **argv)
 			       rid, rid, json_is_true(json_object_get(rr.result, "name_taken")) ?
 			       "(a target named so already exists: the operator must give it another name with --name)\n" : "");
 		if (o.public_address)
-			printf("Next: make sure this agent listens at %s ('tether-agent configure --listen ...') and runs "
-			       "('tether-agent run', or restart its service).\n", o.public_address);
+			printf("Next: make sure this agent listens at %s ('tether-agent configure%s --listen ...') and runs "
+			       "('tether-agent run%s', or restart its service).\n", o.public_address, cli_args(c), cli_args(c));
 		else
-			printf("Next: start the agent with 'tether-agent run%s%s' (or restart its service)%s.\n",
-			       c->instance_name ? " --instance " : "", c->instance_name ? c->instance_name : "",
-			       accepted ? "" : "; it connects once the registration is accepted");
+			printf("Next: start the agent with 'tether-agent run%s' (or restart its service)%s.\n",
+			       cli_args(c), accepted ? "" : "; it connects once the registration is accepted");
 	}
 	r = 0;
 out:

@@ -316,7 +316,7 @@ int verb_list_trust(cli_ctx *c, int argc, char **argv)
 		goto out;
 	}
 	if (!t->ntrusted)
-		printf("No trusted servers. Add one with 'tether-agent configure --trust THUMBPRINT'.\n");
+		printf("No trusted servers. Add one with 'tether-agent configure%s --trust THUMBPRINT'.\n", cli_args(c));
 	for (i = 0; i < t->ntrusted; i++) {
 		char hex[TETHER_THUMBPRINT_HEX];
 		tether_thumbprint_hex(&t->trusted[i].tp, hex);

@@ -195,9 +195,8 @@ static int build_tls(agent *a, tlsref **out, tether_error *err)
 	r = a->prov->t->identity_load(a->prov->ctx, TETHER_SLOT_CURRENT, &t->id, err);
 	if (r == TETHER_ERR_NOT_FOUND) {
 		r = tether_err_set(err, r, TETHER_CAT_NOT_FOUND,
-		                   "the agent has no certificate yet: run 'tether-agent new-certificate%s%s' first",
-		                   a->c->instance_name ? " --instance " : "",
-		                   a->c->instance_name ? a->c->instance_name : "");
+		                   "the agent has no certificate yet: run 'tether-agent new-certificate%s' first",
+		                   cli_args(a->c));
 		goto fail;
 	}
 	if (r < 0)
@@ -975,9 +974,8 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 		if (tether_conn_peer_tp(c, &tp) == 0) {
 			tether_thumbprint_hex(&tp, hex);
 			log_warn("refused %s: certificate %s is not trusted by this agent; if this is your "
-			         "server, run 'tether-agent configure --trust %s%s%s'", tether_conn_peer_addr(c),
-			         hex, hex, a->c->instance_name ? " --instance " : "",
-			         a->c->instance_name ? a->c->instance_name : "");
+			         "server, run 'tether-agent configure --trust %s%s'", tether_conn_peer_addr(c),
+			         hex, hex, cli_args(a->c));
 		}
 	} else if (why->code == TETHER_ERR_CLOSED && !ac->open) {
 		tether_debug("tls", "%s", why->detail); /* port probes, load balancer checks */
@@ -1056,8 +1054,8 @@ static void poller_closed(poller *p, int was_open, const tether_error *why)
 	} else {
 		p->fails++;
 		if (why->category == TETHER_CAT_UNTRUSTED && why->code == TETHER_ERR_UNTRUSTED)
-			log_warn("server %s:%d: %s; if this is your server, run 'tether-agent configure --trust "
-			         "THUMBPRINT'", p->host, p->port, why->detail);
+			log_warn("server %s:%d: %s; if this is your server, run 'tether-agent configure%s --trust "
+			         "THUMBPRINT'", p->host, p->port, why->detail, cli_args(p->a->c));
 		else if (p->fails == 1 || p->fails % 10 == 0)
 			log_warn("cannot connect to server %s:%d (%s): %s; retrying with backoff (attempt %d)",
 			         p->host, p->port, tether_category_name(why->category), why->detail, p->fails);
@@ -1193,8 +1191,8 @@ static int setup_polling(agent *a, tether_error *err)
 
 	if (n == 0)
 		return tether_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
-		                      "polling mode needs a server to connect to: run 'tether-agent configure "
-		                      "--server HOST:PORT'");
+		                      "polling mode needs a server to connect to: run 'tether-agent configure%s "
+		                      "--server HOST:PORT'", cli_args(c));
 	if (n > 64)
 		n = 64;
 	if (conns < 1)
@@ -1696,7 +1694,7 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 		         a.tls->summary.sha256, a.prov->t->name);
 	}
 	if (!a.trust->ntrusted)
-		log_warn("no server is trusted yet: run 'tether-agent configure --trust THUMBPRINT'");
+		log_warn("no server is trusted yet: run 'tether-agent configure%s --trust THUMBPRINT'", cli_args(c));
 	if (a.tls->summary.expired)
 		log_warn("this agent's certificate expired on %s: it still works (the pin is the trust), "
 		         "but renew it with 'new-certificate'", a.tls->summary.not_after);

@@ -15,10 +15,13 @@
 
 static int not_running(const tether_instance *inst, const char *path, tether_error *err)
 {
+	char args[600];
+
+	tether_instance_args(inst->name, inst->home, args, sizeof(args));
 	return tether_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
 	                      "the tether-server daemon for instance '%s' is not running (no %s): "
-	                      "start it with 'tether-server run --instance %s' or "
-	                      "'tether-server service --start'", inst->name, path, inst->name);
+	                      "start it with 'tether-server run%s' or "
+	                      "'tether-server service --start%s'", inst->name, path, args, args);
 }
 
 /* Milliseconds left before deadline (0 if passed). */

@@ -141,12 +141,24 @@ int cli_open_instance(cli_ctx *c)
 	r = tether_instance_init(c->prog->program, c->instance_name, c->home, &c->inst, &c->err);
 	if (r < 0)
 		return r;
+	tether_instance_args(c->inst->name, c->inst->home, c->args, sizeof(c->args));
+	c->args_fixed = 1;
 	if (!tether_instance_exists(c->inst))
 		return tether_instance_missing(c->inst, &c->err);
 	r = tether_config_load(c->inst->config_path, c->prog->schema, &c->conf, &c->err);
 	if (r < 0)
 		return r;
 	return 0;
+}
+
+const char *cli_args(cli_ctx *c)
+{
+	/* Once the instance is open the text is fixed (filled then, before a
+	 * daemon starts threads that read it). */
+	if (!c->args_fixed)
+		tether_instance_args(c->inst ? c->inst->name : c->instance_name,
+		                     c->inst ? c->inst->home : c->home, c->args, sizeof(c->args));
+	return c->args;
 }
 
 int cli_open_provider(cli_ctx *c)

@@ -39,6 +39,8 @@ struct cli_ctx {
 	tether_config *conf;
 	tether_prov *prov;
 	tether_error err;
+	char args[600];                      /* cli_args() */
+	int args_fixed;
 };
 
 /* Options common to every verb; verbs append their own. */
@@ -67,6 +69,10 @@ int cli_parse(cli_ctx *c, int argc, char **argv, const cli_opt *opts,
  * know which take a value); the common ones are known here. */
 void cli_options_first(int argc, char **argv, const cli_opt *opts);
 int cli_usage_error(cli_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* " --instance NAME --home DIR" (the parts that are not the default), for
+ * commands that messages tell the user to run on this instance. */
+const char *cli_args(cli_ctx *c);
 
 /* Open the instance (must exist) and its config. */
 int cli_open_instance(cli_ctx *c);

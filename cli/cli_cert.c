@@ -336,8 +336,8 @@ int verb_new_certificate(cli_ctx *c, int argc, char **argv)
 		printf("Current certificate (in use): %s\n", cur.sha256);
 		printf("New certificate (staged):     %s\n", neu.sha256);
 		printf("Next: on each agent 'tether-agent configure --trust %s', then\n"
-		       "'tether-server use-staged-certificate' (or 'import-certificate' of the exported PFX).\n",
-		       neu.sha256);
+		       "'tether-server use-staged-certificate%s' (or 'import-certificate' of the exported PFX).\n",
+		       neu.sha256, cli_args(c));
 	} else {
 		printf("Old thumbprint: %s\n", cur.present ? cur.sha256 : "(none)");
 		printf("New thumbprint: %s\n", neu.sha256);
@@ -382,9 +382,8 @@ int verb_show_thumbprint(cli_ctx *c, int argc, char **argv)
 	}
 	if (!s[TETHER_SLOT_CURRENT].present)
 		return tether_err_set(&c->err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
-		                      "instance '%s' has no certificate yet: run '%s new-certificate%s%s'",
-		                      c->inst->name, c->prog->progname,
-		                      c->instance_name ? " --instance " : "", c->instance_name ? c->instance_name : "");
+		                      "instance '%s' has no certificate yet: run '%s new-certificate%s'",
+		                      c->inst->name, c->prog->progname, cli_args(c));
 	{
 		json_t *flags = tether_cert_flags(s[TETHER_SLOT_CURRENT].info.cert_signature_algorithm,
 		                                  s[TETHER_SLOT_CURRENT].info.key_type,
@@ -631,7 +630,8 @@ int verb_use_staged_certificate(cli_ctx *c, int argc, char **argv)
 		return r;
 	if (!st.present)
 		return tether_err_set(&c->err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
-		                      "no certificate is staged: run '%s new-certificate' first", c->prog->progname);
+		                      "no certificate is staged: run '%s new-certificate%s' first", c->prog->progname,
+		                      cli_args(c));
 	r = tether_slot_summary(c->prov, TETHER_SLOT_CURRENT, &cur, &c->err);
 	if (r < 0)
 		return r;

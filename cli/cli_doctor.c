@@ -742,8 +742,7 @@ int verb_doctor(cli_ctx *c, int argc, char **argv)
 	d.c = c;
 	d.checks = json_array();
 	is_agent = !strcmp(c->prog->program, "agent");
-	snprintf(d.sfx, sizeof(d.sfx), "%s%s%s%s", c->instance_name ? " --instance " : "",
-	         c->instance_name ? c->instance_name : "", c->home ? " --home " : "", c->home ? c->home : "");
+	snprintf(d.sfx, sizeof(d.sfx), "%s", cli_args(c));
 
 	r = cli_open_instance(c);
 	if (r < 0) {

@@ -490,20 +490,17 @@ static int do_control(service *s, int action)
 		                      s->absent_why);
 	if (!tether_path_exists(s->unit_path))
 		return tether_err_set(&c->err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
-		                      "%s is not installed (no %s): run '%s service --install%s%s' first",
-		                      s->unit, s->unit_path, c->prog->progname,
-		                      c->instance_name ? " --instance " : "",
-		                      c->instance_name ? c->instance_name : "");
+		                      "%s is not installed (no %s): run '%s service --install%s' first",
+		                      s->unit, s->unit_path, c->prog->progname, cli_args(c));
 	if (action == A_STATUS) {
 		r = run_systemctl(s, (const char *const[]){ "status", "--no-pager", "--full", s->unit, NULL }, &st);
 		if (r < 0)
 			return r;
 		if (st == 3)
 			return tether_err_set(&c->err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
-			                      "%s is not running: start it with '%s service --start%s%s', and see "
+			                      "%s is not running: start it with '%s service --start%s', and see "
 			                      "'journalctl -u %s' if it stopped by itself", s->unit,
-			                      c->prog->progname, c->instance_name ? " --instance " : "",
-			                      c->instance_name ? c->instance_name : "", s->unit);
+			                      c->prog->progname, cli_args(c), s->unit);
 		if (st != 0)
 			return tether_err_set(&c->err, TETHER_ERR_IO, TETHER_CAT_IO,
 			                      "'systemctl status %s' failed (exit %d, its message is above)",

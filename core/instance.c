@@ -83,15 +83,24 @@ int tether_instance_exists(const tether_instance *in)
 	return tether_path_exists(in->config_path);
 }
 
+const char *tether_instance_args(const char *name, const char *home, char *buf, size_t n)
+{
+	int other = name && strcmp(name, TETHER_DEFAULT_INSTANCE);
+
+	snprintf(buf, n, "%s%s%s%s", other ? " --instance " : "", other ? name : "",
+	         home && *home ? " --home " : "", home && *home ? home : "");
+	return buf;
+}
+
 int tether_instance_missing(const tether_instance *in, tether_error *err)
 {
+	char args[600];
+
 	return tether_err_set(err, TETHER_ERR_NOT_FOUND, TETHER_CAT_NOT_FOUND,
 	                      "%s instance '%s' does not exist (no %s): create it with "
-	                      "'tether-%s create-instance%s%s%s%s'", in->program, in->name,
+	                      "'tether-%s create-instance%s'", in->program, in->name,
 	                      in->config_path, in->program,
-	                      strcmp(in->name, TETHER_DEFAULT_INSTANCE) ? " --instance " : "",
-	                      strcmp(in->name, TETHER_DEFAULT_INSTANCE) ? in->name : "",
-	                      in->home ? " --home " : "", in->home ? in->home : "");
+	                      tether_instance_args(in->name, in->home, args, sizeof(args)));
 }
 
 int tether_instance_create(const tether_instance *in, const char *config_text,

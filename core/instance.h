@@ -43,6 +43,10 @@ int tether_instance_delete(const tether_instance *in, tether_error *err);
  * is malloc'd, each name too. */
 int tether_instance_list(const char *program, const char *home,
                          char ***names, tether_error *err);
+/* " --instance NAME --home DIR", each part only when not the default (name
+ * NULL or "default", home NULL or empty): what a command printed for the
+ * user to run needs so that it acts on this instance.  Returns buf. */
+const char *tether_instance_args(const char *name, const char *home, char *buf, size_t n);
 /* Error for a missing instance, with what to run. */
 int tether_instance_missing(const tether_instance *in, tether_error *err);
 

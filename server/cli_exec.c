@@ -58,7 +58,8 @@ static int parse_id(cli_ctx *c, const char *s, int64_t *id)
 	errno = 0;
 	v = strtoll(s, &end, 10);
 	if (errno || !end || *end || v < 1)
-		return cli_usage_error(c, "'%s' is not a task number: 'tether-server task list' shows them", s);
+		return cli_usage_error(c, "'%s' is not a task number: 'tether-server task list%s' shows them", s,
+		                       cli_args(c));
 	*id = (int64_t)v;
 	return 0;
 }
@@ -955,8 +956,8 @@ static int task_list(cli_ctx *c, int argc, char **argv)
 		return 0;
 	}
 	if (!json_array_size(tasks)) {
-		printf("No tasks%s%s. Run one with 'tether-server exec TARGET -- COMMAND'.\n",
-		       o.target ? " for " : "", o.target ? o.target : "");
+		printf("No tasks%s%s. Run one with 'tether-server exec%s TARGET -- COMMAND'.\n",
+		       o.target ? " for " : "", o.target ? o.target : "", cli_args(c));
 		json_decref(res);
 		return 0;
 	}
@@ -983,7 +984,7 @@ static int one_id(cli_ctx *c, int argc, char **argv, const char *usage, const ch
 	if (r)
 		return r > 0 ? 1 : r;
 	if (oi >= argc)
-		return cli_usage_error(c, "the task ID is missing: 'tether-server task list' shows them");
+		return cli_usage_error(c, "the task ID is missing: 'tether-server task list%s' shows them", cli_args(c));
 	if (argc - oi > 1)
 		return cli_usage_error(c, "unexpected argument '%s'", argv[oi + 1]);
 	return parse_id(c, argv[oi], id);
@@ -1093,8 +1094,8 @@ static int task_cancel(cli_ctx *c, int argc, char **argv)
 		printf("Task %lld had already ended (%s); nothing to cancel.\n", (long long)id,
 		       jstr(res, "state", "?"));
 	else
-		printf("Cancelling task %lld on %s: 'tether-server task show %lld' shows when it ended.\n",
-		       (long long)id, jstr(res, "target", "?"), (long long)id);
+		printf("Cancelling task %lld on %s: 'tether-server task show%s %lld' shows when it ended.\n",
+		       (long long)id, jstr(res, "target", "?"), cli_args(c), (long long)id);
 	json_decref(res);
 	return 0;
 }

@@ -150,10 +150,10 @@ int verb_rotate_certificate(cli_ctx *c, int argc, char **argv)
 	bad = print_targets(json_object_get(res, "targets"), "Targets");
 	if (bad)
 		printf("Some targets were not rotated; they keep working on the previous identity. Run "
-		       "'tether-server rotate-certificate' again to continue with them.\n");
+		       "'tether-server rotate-certificate%s' again to continue with them.\n", cli_args(c));
 	else
 		printf("All targets trust the new identity. Drop the old one with "
-		       "'tether-server rotate-certificate --finish'.\n");
+		       "'tether-server rotate-certificate%s --finish'.\n", cli_args(c));
 	json_decref(res);
 	return bad;
 }
@@ -289,10 +289,10 @@ int verb_rekey_all(cli_ctx *c, int argc, char **argv)
 	bad |= print_targets(json_object_get(res, "agents"), "Agents re-keyed");
 	if (bad)
 		printf("Targets not reached keep their old pins: for each, run on the agent 'tether-agent configure "
-		       "--trust %s' and '--remove-trust OLD', then 'tether-server rotate-agent-certificate NAME'.\n",
-		       jstr(res, "current"));
+		       "--trust %s' and '--remove-trust OLD', then 'tether-server rotate-agent-certificate%s NAME'.\n",
+		       jstr(res, "current"), cli_args(c));
 	if (jstr(res, "previous")[0])
-		printf("When every target is done: 'tether-server rotate-certificate --finish'.\n");
+		printf("When every target is done: 'tether-server rotate-certificate%s --finish'.\n", cli_args(c));
 	json_decref(res);
 	return bad;
 }

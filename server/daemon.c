@@ -1314,9 +1314,8 @@ static int load_identities(srv *s, tether_error *err)
 	r = s->prov->t->identity_load(s->prov->ctx, TETHER_SLOT_CURRENT, &cur, err);
 	if (r == TETHER_ERR_NOT_FOUND)
 		return tether_err_set(err, r, TETHER_CAT_NOT_FOUND,
-		                      "the server has no certificate yet: run 'tether-server new-certificate%s%s' first",
-		                      s->c->instance_name ? " --instance " : "",
-		                      s->c->instance_name ? s->c->instance_name : "");
+		                      "the server has no certificate yet: run 'tether-server new-certificate%s' first",
+		                      cli_args(s->c));
 	if (r < 0)
 		return r;
 	s->prov->t->identity_cert_der(cur, &der, &len);

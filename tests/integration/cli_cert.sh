@@ -9,7 +9,7 @@ printf 'wrong\n' > "$TMP/badpw"
 
 run_ok "create agent" "$AGENT" create-instance "${A[@]}"
 run_exit 1 "show-thumbprint before any certificate" "$AGENT" show-thumbprint "${A[@]}"
-like "$TMP/err" "new-certificate" "says to run new-certificate"
+like "$TMP/err" "run 'tether-agent new-certificate --home $H'" "says to run new-certificate, with this --home"
 run_ok "new-certificate (default rsa2048)" "$AGENT" new-certificate "${A[@]}"
 like "$TMP/out" "New thumbprint: [0-9a-f]{64}" "prints the new thumbprint"
 run_ok "show-thumbprint --json" "$AGENT" show-thumbprint "${A[@]}" --json
@@ -190,7 +190,11 @@ NEW2=$(sed -n 's/^New certificate (staged): *//p' "$TMP/out")
 run_ok "use-staged-certificate" "$SERVER" use-staged-certificate "${S[@]}"
 like "$TMP/out" "New thumbprint: $NEW2" "staged certificate is now current"
 run_exit 1 "use-staged with nothing staged" "$SERVER" use-staged-certificate "${S[@]}"
-like "$TMP/err" "no certificate is staged" "says nothing is staged"
+like "$TMP/err" "no certificate is staged: run 'tether-server new-certificate --home $H' first" "says nothing is staged and what to run, with this --home"
+run_exit 1 "use-staged-certificate on a missing instance" "$SERVER" use-staged-certificate --home "$H" --instance nosuch
+like "$TMP/err" "create-instance --instance nosuch --home $H'" "a missing instance: the command it suggests names the instance and --home"
+run_exit 1 "a verb that needs the daemon when it is not running" "$SERVER" task list "${S[@]}"
+like "$TMP/err" "start it with 'tether-server run --home $H'" "says to start the daemon of this --home"
 # --- the server: a failed export keeps the current AND the staged certificate ---
 run_ok "stage a certificate agents may already trust" "$SERVER" new-certificate "${S[@]}"
 STAGED=$(sed -n 's/^New certificate (staged): *//p' "$TMP/out")

@@ -12,6 +12,7 @@ R1=cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc
 run_ok "create agent" "$AGENT" create-instance "${A[@]}"
 run_ok "list-trust empty" "$AGENT" list-trust "${A[@]}"
 like "$TMP/out" "No trusted servers" "says none are trusted and how to add"
+like "$TMP/out" "'tether-agent configure --home $H --trust THUMBPRINT'" "the command it suggests acts on this --home"
 run_ok "trust two (one upper case with colons)" "$AGENT" configure "${A[@]}" --trust $T1 --trust $T2
 like "$TMP/out" "Trusted: $T2L" "normalised to lower-case hex"
 run_ok "list-trust --json" "$AGENT" list-trust "${A[@]}" --json

@@ -45,6 +45,7 @@ typedef struct tlsref {
 	tether_tls_ctx *ctx;
 	tether_identity *id;
 	tether_id_summary summary;
+	char *health_cert;              /* health's "certificate" object, as JSON */
 	int refs;                       /* under agent.lock */
 } tlsref;
 
@@ -94,6 +95,11 @@ typedef struct agent {
 	int id_check_next;              /* then: 1 check again, 2 reload (SIGHUP) */
 	uv_timer_t poll_timer, drain_timer;
 	struct timespec trust_mtime;
+	/* health's constant members as JSON text (no braces), under lock:
+	 * version to provider_version built once; trusted_servers to services
+	 * again when trust_gen moves on */
+	char *health_head, *health_tail;
+	uint64_t health_tail_gen;
 	time_t started;
 	int stopping;
 	uint32_t handshake_ms, idle_ms, keepalive_ms, request_ms;
@@ -155,6 +161,29 @@ extern const agent_service *const agent_services[];
 /* TLS context and identity                                            */
 /* ------------------------------------------------------------------ */
 
+/* o (stolen) as compact JSON text, without its braces unless whole is
+ * set; NULL if o is NULL or cannot be dumped. */
+static char *json_members(json_t *o, int whole)
+{
+	char *s;
+	size_t n;
+
+	if (!o)
+		return NULL;
+	s = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (!s || whole)
+		return s;
+	n = strlen(s);
+	if (n < 2) {
+		free(s);
+		return NULL;
+	}
+	memmove(s, s + 1, n - 2);
+	s[n - 2] = '\0';
+	return s;
+}
+
 static void tlsref_release(agent *a, tlsref *t)
 {
 	int last;
@@ -168,6 +197,7 @@ static void tlsref_release(agent *a, tlsref *t)
 		return;
 	a->prov->t->tls_ctx_free(t->ctx);
 	a->prov->t->identity_free(t->id);
+	free(t->health_cert);
 	free(t);
 }
 
@@ -205,6 +235,11 @@ static int build_tls(agent *a, tlsref **out, tether_error *err)
 	r = tether_cert_summary(a->prov, der, len, &t->summary, err);
 	if (r < 0)
 		goto fail;
+	/* NULL (out of memory) makes health answer an internal error */
+	t->health_cert = json_members(json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "sha256", t->summary.sha256,
+	                              "cert_signature_algorithm", t->summary.info.cert_signature_algorithm,
+	                              "key_type", t->summary.info.key_type, "key_bits", t->summary.info.key_bits,
+	                              "not_before", t->summary.not_before, "not_after", t->summary.not_after), 1);
 	memset(&tp, 0, sizeof(tp));
 	tp.policy = cli_tls_policy(a->c);
 	/* No ticket key on disk unless resumption is on ([tls] resumption). */
@@ -229,6 +264,7 @@ static int build_tls(agent *a, tlsref **out, tether_error *err)
 fail:
 	if (t->id)
 		a->prov->t->identity_free(t->id);
+	free(t->health_cert);
 	free(t);
 	return r;
 }
@@ -399,30 +435,63 @@ static void on_poll(uv_timer_t *t)
 
 static json_t *trust_json(const tether_trust_entry *v, size_t n);
 
+static void req_reply_raw(agent_req *r, const char *json, size_t len);
+
+/* The answer's text is assembled from cached parts: only uptime_s changes
+ * from one request to the next (BENCHMARKS.md, session 2: building and
+ * dumping it with jansson was most of the agent's time per request). */
 static void service_health(agent *a, agent_conn *ac, agent_req *r)
 {
 	tlsref *t = ac->tls;
-	json_t *cert, *res;
-	size_t ntrusted;
+	char small[2048], *buf = small, up[24];
+	size_t n = 0, cap, nh, nt, nc;
+	int nu;
 
-	json_t *tset;
+	nu = snprintf(up, sizeof(up), "%lld", (long long)(time(NULL) - a->started));
 	pthread_mutex_lock(&a->lock);
-	ntrusted = a->trust->ntrusted;
-	tset = trust_json(a->trust->trusted, a->trust->ntrusted);
+	if (!a->health_head)
+		a->health_head = json_members(json_pack("{s:s, s:s, s:s, s:s}", "version", PACKAGE_VERSION,
+		                                        "os", a->os, "provider", a->prov->t->name,
+		                                        "provider_version",
+		                                        a->prov->t->version ? a->prov->t->version : ""), 0);
+	if (!a->health_tail || a->health_tail_gen != a->trust_gen) {
+		free(a->health_tail);
+		a->health_tail = json_members(json_pack("{s:I, s:s, s:o, s:{s:b, s:b}}",
+		                                        "trusted_servers", (json_int_t)a->trust->ntrusted,
+		                                        "mode", "listening",
+		                                        "trust", trust_json(a->trust->trusted, a->trust->ntrusted),
+		                                        "services", "script", a->env.script_enabled,
+		                                        "file", a->env.file_enabled), 0);
+		a->health_tail_gen = a->trust_gen;
+	}
+	if (!a->health_head || !a->health_tail || !t->health_cert) {
+		pthread_mutex_unlock(&a->lock);
+		agent_req_error(r, TETHER_RPC_ERR_INTERNAL, "the health answer could not be built", NULL);
+		return;
+	}
+	nh = strlen(a->health_head);
+	nt = strlen(a->health_tail);
+	nc = strlen(t->health_cert);
+	cap = nh + nc + (size_t)nu + nt + 40;
+	if (cap > sizeof(small))
+		buf = tether_xmalloc(cap);
+#define PUT(p, l) (memcpy(buf + n, (p), (l)), n += (l))
+#define PUTS(lit) PUT(lit, sizeof(lit) - 1)
+	PUTS("{");
+	PUT(a->health_head, nh);
+	PUTS(",\"certificate\":");
+	PUT(t->health_cert, nc);
+	PUTS(",\"uptime_s\":");
+	PUT(up, (size_t)nu);
+	PUTS(",");
+	PUT(a->health_tail, nt);
+	PUTS("}");
+#undef PUTS
+#undef PUT
 	pthread_mutex_unlock(&a->lock);
-	cert = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "sha256", t->summary.sha256,
-	                 "cert_signature_algorithm", t->summary.info.cert_signature_algorithm,
-	                 "key_type", t->summary.info.key_type, "key_bits", t->summary.info.key_bits,
-	                 "not_before", t->summary.not_before, "not_after", t->summary.not_after);
-	res = json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:s}", "version", PACKAGE_VERSION,
-	                "os", a->os, "provider", a->prov->t->name,
-	                "provider_version", a->prov->t->version ? a->prov->t->version : "",
-	                "certificate", cert, "uptime_s", (json_int_t)(time(NULL) - a->started),
-	                "trusted_servers", (json_int_t)ntrusted, "mode", "listening");
-	json_object_set_new(res, "trust", tset);
-	json_object_set_new(res, "services", json_pack("{s:b, s:b}", "script", a->env.script_enabled,
-	                                               "file", a->env.file_enabled));
-	agent_req_reply(r, res);
+	req_reply_raw(r, buf, n);
+	if (buf != small)
+		free(buf);
 }
 
 
@@ -706,28 +775,47 @@ static void req_free(agent_req *r)
 	free(r);
 }
 
-static void req_audit(agent_req *r, const char *result, const char *category, const char *message)
+/* The audit log is deferred (run_daemon): a line waits in memory until the
+ * answer it records is handed to the socket (before_send), or is written
+ * at once when no answer goes out (sent 0: the connection is gone). */
+static void req_audit(agent_req *r, int sent, const char *result, const char *category, const char *message)
 {
 	char who[TETHER_THUMBPRINT_HEX + 16];
 	snprintf(who, sizeof(who), "server:%s", r->server);
 	tether_audit_write(r->a->audit, who, r->method, r->peer, result, category, message, NULL);
+	if (!sent || !r->ac) /* r->ac: the answer's write may have closed it */
+		tether_audit_flush(r->a->audit, NULL);
+}
+
+static void before_send(void *arg, tether_conn *c)
+{
+	agent *a = arg;
+	(void)c;
+	tether_audit_flush(a->audit, NULL);
+}
+
+static void req_reply_raw(agent_req *r, const char *json, size_t len)
+{
+	int sent = r->ac && tether_conn_respond_raw(r->ac->c, r->id, json, len) == 0;
+	req_audit(r, sent, "ok", NULL, NULL);
+	req_free(r);
 }
 
 void agent_req_reply(agent_req *r, json_t *result)
 {
+	int sent = 0;
 	if (r->ac)
-		tether_conn_respond(r->ac->c, r->id, result, NULL, NULL, NULL);
+		sent = tether_conn_respond(r->ac->c, r->id, result, NULL, NULL, NULL) == 0;
 	else
 		json_decref(result);
-	req_audit(r, "ok", NULL, NULL);
+	req_audit(r, sent, "ok", NULL, NULL);
 	req_free(r);
 }
 
 void agent_req_error(agent_req *r, const char *code, const char *message, const char *category)
 {
-	if (r->ac)
-		tether_conn_respond(r->ac->c, r->id, NULL, code, message, category);
-	req_audit(r, "error", category ? category : code, message);
+	int sent = r->ac && tether_conn_respond(r->ac->c, r->id, NULL, code, message, category) == 0;
+	req_audit(r, sent, "error", category ? category : code, message);
 	req_free(r);
 }
 
@@ -941,6 +1029,8 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 {
 	agent_conn *ac = tether_conn_get_data(c);
 	agent *a = arg;
+	/* answers queued on it will not go out: their audit lines now */
+	tether_audit_flush(a->audit, NULL);
 	if (!ac)
 		return;
 	if (ac->counted)
@@ -1121,6 +1211,7 @@ static void poller_connect(poller *p)
 	o.instance_id = tether_process_instance_id(a->prov);
 	o.cbs = &agent_cbs;
 	o.cb_arg = a;
+	o.before_send = before_send;
 	o.data = ac;
 	o.capabilities = a->caps;
 	if (a->proxy_host[0]) {
@@ -1282,6 +1373,7 @@ static void on_accept(void *arg, tether_worker *w, uv_stream_t *server)
 	o.instance_id = tether_process_instance_id(a->prov);
 	o.cbs = &agent_cbs;
 	o.cb_arg = a;
+	o.before_send = before_send;
 	o.data = ac;
 	o.capabilities = a->caps;
 	/* link first: callbacks may fire during accept */
@@ -1661,6 +1753,8 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 			tlsref_release(&a, a.tls);
 			goto early_out;
 		}
+		/* lines of many pipelined requests in one write(2) (req_audit) */
+		tether_audit_set_deferred(a.audit, 1);
 	}
 	a.rl = tether_ratelimit_new(20.0, 40.0, 256);
 	if (a.polling) {
@@ -1758,6 +1852,8 @@ int verb_run(cli_ctx *c, int argc, char **argv)
 	tether_ratelimit_free(a.rl);
 	tether_audit_close(a.audit);
 	free(a.trust);
+	free(a.health_head);
+	free(a.health_tail);
 	pthread_mutex_destroy(&a.lock);
 	uv_loop_close(a.loop);
 	/* Join libuv's pool threads now, while OpenSSL is still initialised:

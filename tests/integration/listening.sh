@@ -51,6 +51,28 @@ run_ok "health --tag web" "$SERVER" health "${A[@]}" --tag web
 run_ok "Python ssl peer: HELLO + health request" $PEER hello 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem"
 like "$TMP/out" '^hello agent' "agent answers HELLO as agent"
 like "$TMP/out" '"trusted_servers": 1' "health result counts trusted servers"
+# health's answer is assembled from parts cached by the agent: a change of
+# the trust set must show in the next answer, and go again when undone
+X=$(printf '%064x' 7)
+health_until() { # PATTERN: ask for health until the answer matches (at most 5 s)
+	local i
+	for i in $(seq 1 50); do
+		$PEER call 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" health '{}' > "$TMP/out" 2>&1
+		grep -q "$1" "$TMP/out" && return 0
+		sleep 0.1
+	done
+	return 1
+}
+run_ok "agent trusts a second server" "$AGENT" configure "${A[@]}" --trust "$X"
+health_until '"trusted_servers": 2'
+like "$TMP/out" '"trusted_servers": 2' "health after a trust change counts the added server"
+like "$TMP/out" "\"sha256\": \"$X\"" "health after a trust change lists the added server"
+like "$TMP/out" "\"certificate\": {[^}]*\"sha256\": \"$AT\"" "health still names the agent's certificate"
+like "$TMP/out" '"uptime_s": [0-9]+' "health has uptime_s"
+run_ok "agent no longer trusts it" "$AGENT" configure "${A[@]}" --remove-trust "$X"
+health_until '"trusted_servers": 1'
+like "$TMP/out" '"trusted_servers": 1' "health after the removal counts one server again"
+unlike "$TMP/out" "$X" "health after the removal no longer lists it"
 
 # --- no certificate, wrong certificate, landing page ---
 curl -sk https://127.0.0.1:$APORT/ > "$TMP/curl"
@@ -147,4 +169,40 @@ for i in 1 2 3 4 5; do "$SERVER" health "${A[@]}" web1 >/dev/null 2>&1 && okc=$(
 wait $FP
 is "$okc" "5" "health checks succeed during 200 handshakes/s from another address"
 like "$TMP/flood" "refused [1-9]" "the flood was rate-limited ($(cat "$TMP/flood"))"
+
+# --- the audit log: the agent buffers lines and writes them before the
+# answers go out; many pipelined requests, then SIGTERM mid-pipeline ---
+AUDIT="$H/agent-default/state/audit.log"
+# audit_seq FROM N: the lines after byte FROM are whole JSON objects, and
+# those of health and probe.ID are the requests 1, 2, ... in order (as
+# many as the log has); prints their count, or what is wrong
+audit_seq() {
+	tail -c +$(($1 + 1)) "$AUDIT" | python3 -c '
+import json, sys
+n, seen = int(sys.argv[1]), []
+for line in sys.stdin:
+    d = json.loads(line)
+    if d["what"] == "health" or d["what"].startswith("probe."):
+        seen.append(d["what"])
+want = ["health" if i % 2 else "probe.%d" % i for i in range(1, n + 1)]
+print(len(seen) if seen == want[:len(seen)] else "out of order or missing: %s" % seen[:8])' "$2"
+}
+from=$(stat -c %s "$AUDIT")
+run_ok "400 pipelined requests" $PEER pipeline 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" 400
+like "$TMP/out" "answers 400 results 200 errors 200" "all 400 answered (200 health, 200 unknown methods)"
+is "$(audit_seq $from 400)" "400" "the audit log has all 400 lines, in request order, once they are answered"
+from=$(stat -c %s "$AUDIT")
+$PEER pipeline 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" 3000 100 > "$TMP/pipe" 2>&1
+kill -TERM $APID
+wait $APID
+is "$?" "0" "agent stops cleanly on SIGTERM amid pipelined requests"
+got=$(audit_seq $from 3000)
+like "$TMP/pipe" "answers 100 " "the client read 100 answers before the stop"
+ok "$([ "$got" -ge 100 ] 2>/dev/null; echo $?)" "after SIGTERM the audit log has every answered request, in order, no gap ($got lines)"
+python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$AUDIT"
+ok $? "every line of the audit log is whole JSON"
+# each probe the agent served was logged (unknown method): none of their
+# lines was left in the buffer at the stop
+is "$(grep -c '"what":"probe\.' "$AUDIT")" "$(grep -c "unknown method 'probe\." "$TMP/agent.log")" \
+	"the audit log has a line for every probe request the agent served, up to the stop"
 done_testing

@@ -26,6 +26,14 @@ third-party TLS stack).  Subcommands:
                                  request ('closed' if the connection ends);
                                  the pair '@sleep SECS' pauses without reading
                                  (PINGs are never answered)
+  pipeline HOST PORT CERT KEY N [STOP]
+                                 mutual TLS + HELLO as a server, then N requests
+                                 sent at once without waiting (odd ids
+                                 'health', even ids 'probe.ID', unknown to the
+                                 agent), reading the answers meanwhile; prints
+                                 'answers A results R errors E'.  STOP: stop
+                                 reading after STOP answers (the peer may be
+                                 killed meanwhile)
   serve-call PORT CERT KEY SECS METHOD PARAMS [METHOD PARAMS]...
                                  the same as the TLS server of one polling
                                  agent that connects to 127.0.0.1:PORT within
@@ -402,6 +410,33 @@ def main():
         if f is None or "error" in json.loads(f[2]):
             print("closed" if f is None else "refused " + f[2].decode()); return 1
         return requests(t, sys.argv[6:])
+    if cmd == "pipeline":
+        import threading
+        t = connect(*sys.argv[2:6])
+        n = int(sys.argv[6])
+        stop = int(sys.argv[7]) if len(sys.argv) > 7 else n
+        f = hello(t)
+        if f is None or "error" in json.loads(f[2]):
+            print("closed" if f is None else "refused " + f[2].decode()); return 1
+        data = b"".join(req(i, "health" if i % 2 else "probe.%d" % i, {}) for i in range(1, n + 1))
+        sender = threading.Thread(target=lambda: t.sendall(data), daemon=True)
+        sender.start()
+        res = err = 0
+        while res + err < stop:
+            try:
+                f = read_frame(t)
+            except (ssl.SSLError, OSError):
+                f = None
+            if f is None:
+                break
+            if f[0] != 3:
+                continue
+            if "error" in json.loads(f[2]):
+                err += 1
+            else:
+                res += 1
+        print("answers %d results %d errors %d" % (res + err, res, err))
+        return 0
     if cmd == "serve-call":
         port, cert, key, secs = int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

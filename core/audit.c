@@ -22,6 +22,8 @@ struct tether_audit {
 	int deferred;
 	char *buf;                      /* whole lines not written yet */
 	size_t len, cap;
+	time_t when;                    /* the second when_s names */
+	char when_s[32];
 };
 
 int tether_audit_open(const char *path, tether_audit **out, tether_error *err)
@@ -171,11 +173,17 @@ static void put_member(tether_audit *a, int first, const char *key, const char *
 	const unsigned char *p = (const unsigned char *)v;
 	size_t n = strlen(v), i = 0, k;
 
+	size_t nk = strlen(key);
+
 	/* worst case: every byte as \ufffd (6 bytes) */
-	reserve(a, strlen(key) + 6 * n + 8);
+	reserve(a, nk + 6 * n + 8);
 	if (!first)
 		a->buf[a->len++] = ',';
-	a->len += (size_t)sprintf(a->buf + a->len, "\"%s\":\"", key);
+	a->buf[a->len++] = '"';
+	memcpy(a->buf + a->len, key, nk);
+	a->len += nk;
+	memcpy(a->buf + a->len, "\":\"", 3);
+	a->len += 3;
 	while (i < n) {
 		unsigned char c = p[i];
 		if (c == '"' || c == '\\') {
@@ -210,16 +218,20 @@ int tether_audit_write(tether_audit *a, const char *who, const char *what,
                        const char *category, const char *message,
                        tether_error *err)
 {
-	char when[32];
+	time_t now;
 	int r = 0;
 
 	if (!a)
 		return 0;
-	tether_iso8601((int64_t)time(NULL), when, sizeof(when));
+	now = time(NULL);
 	pthread_mutex_lock(&a->lock);
+	if (now != a->when || !a->when_s[0]) {
+		tether_iso8601((int64_t)now, a->when_s, sizeof(a->when_s));
+		a->when = now;
+	}
 	reserve(a, 1);
 	a->buf[a->len++] = '{';
-	put_member(a, 1, "time", when);
+	put_member(a, 1, "time", a->when_s);
 	put_member(a, 0, "who", who ? who : "unknown");
 	put_member(a, 0, "what", what ? what : "unknown");
 	if (target) {

@@ -164,7 +164,7 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 	struct trust_arg ta;
 	tether_config_edit edits[64];
 	size_t ne = 0;
-	int oi, r;
+	int oi, r, ta_done = 0;
 
 	memset(&o, 0, sizeof(o));
 	r = cli_parse(c, argc, argv, configure_opts_spec, "[--trust T]... [--remove-trust T]... [--listen ADDR:PORT] ...",
@@ -230,10 +230,31 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 	r = cli_open_instance(c);
 	if (r < 0)
 		return r;
-	if (ne) {
-		r = tether_config_apply(c->inst->config_path, agent_schema, edits, ne, &c->err);
+	/* Trust and configuration change together or not at all: the edits
+	 * are checked first, the trust (which has its own checks) changed,
+	 * then the configuration written. */
+	if (ne && (o.n || o.reset)) {
+		r = tether_config_check_edits(c->inst->config_path, agent_schema, edits, ne, &c->err);
 		if (r < 0)
 			return r;
+	}
+	if (o.n || o.reset) {
+		memset(&ta, 0, sizeof(ta));
+		ta.o = &o;
+		r = tether_trust_update(c->inst->state_dir, apply_trust, &ta, &c->err);
+		if (r < 0)
+			return r;
+		ta_done = 1;
+	}
+	if (ne) {
+		r = tether_config_apply(c->inst->config_path, agent_schema, edits, ne, &c->err);
+		if (r < 0) {
+			if (ta_done) {   /* checked above: only an I/O failure or the lock */
+				fputs(ta.log, stdout);
+				tether_err_prefix(&c->err, "the trust was changed (above) but not the configuration");
+			}
+			return r;
+		}
 		if (o.listen)
 			printf("Listening address set to %s (restart the agent to apply)\n", o.listen);
 		if (o.landing)
@@ -259,14 +280,8 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 		if (o.proxy)
 			printf("Proxy %s\n", strcmp(o.proxy, "off") ? o.proxy : "off");
 	}
-	if (o.n || o.reset) {
-		memset(&ta, 0, sizeof(ta));
-		ta.o = &o;
-		r = tether_trust_update(c->inst->state_dir, apply_trust, &ta, &c->err);
-		if (r < 0)
-			return r;
+	if (ta_done)
 		fputs(ta.log, stdout);
-	}
 	return 0;
 }
 

@@ -508,19 +508,33 @@ out:
 	return r;
 }
 
-int tether_config_apply(const char *path, const tether_config_key *schema,
-                        const tether_config_edit *edits, size_t n,
+#define CONFIG_LOCK_WAIT_MS 10000
+
+/* Read, edit, check and (if write) replace the file, under a lock on
+ * PATH.lock so that concurrent edits are applied one after the other
+ * instead of one losing the other's. */
+static int config_apply(const char *path, const tether_config_key *schema,
+                        const tether_config_edit *edits, size_t n, int write,
                         tether_error *err)
 {
 	unsigned char *text = NULL;
 	size_t len;
-	char *newtext = NULL;
+	char *newtext = NULL, *lockpath;
 	tether_config *check = NULL;
-	int r;
+	int r, lock = -1;
 
+	if (write) {
+		lockpath = tether_asprintf("%s.lock", path);
+		lock = tether_lock_wait(lockpath, CONFIG_LOCK_WAIT_MS, err);
+		free(lockpath);
+		if (lock < 0) {
+			tether_err_prefix(err, "cannot change %s (left as it was)", path);
+			return lock;
+		}
+	}
 	r = tether_read_file(path, CONFIG_MAX_BYTES, &text, &len, err);
 	if (r < 0)
-		return r;
+		goto out;
 	r = tether_config_edit_text((char *)text, edits, n, &newtext, err);
 	if (r < 0)
 		goto out;
@@ -529,12 +543,28 @@ int tether_config_apply(const char *path, const tether_config_key *schema,
 		tether_err_prefix(err, "change refused, %s left as it was", path);
 		goto out;
 	}
-	r = tether_write_atomic(path, newtext, strlen(newtext), 0640, err);
+	if (write)
+		r = tether_write_atomic(path, newtext, strlen(newtext), 0640, err);
 out:
+	tether_unlock(lock);
 	tether_config_free(check);
 	free(newtext);
 	free(text);
 	return r;
+}
+
+int tether_config_apply(const char *path, const tether_config_key *schema,
+                        const tether_config_edit *edits, size_t n,
+                        tether_error *err)
+{
+	return config_apply(path, schema, edits, n, 1, err);
+}
+
+int tether_config_check_edits(const char *path, const tether_config_key *schema,
+                              const tether_config_edit *edits, size_t n,
+                              tether_error *err)
+{
+	return config_apply(path, schema, edits, n, 0, err);
 }
 
 int tether_validate_hostport(const char *v, char *why, size_t n)

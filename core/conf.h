@@ -63,6 +63,11 @@ typedef struct tether_config_edit {
 int tether_config_apply(const char *path, const tether_config_key *schema,
                         const tether_config_edit *edits, size_t n,
                         tether_error *err);
+/* What tether_config_apply would refuse, without writing anything (to
+ * check edits before another change they go with). */
+int tether_config_check_edits(const char *path, const tether_config_key *schema,
+                              const tether_config_edit *edits, size_t n,
+                              tether_error *err);
 /* Same on a text; returns a malloc'd new text. */
 int tether_config_edit_text(const char *text, const tether_config_edit *edits,
                             size_t n, char **out, tether_error *err);

@@ -200,6 +200,40 @@ int tether_lock(const char *path, tether_error *err)
 	return fd;
 }
 
+int tether_lock_wait(const char *path, int timeout_ms, tether_error *err)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int waited = 0;
+	char pid[32];
+
+	if (fd < 0)
+		return tether_err_set(err, errno == EACCES ? TETHER_ERR_PERMISSION : TETHER_ERR_IO,
+		                      TETHER_CAT_IO, "cannot open lock file %s: %s", path, strerror(errno));
+	while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EINTR)
+			continue;
+		if (errno != EWOULDBLOCK || waited >= timeout_ms) {
+			int e = errno;
+			ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+			pid[n > 0 ? n : 0] = '\0';
+			pid[strcspn(pid, "\n")] = '\0';
+			close(fd);
+			if (e != EWOULDBLOCK)
+				return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, "cannot lock %s: %s",
+				                      path, strerror(e));
+			return tether_err_set(err, TETHER_ERR_TIMEOUT, TETHER_CAT_IO,
+			                      "%s is held by another process (pid %s) for more than %d s: let it "
+			                      "finish (or stop it) and try again", path, pid[0] ? pid : "unknown",
+			                      timeout_ms / 1000);
+		}
+		usleep(10000);
+		waited += 10;
+	}
+	snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, strlen(pid), 0) < 0) { /* best effort */ }
+	return fd;
+}
+
 void tether_unlock(int fd)
 {
 	if (fd >= 0) {

@@ -28,6 +28,9 @@ int tether_read_file(const char *path, size_t max, unsigned char **out,
  * fd >= 0 or a negative error. */
 int tether_lock(const char *path, tether_error *err);
 void tether_unlock(int fd);
+/* The same, waiting at most timeout_ms; the holder's pid is written into
+ * the lock file so that a timeout can name it. */
+int tether_lock_wait(const char *path, int timeout_ms, tether_error *err);
 /* rm -rf of a directory we own.  Refuses "/" and "". */
 int tether_rmtree(const char *path);
 int tether_path_exists(const char *path);

@@ -142,6 +142,11 @@ int tether_instance_delete(const tether_instance *in, tether_error *err)
 	if (unlink(in->config_path) < 0)
 		return tether_err_set(err, TETHER_ERR_IO, TETHER_CAT_IO, "cannot remove %s: %s",
 		                      in->config_path, strerror(errno));
+	{
+		char *lock = tether_asprintf("%s.lock", in->config_path);   /* tether_config_apply's */
+		unlink(lock);
+		free(lock);
+	}
 	tether_rmtree(in->state_dir);
 	tether_rmtree(in->run_dir);
 	if (in->base_dir)

@@ -61,4 +61,39 @@ wait
 "$AGENT" list-trust "${A[@]}" --json > "$TMP/out"
 n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["trusted"]))' "$TMP/out")
 is "$n" "9" "8 concurrent --trust calls all landed (lock)"
+
+# 20 concurrent configure calls, each changing the trust AND the INI (one
+# [polling] server each): every change lands in both (the INI is edited
+# under a lock too)
+pids=""
+for i in $(seq 1 20); do
+	tp=$(printf 'c%063x' $i)
+	timeout 60 "$AGENT" configure "${A[@]}" --trust $tp --add-server 127.0.0.1:$((20000 + i)) >"$TMP/cc.$i" 2>&1 &
+	pids="$pids $!"
+done
+bad=0
+for p in $pids; do wait $p || bad=$((bad + 1)); done
+is "$bad" "0" "20 concurrent configure --trust --add-server all succeed"
+"$AGENT" list-trust "${A[@]}" --json > "$TMP/out"
+n=$(python3 -c 'import json,sys; print(sum(1 for t in json.load(open(sys.argv[1]))["trusted"] if t["sha256"].startswith("c")))' "$TMP/out")
+is "$n" "20" "all 20 trusted thumbprints landed"
+n=$(grep -cE '^server *= *127\.0\.0\.1:200[0-2][0-9]$' "$H/agent-default/agent.ini")
+is "$n" "20" "all 20 [polling] servers landed in the INI"
+
+# configure with INI and trust changes: a trust failure leaves the INI as it was
+cp "$H/agent-default/state/trust.json" "$TMP/trust.good"
+echo '{ broken' > "$H/agent-default/state/trust.json"
+S0=$(snapshot "$H")
+run_exit 1 "configure --trust --add-server with an unreadable trust file" "$AGENT" configure "${A[@]}" --trust "$(printf 'd%063x' 1)" --add-server 127.0.0.1:30000
+is "$(snapshot "$H")" "$S0" "trust failed: the INI is unchanged too"
+cp "$TMP/trust.good" "$H/agent-default/state/trust.json"
+
+# a configure that waits too long on the INI lock says who holds it
+L="$H/agent-default/agent.ini.lock"
+( exec 9<>"$L"; flock 9; echo $BASHPID >"$L"; exec sleep 15 ) &
+holder=$!
+for i in $(seq 1 50); do [ "$(cat "$L" 2>/dev/null)" = "$holder" ] && break; sleep 0.1; done
+run_exit 1 "configure while another process holds the INI lock" "$AGENT" configure "${A[@]}" --listen 127.0.0.1:12346
+like "$TMP/err" "agent.ini.lock is held by another process \(pid $holder\) for more than 10 s: let it finish \(or stop it\) and try again" "names the lock, its holder and what to do"
+kill $holder 2>/dev/null; wait $holder 2>/dev/null
 done_testing

@@ -271,6 +271,7 @@ static void held_notify(held *h, tether_conn *c, const tether_error *err)
 }
 
 static int nextpin_match(struct srv *s, const char *name, const tether_thumbprint *tp);
+static int nextpin_arrived(struct srv *s, const char *name, tether_conn *c);
 static void held_connect(struct srv *s, held *h);
 static void held_drop_session(held *h);
 int srv_target_set_trusts(struct srv *s, const char *target, const char *sha);
@@ -297,6 +298,9 @@ static void srv_on_open(void *arg, tether_conn *c)
 		return;
 	}
 	h->open = 1;
+	/* re-pinned: later calls must not see a changed pin and start over */
+	if (nextpin_arrived(h->s, h->name, c))
+		tether_conn_peer_tp(c, &h->pin);
 	if (h->presenting && h->presenting == h->s->prev_id)
 		srv_rotation_target_back(h->s, h->name);
 	if (tether_conn_session(c, &sess, &sl) == 0) {
@@ -977,6 +981,7 @@ static void p_on_open(void *arg, tether_conn *c)
 		pt->conns->tprev = pc;
 	pt->conns = pc;
 	pt->last_connected = time(NULL);
+	nextpin_arrived(s, pc->name, c);
 	{
 		/* the identity it asked for with its pin hint is the one it trusts */
 		const char *sni = tether_conn_tls_info(c)->server_name;
@@ -1314,8 +1319,9 @@ static int load_identities(srv *s, tether_error *err)
 	r = s->prov->t->identity_load(s->prov->ctx, TETHER_SLOT_CURRENT, &cur, err);
 	if (r == TETHER_ERR_NOT_FOUND)
 		return tether_err_set(err, r, TETHER_CAT_NOT_FOUND,
-		                      "the server has no certificate yet: run 'tether-server new-certificate%s' first",
-		                      cli_args(s->c));
+		                      "the server has no certificate yet: run 'tether-server new-certificate%s%s' first",
+		                      s->c->instance_name ? " --instance " : "",
+		                      s->c->instance_name ? s->c->instance_name : "");
 	if (r < 0)
 		return r;
 	s->prov->t->identity_cert_der(cur, &der, &len);
@@ -1485,7 +1491,7 @@ static int nextpin_match(srv *s, const char *name, const tether_thumbprint *tp)
 	return 0;
 }
 
-void srv_target_set_next_pin(srv *s, const char *target, const char *next_sha)
+static void nextpin_forget(srv *s, const char *target)
 {
 	nextpin **pp, *np;
 
@@ -1496,17 +1502,86 @@ void srv_target_set_next_pin(srv *s, const char *target, const char *next_sha)
 			free(np);
 			break;
 		}
-	if (next_sha) {
-		np = tether_xcalloc(1, sizeof(*np));
-		snprintf(np->name, sizeof(np->name), "%s", target);
-		if (tether_thumbprint_parse(next_sha, &np->tp, NULL) < 0) {
-			free(np);
-			return;
-		}
-		np->next = s->nextpins;
-		s->nextpins = np;
-	}
 	s->pcache_dirty = 1;
+}
+
+static void nextpin_remember(srv *s, const char *target, const tether_thumbprint *tp)
+{
+	nextpin *np;
+
+	nextpin_forget(s, target);
+	np = tether_xcalloc(1, sizeof(*np));
+	snprintf(np->name, sizeof(np->name), "%s", target);
+	np->tp = *tp;
+	np->next = s->nextpins;
+	s->nextpins = np;
+}
+
+/* The pending next thumbprints recorded in the registry (a rotation that
+ * a restart interrupted). */
+static void nextpins_load(srv *s)
+{
+	reg_target *list = NULL;
+	size_t n = 0, i;
+	tether_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (registry_target_list(s->reg, NULL, &list, &n, &e) < 0) {
+		log_error("cannot read the pending agent rotations: %s", e.detail);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		tether_thumbprint tp;
+		if (list[i].next_sha256 && tether_thumbprint_parse(list[i].next_sha256, &tp, NULL) == 0) {
+			nextpin_remember(s, list[i].name, &tp);
+			log_info("target %s: an agent rotation is pending: its new certificate %s is accepted beside "
+			         "%s until it connects with it", list[i].name, list[i].next_sha256, list[i].sha256);
+		}
+	}
+	reg_target_list_free(list, n);
+}
+
+/* A target connected presenting its pending next thumbprint: the agent
+ * switched (identity.promote) and the server may have missed the answer,
+ * or restarted since.  The handshake proved it holds the new key, the
+ * thumbprint came from the agent over the trusted channel: re-pin. */
+static int nextpin_arrived(srv *s, const char *name, tether_conn *c)
+{
+	tether_thumbprint tp;
+	char hex[TETHER_THUMBPRINT_HEX], old[65] = "";
+	tether_error e;
+
+	if (!s->nextpins || tether_conn_peer_tp(c, &tp) < 0 || !nextpin_match(s, name, &tp))
+		return 0;
+	memset(&e, 0, sizeof(e));
+	tether_thumbprint_hex(&tp, hex);
+	if (registry_target_set_thumbprint(s->reg, name, hex, old, &e) < 0) {
+		log_error("target %s presented its new certificate %s but it cannot be pinned: %s", name, hex, e.detail);
+		return 0;
+	}
+	nextpin_forget(s, name);
+	log_info("target %s connected with its new certificate %s: re-pinned (was %s); its agent rotation is "
+	         "complete", name, hex, old);
+	tether_audit_write(s->audit, "server", "rotate-agent-certificate", name, "ok", NULL,
+	                   "re-pinned when the agent connected with its new certificate", NULL);
+	return 1;
+}
+
+int srv_target_set_next_pin(srv *s, const char *target, const char *next_sha, tether_error *err)
+{
+	tether_thumbprint tp;
+	int r;
+
+	if (next_sha && (r = tether_thumbprint_parse(next_sha, &tp, err)) < 0)
+		return r;
+	/* recorded first: it must outlive a lost answer or a restart */
+	if ((r = registry_target_set_next(s->reg, target, next_sha, err)) < 0)
+		return r;
+	if (next_sha)
+		nextpin_remember(s, target, &tp);
+	else
+		nextpin_forget(s, target);
+	return 0;
 }
 
 void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity *id)
@@ -1656,6 +1731,7 @@ static void on_admin(void *arg, admin_call *call, const char *method, json_t *pa
 		const char *name = json_string_value(json_object_get(params, "name"));
 		s->pcache_dirty = 1;
 		if (name && (!strcmp(method, "target.remove") || !strcmp(method, "target.set-thumbprint"))) {
+			nextpin_forget(s, name); /* a new pin ends a pending agent rotation */
 			close_held_of(s, name);
 			polling_target_changed(s, name);
 		}
@@ -1797,6 +1873,7 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 		                   dbpath);
 		goto out;
 	}
+	nextpins_load(&s);
 	auditpath = tether_asprintf("%s/audit.log", c->inst->state_dir);
 	r = tether_audit_open(auditpath, &s.audit, &c->err);
 	if (r < 0)

@@ -14,7 +14,7 @@
 #include "registry.h"
 #include "util.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define BUSY_TIMEOUT_MS 5000
 
 struct registry {
@@ -47,10 +47,21 @@ static const char schema_v1[] =
 	");"
 	"PRAGMA user_version = 1;";
 
+/* Migrations: migrations[v - 2] takes a registry from version v - 1 to v,
+ * in the same transaction that reads the version. */
+static const char *const migrations[] = {
+	/* 2: the agent's next thumbprint while rotate-agent-certificate runs
+	 * (pinned before identity.promote, so that an agent that switched is
+	 * still accepted after a lost answer or a restart of the server) */
+	"ALTER TABLE targets ADD COLUMN next_sha256 TEXT"
+	" CHECK (next_sha256 IS NULL OR (length(next_sha256) = 64 AND next_sha256 NOT GLOB '*[^0-9a-f]*'));"
+	"PRAGMA user_version = 2;",
+};
+
 #define TARGET_COLS \
 	"name, mode, host, port, sha256, tags, created, updated, last_state, last_category, " \
 	"last_error, last_checked, last_seen, last_rtt_ms, last_tls_version, last_cipher, " \
-	"last_peer_sha256, last_cert_signature_algorithm"
+	"last_peer_sha256, last_cert_signature_algorithm, next_sha256"
 
 /* Who holds the lock that made SQLite give up: the POSIX locks SQLite
  * takes on path-shm (WAL mode: the write, checkpoint, recovery and read
@@ -246,8 +257,9 @@ static int create_schema(registry *reg, tether_error *err)
 		                      "tether-server (this one knows up to version %d): upgrade "
 		                      "tether-server, or restore a backup made by this version",
 		                      reg->path, version, SCHEMA_VERSION);
-	/* version 0: a new database.  BEGIN IMMEDIATE, then look again, so that
-	 * two processes opening a new registry at once create it once. */
+	/* version 0: a new database; older: migrate.  BEGIN IMMEDIATE, then
+	 * look again, so that two processes opening the registry at once
+	 * create or migrate it once. */
 	if ((r = exec_sql(reg, "BEGIN IMMEDIATE", err, "create the registry's tables")) < 0)
 		return r;
 	r = pragma_int(reg, "PRAGMA user_version", &version, err, "read the registry's schema version");
@@ -255,6 +267,11 @@ static int create_schema(registry *reg, tether_error *err)
 		goto out;
 	if (version == 0 && (r = exec_sql(reg, schema_v1, err, "create the registry's tables")) < 0)
 		goto out;
+	if (version == 0)
+		version = 1;
+	for (; version < SCHEMA_VERSION; version++)
+		if ((r = exec_sql(reg, migrations[version - 1], err, "upgrade the registry's tables")) < 0)
+			goto out;
 	r = exec_sql(reg, "COMMIT", err, "create the registry's tables");
 out:
 	if (r < 0)
@@ -527,6 +544,7 @@ static void row_to_target(sqlite3_stmt *st, reg_target *t)
 	t->last_cipher = col_str(st, 15);
 	t->last_peer_sha256 = col_str(st, 16);
 	t->last_cert_signature_algorithm = col_str(st, 17);
+	t->next_sha256 = col_str(st, 18);
 }
 
 static int not_found(const char *name, tether_error *err)
@@ -647,7 +665,8 @@ int registry_target_set_thumbprint(registry *reg, const char *name, const char *
 	snprintf(old, sizeof(old), "%s", (const char *)sqlite3_column_text(st, 0));
 	sqlite3_finalize(st);
 	st = NULL;
-	if ((r = prepare(reg, "UPDATE targets SET sha256 = ?2, updated = ?3 WHERE name = ?1",
+	/* a new pin ends any pending agent rotation (next_sha256) */
+	if ((r = prepare(reg, "UPDATE targets SET sha256 = ?2, updated = ?3, next_sha256 = NULL WHERE name = ?1",
 	                 &st, err, what)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -668,6 +687,41 @@ out:
 	if (old_sha256)
 		memcpy(old_sha256, old, sizeof(old));
 	return 0;
+}
+
+/* sql: an UPDATE of one column with ?1 the name and ?2 the value. */
+static int set_column(registry *reg, const char *sql, const char *name, const char *next_sha256,
+                      const char *noun, tether_error *err)
+{
+	sqlite3_stmt *st = NULL;
+	char what[160];
+	int r, rc;
+
+	if ((r = registry_name_ok(name, "target name", err)) < 0)
+		return r;
+	if (next_sha256 && (r = sha256_ok(next_sha256, "thumbprint", err)) < 0)
+		return r;
+	snprintf(what, sizeof(what), "record %s of target '%s'", noun, name);
+	if ((r = prepare(reg, sql, &st, err, what)) < 0)
+		return r;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (next_sha256)
+		sqlite3_bind_text(st, 2, next_sha256, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 2);
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_DONE)
+		r = fail(reg, rc, err, what);
+	else if (sqlite3_changes(reg->db) == 0)
+		r = not_found(name, err);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int registry_target_set_next(registry *reg, const char *name, const char *next_sha256, tether_error *err)
+{
+	return set_column(reg, "UPDATE targets SET next_sha256 = ?2 WHERE name = ?1", name, next_sha256,
+	                  "the next thumbprint", err);
 }
 
 static int state_ok(const char *s)
@@ -769,6 +823,7 @@ void reg_target_clear(reg_target *t)
 	free(t->last_cipher);
 	free(t->last_peer_sha256);
 	free(t->last_cert_signature_algorithm);
+	free(t->next_sha256);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -829,5 +884,6 @@ json_t *reg_target_to_json(const reg_target *t)
 	json_object_set_new(o, "cipher", str_or_null(t->last_cipher));
 	json_object_set_new(o, "peer_sha256", str_or_null(t->last_peer_sha256));
 	json_object_set_new(o, "cert_signature_algorithm", str_or_null(t->last_cert_signature_algorithm));
+	json_object_set_new(o, "next_sha256", str_or_null(t->next_sha256));
 	return o;
 }

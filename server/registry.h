@@ -44,6 +44,10 @@ typedef struct reg_target {
 	char *last_cipher;
 	char *last_peer_sha256;      /* what the peer presented (even when untrusted) */
 	char *last_cert_signature_algorithm;
+	/* rotate-agent-certificate: the agent's new thumbprint, accepted
+	 * beside sha256 from before identity.promote until the target is
+	 * re-pinned to it; NULL when no agent rotation is pending */
+	char *next_sha256;
 } reg_target;
 
 /* One health-check result for registry_record_health.  Strings may be
@@ -100,6 +104,10 @@ int registry_target_remove(registry *reg, const char *name, tether_error *err);
  * the previous one.  NOT_FOUND if absent. */
 int registry_target_set_thumbprint(registry *reg, const char *name, const char *sha256,
                                    char old_sha256[65], tether_error *err);
+/* Set (or, with NULL, clear) the target's pending next thumbprint (see
+ * reg_target.next_sha256).  set_thumbprint clears it.  NOT_FOUND if
+ * absent. */
+int registry_target_set_next(registry *reg, const char *name, const char *next_sha256, tether_error *err);
 /* Record n results in one transaction.  Results for targets removed in
  * the meantime are skipped. */
 int registry_record_health(registry *reg, const reg_health *results, size_t n,
@@ -111,7 +119,7 @@ void reg_target_list_free(reg_target *v, size_t n);
 /* The JSON form (names of DESIGN.md): name, mode, host, port, address,
  * sha256, tags, created, updated, state, category, error, last_checked,
  * last_seen, rtt_ms, tls_version, cipher, peer_sha256,
- * cert_signature_algorithm.  Times are ISO 8601 UTC or null. */
+ * cert_signature_algorithm, next_sha256.  Times are ISO 8601 UTC or null. */
 json_t *reg_target_to_json(const reg_target *t);
 
 #endif

@@ -40,7 +40,9 @@ typedef struct rot_item {
 	rot_job *job;
 	char name[REG_NAME_MAX + 1];
 	char mode[16];
-	char old_pin[65];               /* agent rotation: the pin before */
+	char old_pin[65];               /* agent rotation: the pin before (once rotated) */
+	char pin_before[65];            /* agent rotation: the pin when the job started */
+	int had_next;                   /* agent rotation: an earlier one was pending */
 	char next_pin[65];
 	int step;
 	int done;
@@ -229,14 +231,18 @@ static void agent_step_reply(void *arg, const tether_rpc_response *resp, const t
 			tether_err_set(&e, TETHER_ERR_PROTOCOL, TETHER_CAT_NONE, "%s: %s", resp->code, resp->message);
 		else
 			e = *err;
-		if (it->step <= 2)
-			srv_target_set_next_pin(s, it->name, NULL);
-		/* after a promote the new pin stays accepted alongside the old one */
-		item_end(it, it->step == 1 ? unreach_state(&e) : "failed", &e,
-		         "step %d (%s) failed: %s%s", it->step,
-		         it->step == 1 ? "identity.stage" : it->step == 2 ? "identity.promote" : "health on the new identity",
-		         e.detail, it->step <= 2 ? "; the old pin still works" :
-		         "; the server accepts both the old and the new certificate until the next run");
+		/* From identity.promote on, the agent may have switched even if
+		 * the answer was lost: the new pin stays accepted beside the old
+		 * one (in the registry), and the target is re-pinned when it
+		 * connects with it. */
+		if (it->step == 1)
+			item_end(it, unreach_state(&e), &e, "step 1 (identity.stage) failed: %s; the old pin still works",
+			         e.detail);
+		else
+			item_end(it, "failed", &e, "step %d (%s) failed: %s; the server accepts both the old pin %.16s... "
+			         "and the new certificate %s, and re-pins the target when the agent connects with the "
+			         "new one", it->step, it->step == 2 ? "identity.promote" : "health on the new identity",
+			         e.detail, it->pin_before, it->next_pin);
 		return;
 	}
 	if (it->step == 1) {
@@ -247,7 +253,11 @@ static void agent_step_reply(void *arg, const tether_rpc_response *resp, const t
 			return;
 		}
 		snprintf(it->next_pin, sizeof(it->next_pin), "%s", sha);
-		srv_target_set_next_pin(s, it->name, sha);
+		if (srv_target_set_next_pin(s, it->name, sha, &e) < 0) {
+			item_end(it, "failed", &e, "cannot record the new thumbprint %s before switching the agent: %s; "
+			         "the agent was not switched, the old pin still works", sha, e.detail);
+			return;
+		}
 		it->step = 2;
 		srv_target_call(s, it->name, "identity.promote", json_pack("{s:s}", "sha256", sha), 0,
 		                agent_step_reply, it);
@@ -261,20 +271,21 @@ static void agent_step_reply(void *arg, const tether_rpc_response *resp, const t
 	}
 	if (it->step == 3) {
 		const char *got = json_string_value(json_object_get(json_object_get(resp->result, "certificate"), "sha256"));
-		char old[65];
 		if (!got || strcasecmp(got, it->next_pin)) {
 			tether_err_set(&e, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED, "unexpected certificate");
 			item_end(it, "failed", &e, "the agent answered with certificate %s, not the new %s",
 			         got ? got : "?", it->next_pin);
 			return;
 		}
-		if (registry_target_set_thumbprint(srv_registry(s), it->name, it->next_pin, old, &e) < 0) {
+		/* usually done already when the fresh connection opened (the
+		 * server re-pins a target that presents its next thumbprint) */
+		if (registry_target_set_thumbprint(srv_registry(s), it->name, it->next_pin, NULL, &e) < 0 ||
+		    srv_target_set_next_pin(s, it->name, NULL, &e) < 0) {
 			item_end(it, "failed", &e, "cannot record the new pin: %s", e.detail);
 			return;
 		}
-		srv_target_set_next_pin(s, it->name, NULL);
 		srv_targets_changed(s, NULL);
-		snprintf(it->old_pin, sizeof(it->old_pin), "%s", old);
+		snprintf(it->old_pin, sizeof(it->old_pin), "%s", it->pin_before);
 		item_end(it, "rotated", NULL, NULL);
 	}
 }
@@ -311,6 +322,11 @@ static void job_start_item(rot_job *j, rot_item *it)
 		item_next(it);
 	} else if (j->kind == JOB_AGENTS) {
 		it->step = 1;
+		/* an earlier rotation is pending (its answer was lost): a fresh
+		 * connection first, so that an agent that did switch is re-pinned
+		 * before it stages yet another identity */
+		if (it->had_next)
+			srv_target_close(j->s, it->name);
 		srv_target_call(j->s, it->name, "identity.stage",
 		                json_pack("{s:s}", "key_type", tether_key_type_names[j->key_type]), 0,
 		                agent_step_reply, it);
@@ -426,6 +442,8 @@ static int job_targets(rot_job *j, json_t *names, int all, const char *only_trus
 			continue;
 		snprintf(j->items[j->n].name, sizeof(j->items[j->n].name), "%s", list[i].name);
 		snprintf(j->items[j->n].mode, sizeof(j->items[j->n].mode), "%s", list[i].mode);
+		snprintf(j->items[j->n].pin_before, sizeof(j->items[j->n].pin_before), "%s", list[i].sha256);
+		j->items[j->n].had_next = list[i].next_sha256 != NULL;
 		j->items[j->n].job = j;
 		j->n++;
 	}

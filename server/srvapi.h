@@ -52,8 +52,10 @@ int srv_target_trusts(srv *s, const char *target, char out[65]);
 int srv_target_set_trusts(srv *s, const char *target, const char *sha256);
 /* Close a target's connections; the next call makes a fresh one. */
 void srv_target_close(srv *s, const char *target);
-/* While set, the target may also present next_sha256 (agent rotation). */
-void srv_target_set_next_pin(srv *s, const char *target, const char *next_sha256);
+/* While set, the target may also present next_sha256 (agent rotation);
+ * NULL clears.  Recorded in the registry (it outlives a restart); when
+ * the target connects presenting it, the server re-pins the target to it. */
+int srv_target_set_next_pin(srv *s, const char *target, const char *next_sha256, tether_error *err);
 /* Present this identity (not stored; e.g. a recovery identity) to target's
  * next listening connection; NULL clears. */
 void srv_target_set_oneoff_identity(srv *s, const char *target, tether_identity *id);

@@ -90,7 +90,7 @@ static void test_open_creates(void **state)
 	sqlite3_finalize(s);
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-	assert_int_equal(sqlite3_column_int(s, 0), 1);
+	assert_int_equal(sqlite3_column_int(s, 0), 2);
 	sqlite3_finalize(s);
 	sqlite3_close(db);
 	assert_int_equal(count(f->reg, NULL), 0);
@@ -470,6 +470,53 @@ static void test_newer_schema(void **state)
 	assert_int_equal(count(f->reg, NULL), 1);
 }
 
+/* A registry written by a version-1 tether-server is upgraded in place:
+ * its targets are kept, and the next thumbprint (version 2) works. */
+static void test_migrate_v1(void **state)
+{
+	fixture *f = *state;
+	tether_error err;
+	registry *r = NULL;
+	reg_target t;
+	sqlite3 *db;
+	char *p = tether_asprintf("%s/v1.db", f->dir);
+	static const char v1[] =
+		"CREATE TABLE targets (name TEXT PRIMARY KEY NOT NULL, mode TEXT NOT NULL, host TEXT, port INTEGER,"
+		" sha256 TEXT NOT NULL, tags TEXT NOT NULL DEFAULT '[]', created INTEGER NOT NULL,"
+		" updated INTEGER NOT NULL, last_state TEXT, last_category TEXT, last_error TEXT,"
+		" last_checked INTEGER, last_seen INTEGER, last_rtt_ms INTEGER, last_tls_version TEXT,"
+		" last_cipher TEXT, last_peer_sha256 TEXT, last_cert_signature_algorithm TEXT);"
+		"INSERT INTO targets (name, mode, host, port, sha256, created, updated) VALUES"
+		" ('old', 'listening', 'h', 1, '" TP_A "', 1, 1);"
+		"PRAGMA user_version = 1;";
+
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(sqlite3_open(p, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(registry_open(p, &r, &err), 0);
+	assert_int_equal(registry_target_get(r, "old", &t, &err), 0);
+	assert_string_equal(t.sha256, TP_A);
+	assert_null(t.next_sha256);
+	reg_target_clear(&t);
+	assert_int_equal(registry_target_set_next(r, "old", TP_B, &err), 0);
+	assert_int_equal(registry_target_set_next(r, "nobody", TP_B, &err), TETHER_ERR_NOT_FOUND);
+	assert_int_equal(registry_target_set_next(r, "old", "xyz", &err), TETHER_ERR_INVALID);
+	registry_close(r);
+	/* it outlives a reopen; a new pin clears it */
+	assert_int_equal(registry_open(p, &r, &err), 0);
+	assert_int_equal(registry_target_get(r, "old", &t, &err), 0);
+	assert_string_equal(t.next_sha256, TP_B);
+	reg_target_clear(&t);
+	assert_int_equal(registry_target_set_thumbprint(r, "old", TP_B, NULL, &err), 0);
+	assert_int_equal(registry_target_get(r, "old", &t, &err), 0);
+	assert_string_equal(t.sha256, TP_B);
+	assert_null(t.next_sha256);
+	reg_target_clear(&t);
+	registry_close(r);
+	free(p);
+}
+
 static void test_open_missing_dir(void **state)
 {
 	tether_error err;
@@ -496,6 +543,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_newer_schema, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test(test_open_missing_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2270,6 +2270,15 @@ void tether_conn_close_when_idle(tether_conn *c, const char *message)
 	snprintf(c->drain_msg, sizeof(c->drain_msg), "%s", message ? message : "closing");
 	drain_check(c);
 }
+size_t tether_conn_load(const tether_conn *c)
+{
+	const stream *st;
+	size_t n = c->npending + c->inflight_in;
+
+	for (st = c->streams; st; st = st->next)
+		n++;
+	return n;
+}
 const char *tether_conn_peer_addr(const tether_conn *c) { return c->peer_addr; }
 const tether_tls_info *tether_conn_tls_info(const tether_conn *c) { return &c->info; }
 const tether_hello *tether_conn_peer_hello(const tether_conn *c) { return &c->peer_hello; }

@@ -142,6 +142,10 @@ void tether_conn_close_when_idle(tether_conn *c, const char *message);
 void tether_conn_abort(tether_conn *c, int category, const char *why);
 
 int tether_conn_is_open(const tether_conn *c);
+/* Work in flight on c: requests sent and not answered, requests received
+ * and not answered, and open streams (a server spreading requests over
+ * several connections picks the least busy). */
+size_t tether_conn_load(const tether_conn *c);
 const char *tether_conn_peer_addr(const tether_conn *c);     /* "1.2.3.4:5" */
 /* The thumbprint the peer presented (valid once has_peer_tp is set). */
 int tether_conn_peer_tp(const tether_conn *c, tether_thumbprint *out);

@@ -899,10 +899,14 @@ static void pwaiter_done(pwaiter *w, tether_conn *c, const tether_error *err)
 	uv_close((uv_handle_t *)&w->timer, (uv_close_cb)free);
 }
 
+/* The least busy of the target's open connections (fewest requests and
+ * streams in flight: a request does not queue behind a long transfer);
+ * round-robin among equally busy ones. */
 static tether_conn *ptarget_pick(srv *s, ptarget *pt)
 {
 	pconn *pc, *open[64];
-	unsigned n = 0;
+	unsigned n = 0, i, k, best = 0;
+	size_t load, least = (size_t)-1;
 
 	(void)s;
 	for (pc = pt->conns; pc && n < 64; pc = pc->tnext)
@@ -910,7 +914,19 @@ static tether_conn *ptarget_pick(srv *s, ptarget *pt)
 			open[n++] = pc;
 	if (!n)
 		return NULL;
-	return open[pt->rr++ % n]->c;
+	for (i = 0; i < n; i++) {
+		k = (pt->rr + i) % n;
+		load = tether_conn_load(open[k]->c);
+		if (load < least) {
+			least = load;
+			best = k;
+		}
+	}
+	pt->rr = best + 1;
+	if (n > 1)
+		tether_debug("rpc", "polling target %s: request on the connection from %s (%zu in flight; %u "
+		             "connections open)", pt->name, tether_conn_peer_addr(open[best]->c), least, n);
+	return open[best]->c;
 }
 
 /* An unregistered agent that does not register in time (a polling agent

@@ -53,10 +53,51 @@ kill $CPID; wait $CPID 2>/dev/null
 
 # the server restarts: the agent reconnects by itself
 kill $SPID; wait $SPID 2>/dev/null
-bg "$SERVER" run "${A[@]}" 2>"$TMP/server2.log"
+bg env TETHER_DEBUG=rpc "$SERVER" run "${A[@]}" 2>"$TMP/server2.log"
 SPID=$LAST_PID
 wait_for test -S "$H/server-default/run/admin.sock"
 run_ok "health after a server restart (the agent reconnects)" "$SERVER" health "${A[@]}" pa
+
+# [polling] connections = 2: the agent holds two connections, and a request
+# goes to the least busy one, so it does not queue behind a long upload
+kill $APID; wait $APID 2>/dev/null
+run_ok "configure --polling-connections 2" "$AGENT" configure "${A[@]}" --polling-connections 2
+like "$H/agent-default/agent.ini" "^connections = 2" "config says connections = 2"
+mkdir -p "$TMP/root"
+printf '\n[files]\nroots = %s\n' "$TMP/root" >> "$H/agent-default/agent.ini"
+before=$(grep -c "polling agent pa connected" "$TMP/server2.log")
+bg env TETHER_DEBUG=tls "$AGENT" run "${A[@]}" 2>>"$TMP/agent.log"
+APID=$LAST_PID
+for i in $(seq 1 100); do
+	[ "$(grep -c "polling agent pa connected" "$TMP/server2.log")" -ge $((before + 2)) ] && break
+	sleep 0.1
+done
+is "$(grep -c "polling agent pa connected" "$TMP/server2.log")" "$((before + 2))" "the server logs two connections of the agent"
+is "$(ss -Htn state established "dport = :$SPORT" | wc -l)" 2 "ss: two established connections to the polling port"
+truncate -s 1G "$TMP/big"
+"$SERVER" upload "${A[@]}" pa "$TMP/big" big.bin >"$TMP/uout" 2>"$TMP/uerr" &
+UP=$!
+found=1
+for i in $(seq 1 200); do
+	if ls -A "$TMP/root" | grep -q '^\.tether-upload-'; then found=0; break; fi
+	sleep 0.05
+done
+ok $found "the 1 GiB upload is running (its temporary file appeared)"
+mark=$(wc -l < "$TMP/server2.log")
+run_ok "health during the upload" "$SERVER" health "${A[@]}" pa
+run_ok "exec during the upload" "$SERVER" exec "${A[@]}" pa -- echo during
+is "$(cat "$TMP/out")" "during" "exec output"
+kill -0 $UP 2>/dev/null; ok $? "the upload was still running when health and exec had answered"
+tail -n +$((mark + 1)) "$TMP/server2.log" | grep "polling target pa: request on the connection" > "$TMP/picks"
+[ -s "$TMP/picks" ] && ! grep -qv "(0 in flight; 2 connections open)" "$TMP/picks"
+ok $? "health and exec went to the idle connection, not the one carrying the upload"
+[ -s "$TMP/picks" ] || sed 's/^/# server: /' "$TMP/server2.log" | tail -20
+grep -v "(0 in flight" "$TMP/picks" | sed 's/^/# pick: /'
+wait $UP
+r=$?; ok $r "the upload completes"
+[ $r -eq 0 ] || sed 's/^/# upload: /' "$TMP/uerr"
+is "$(stat -c %s "$TMP/root/big.bin" 2>/dev/null)" "$(stat -c %s "$TMP/big")" "and arrives whole"
+rm -f "$TMP/big" "$TMP/root/big.bin"
 
 # a polling target that is not connected: clear failure after [polling] wait
 "$SERVER" target add "${A[@]}" ghost --polling --thumbprint $(printf '%064x' 7) >/dev/null

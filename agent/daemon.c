@@ -1058,6 +1058,11 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 		log_warn("hint: if that server should trust this agent, run 'tether-server target set-thumbprint "
 		         "NAME %s' there (NAME: this agent's target); 'tether-agent show-thumbprint' shows this "
 		         "agent's certificate", sha);
+	} else if (why->code && why->category == TETHER_CAT_PEER_NO_CERTIFICATE && !ac->open) {
+		/* a TLS client without a certificate (scanners, probes); served
+		 * landing pages are closed without an error and not logged */
+		log_info("handshake with %s failed (peer_no_certificate): %s", tether_conn_peer_addr(c), why->detail);
+		log_info("hint: %s", tether_category_hint(why->category));
 	} else if (why->code && why->category == TETHER_CAT_UNTRUSTED) {
 		tether_thumbprint tp;
 		char hex[TETHER_THUMBPRINT_HEX];

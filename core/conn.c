@@ -825,11 +825,13 @@ static void landing_input(tether_conn *c, const unsigned char *p, size_t n)
 			l += snprintf(resp + l, sizeof(resp) - (size_t)l, "\n");
 		c->o.prov->t->tls_write(c->tls, resp, (size_t)l, NULL);
 		tether_debug("tls", "served the landing page to %s", c->peer_addr);
+		/* a liveness check answered, not a failure to log */
+		set_close_err(c, TETHER_ERR_CLOSED, TETHER_CAT_NONE, "served the landing page to %s", c->peer_addr);
 	} else {
-		tether_debug("tls", "%s sent non-HTTP data without a certificate: closing", c->peer_addr);
+		set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_PEER_NO_CERTIFICATE,
+		              "%s presented no certificate and sent data that is neither tether nor HTTP",
+		              c->peer_addr);
 	}
-	set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_PEER_NO_CERTIFICATE,
-	              "%s presented no certificate", c->peer_addr);
 	c->o.prov->t->tls_close(c->tls);
 	close_after_flush(c);
 }

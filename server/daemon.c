@@ -1061,7 +1061,7 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 		log_warn("refused a polling agent from %s: its certificate %s is not registered; if it is yours, "
 		         "run 'tether-server target add NAME --polling --thumbprint %s'", tether_conn_peer_addr(c),
 		         pc->sha, pc->sha);
-	} else if (why->code && why->code != TETHER_ERR_CLOSED && why->category != TETHER_CAT_PEER_NO_CERTIFICATE) {
+	} else if (why->code && why->code != TETHER_ERR_CLOSED) {
 		log_info("polling connection from %s failed (%s): %s", tether_conn_peer_addr(c),
 		         tether_category_name(why->category), why->detail);
 		log_info("hint: %s", tether_category_hint(why->category));

@@ -131,7 +131,7 @@ APORT=$(free_port)
 "$SERVER" create-instance "${A[@]}" >/dev/null
 "$SERVER" new-certificate "${A[@]}" >/dev/null
 PPORT=$(free_port)
-printf '\n[polling]\naddress = 127.0.0.1:%s\n' "$PPORT" >> "$H/server-default/server.ini"
+printf '\n[polling]\naddress = 127.0.0.1:%s\n[timeouts]\nhandshake = 2\n' "$PPORT" >> "$H/server-default/server.ini"
 AT=$("$AGENT" show-thumbprint "${A[@]}" | head -1)
 ST=$("$SERVER" show-thumbprint "${A[@]}" | head -1)
 "$AGENT" configure "${A[@]}" --trust "$ST" --listen 127.0.0.1:$APORT >/dev/null
@@ -210,6 +210,99 @@ echo | timeout 10 openssl s_client -connect 127.0.0.1:$PPORT -tls1_1 -cipher 'DE
 sleep 0.3
 grep -A1 "polling connection from .* failed (protocol_version)" "$TMP/server.log" > srvlog2
 like srvlog2 "hint: the two sides share no TLS version.*MinProtocol" "server log: a polling-port failure is followed by its hint"
+
+# --- misbehaving peers: one that resets mid-handshake, one that says nothing ---
+# (each exits after 60 s without a connection)
+cat > "$TMP/bad.py" <<'PYEOF'
+import socket, ssl, struct, sys, time
+mode, port = sys.argv[1], int(sys.argv[2])
+if mode == "nocert":  # a TLS client without a certificate: print how it ended
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+    s.sendall(b"\x00\x00\x00\x00")
+    try:
+        print("closed" if s.recv(100) == b"" else "data")
+    except (ssl.SSLError, OSError) as e:
+        print("closed:", e)
+    sys.exit(0)
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port))
+ls.listen(16)
+ls.settimeout(60)
+held = []
+while True:
+    try:
+        c, _ = ls.accept()
+    except socket.timeout:
+        break
+    if mode == "reset":  # read the ClientHello, then RST
+        c.settimeout(5)
+        try:
+            c.recv(1)
+        except OSError:
+            pass
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    else:  # silent: accept and never answer
+        held.append(c)
+PYEOF
+RP=$(free_port); bg python3 "$TMP/bad.py" reset $RP
+SP=$(free_port); bg python3 "$TMP/bad.py" silent $SP
+wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$SP"
+case_is reset connection_reset "look at the other side's log" 127.0.0.1:$RP
+case_is silent timeout "did not answer in time" 127.0.0.1:$SP
+like silent.json "did not complete the TLS handshake within" "silent: the error says the handshake timed out"
+"$SERVER" target add "${A[@]}" resetter --listening 127.0.0.1:$RP --thumbprint "$AT" >/dev/null
+"$SERVER" target add "${A[@]}" mute --listening 127.0.0.1:$SP --thumbprint "$AT" >/dev/null
+run_exit 1 "health of a peer that resets and one that is silent" "$SERVER" health "${A[@]}" resetter mute --json
+cp "$TMP/out" bad.json
+is "$(jget bad.json '[r["category"] for r in d if r["target"]=="resetter"][0]')" "connection_reset" "health --json: category connection_reset"
+is "$(jget bad.json '[r["state"] for r in d if r["target"]=="resetter"][0]')" "unreachable" "health --json: a reset is unreachable"
+is "$(jget bad.json '[r["category"] for r in d if r["target"]=="mute"][0]')" "timeout" "health --json: category timeout"
+is "$(jget bad.json '[r["state"] for r in d if r["target"]=="mute"][0]')" "timeout" "health --json: state timeout"
+"$SERVER" health "${A[@]}" resetter mute > bad.txt 2>&1
+grep -A2 "^resetter " bad.txt > bad1.txt
+like bad1.txt "^    hint: the peer closed the connection during the handshake" "health table: the reset's hint"
+grep -A2 "^mute " bad.txt > bad2.txt
+like bad2.txt "^    hint: the peer did not answer in time" "health table: the timeout's hint"
+sleep 0.3
+grep -A1 "health check of target resetter " "$TMP/server.log" > srvlog3
+like srvlog3 "failed \(connection_reset\)" "server log: the reset with its category"
+like srvlog3 "hint: the peer closed the connection during the handshake" "server log: and its hint"
+grep -A1 "health check of target mute " "$TMP/server.log" > srvlog4
+like srvlog4 "failed \(timeout\): .*within" "server log: the timeout with its category"
+like srvlog4 "hint: the peer did not answer in time" "server log: and its hint"
+"$SERVER" target remove "${A[@]}" resetter >/dev/null
+"$SERVER" target remove "${A[@]}" mute >/dev/null
+
+# --- a TLS client without a certificate, at the agent and at the polling port ---
+run_ok "a TLS client without a certificate (agent)" python3 "$TMP/bad.py" nocert $APORT
+like "$TMP/out" "^closed" "agent: the certless client is closed"
+run_ok "a TLS client without a certificate (polling port)" python3 "$TMP/bad.py" nocert $PPORT
+like "$TMP/out" "^closed" "polling port: the certless client is closed"
+curl -sk https://127.0.0.1:$APORT/ > /dev/null
+sleep 0.3
+grep -A1 "failed (peer_no_certificate)" "$TMP/agent.log" > agentlog4
+like agentlog4 "info: handshake with 127.0.0.1:[0-9]+ failed \(peer_no_certificate\): .*presented no certificate" \
+	"agent log: peer_no_certificate with its category"
+like agentlog4 "hint: the peer presented no certificate" "agent log: and its hint"
+is "$(grep -c "failed (peer_no_certificate)" "$TMP/agent.log")" "1" "agent log: the landing page served to curl is not a failure"
+grep -A1 "polling connection from .* failed (peer_no_certificate)" "$TMP/server.log" > srvlog5
+like srvlog5 "hint: the peer presented no certificate" "server log: a certless client at the polling port, with its hint"
+
+# --- tether-ping --as-agent against the server's polling port ---
+"$PING" connect 127.0.0.1:$PPORT --as-agent --count 1 --timeout 3 --json > asagent.json 2>&1
+is "$(jget asagent.json 'd["ok"]')" "False" "--as-agent: refused by the server"
+is "$(jget asagent.json 'd["category"]')" "untrusted" "--as-agent: category untrusted"
+is "$(jget asagent.json 'd["peer_refused_us"]')" "True" "--as-agent: the server refused us"
+is "$(jget asagent.json 'd["peer_sha256"]')" "$ST" "--as-agent: shows the server's thumbprint"
+like asagent.json '"hint": ".*not pinned' "--as-agent: with the hint"
+sleep 0.3
+like "$TMP/server.log" "refused a polling agent from 127.0.0.1:[0-9]+: its certificate [0-9a-f]{64} is not registered" \
+	"server log: the unregistered polling agent"
 run_exit 1 "server doctor with a failing target" "$SERVER" doctor "${A[@]}"
 like "$TMP/out" "target web1 +healthy" "server doctor: the healthy target passes"
 like "$TMP/out" "polling-port .*in use by this instance" "server doctor: the polling port is the running server's"

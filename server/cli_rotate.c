@@ -137,8 +137,7 @@ int verb_rotate_certificate(cli_ctx *c, int argc, char **argv)
 			json_t *row;
 			printf("%s\n", jstr(res, "message"));
 			json_array_foreach(json_object_get(res, "remaining"), i, row)
-				printf("  %-20s on the agent: tether-agent configure --trust %s && tether-agent configure "
-				       "--remove-trust %s\n", jstr(row, "target"), jstr(res, "current"), jstr(res, "previous"));
+				printf("  %-20s %s\n", jstr(row, "target"), jstr(row, "manual"));
 			bad = 1;
 		} else {
 			printf("There is no previous identity to drop; current is %s.\n", jstr(res, "current"));

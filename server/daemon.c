@@ -301,8 +301,6 @@ static void srv_on_open(void *arg, tether_conn *c)
 	/* re-pinned: later calls must not see a changed pin and start over */
 	if (nextpin_arrived(h->s, h->name, c))
 		tether_conn_peer_tp(c, &h->pin);
-	if (h->presenting && h->presenting == h->s->prev_id)
-		srv_rotation_target_back(h->s, h->name);
 	if (tether_conn_session(c, &sess, &sl) == 0) {
 		if (h->session)
 			tether_free_wiped(h->session, h->session_len);
@@ -310,6 +308,10 @@ static void srv_on_open(void *arg, tether_conn *c)
 		h->session_len = sl;
 	}
 	held_notify(h, c, NULL);
+	/* after the waiters' requests: they finish before a rotation step
+	 * closes this connection */
+	if (h->s->prev_id) /* still trusts the previous identity, or has not retired it */
+		srv_rotation_target_back(h->s, h->name);
 }
 
 static void srv_on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
@@ -1007,11 +1009,18 @@ static void p_on_open(void *arg, tether_conn *c)
 		if (!s->recovery_id) {
 			char cur[65];
 			srv_target_trusts(s, pc->name, cur);
-			if (strcmp(cur, which))
+			if (strcmp(cur, which)) {
+				/* an agent that asks for the new identity after trust.rotate
+				 * still trusts the previous one until it retires it */
+				if (s->prev_id && !strcmp(cur, s->prev_summary.sha256)) {
+					tether_error e;
+					memset(&e, 0, sizeof(e));
+					if (registry_target_set_retire(s->reg, pc->name, cur, &e) < 0)
+						log_error("target %s: %s", pc->name, e.detail);
+				}
 				srv_target_set_trusts(s, pc->name, which);
+			}
 		}
-		if (s->prev_id && !strcmp(which, s->prev_summary.sha256))
-			srv_rotation_target_back(s, pc->name);
 	}
 	pt->last_problem[0] = '\0';
 	log_info("polling agent %s connected from %s (%s, %s%s)", pc->name, tether_conn_peer_addr(c),
@@ -1019,6 +1028,9 @@ static void p_on_open(void *arg, tether_conn *c)
 	         tether_conn_tls_info(c)->resumed ? ", resumed" : "");
 	while (pt->waiters)
 		pwaiter_done(pt->waiters, c, NULL);
+	/* after the waiters' requests, as for a listening target */
+	if (s->prev_id)
+		srv_rotation_target_back(s, pc->name);
 }
 
 static void p_on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
@@ -1335,9 +1347,8 @@ static int load_identities(srv *s, tether_error *err)
 	r = s->prov->t->identity_load(s->prov->ctx, TETHER_SLOT_CURRENT, &cur, err);
 	if (r == TETHER_ERR_NOT_FOUND)
 		return tether_err_set(err, r, TETHER_CAT_NOT_FOUND,
-		                      "the server has no certificate yet: run 'tether-server new-certificate%s%s' first",
-		                      s->c->instance_name ? " --instance " : "",
-		                      s->c->instance_name ? s->c->instance_name : "");
+		                      "the server has no certificate yet: run 'tether-server new-certificate%s' first",
+		                      cli_args(s->c));
 	if (r < 0)
 		return r;
 	s->prov->t->identity_cert_der(cur, &der, &len);

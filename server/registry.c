@@ -14,7 +14,7 @@
 #include "registry.h"
 #include "util.h"
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define BUSY_TIMEOUT_MS 5000
 
 struct registry {
@@ -56,12 +56,18 @@ static const char *const migrations[] = {
 	"ALTER TABLE targets ADD COLUMN next_sha256 TEXT"
 	" CHECK (next_sha256 IS NULL OR (length(next_sha256) = 64 AND next_sha256 NOT GLOB '*[^0-9a-f]*'));"
 	"PRAGMA user_version = 2;",
+	/* 3: the server identity the target's agent has still to retire
+	 * (rotate-certificate: set before the target is moved to the new
+	 * identity, cleared once trust.retire succeeded) */
+	"ALTER TABLE targets ADD COLUMN retire_sha256 TEXT"
+	" CHECK (retire_sha256 IS NULL OR (length(retire_sha256) = 64 AND retire_sha256 NOT GLOB '*[^0-9a-f]*'));"
+	"PRAGMA user_version = 3;",
 };
 
 #define TARGET_COLS \
 	"name, mode, host, port, sha256, tags, created, updated, last_state, last_category, " \
 	"last_error, last_checked, last_seen, last_rtt_ms, last_tls_version, last_cipher, " \
-	"last_peer_sha256, last_cert_signature_algorithm, next_sha256"
+	"last_peer_sha256, last_cert_signature_algorithm, next_sha256, retire_sha256"
 
 /* Who holds the lock that made SQLite give up: the POSIX locks SQLite
  * takes on path-shm (WAL mode: the write, checkpoint, recovery and read
@@ -545,6 +551,7 @@ static void row_to_target(sqlite3_stmt *st, reg_target *t)
 	t->last_peer_sha256 = col_str(st, 16);
 	t->last_cert_signature_algorithm = col_str(st, 17);
 	t->next_sha256 = col_str(st, 18);
+	t->retire_sha256 = col_str(st, 19);
 }
 
 static int not_found(const char *name, tether_error *err)
@@ -724,6 +731,12 @@ int registry_target_set_next(registry *reg, const char *name, const char *next_s
 	                  "the next thumbprint", err);
 }
 
+int registry_target_set_retire(registry *reg, const char *name, const char *sha256, tether_error *err)
+{
+	return set_column(reg, "UPDATE targets SET retire_sha256 = ?2 WHERE name = ?1", name, sha256,
+	                  "the server identity to retire", err);
+}
+
 static int state_ok(const char *s)
 {
 	static const char *const states[] = {
@@ -824,6 +837,7 @@ void reg_target_clear(reg_target *t)
 	free(t->last_peer_sha256);
 	free(t->last_cert_signature_algorithm);
 	free(t->next_sha256);
+	free(t->retire_sha256);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -885,5 +899,6 @@ json_t *reg_target_to_json(const reg_target *t)
 	json_object_set_new(o, "peer_sha256", str_or_null(t->last_peer_sha256));
 	json_object_set_new(o, "cert_signature_algorithm", str_or_null(t->last_cert_signature_algorithm));
 	json_object_set_new(o, "next_sha256", str_or_null(t->next_sha256));
+	json_object_set_new(o, "retire_sha256", str_or_null(t->retire_sha256));
 	return o;
 }

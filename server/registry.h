@@ -48,6 +48,9 @@ typedef struct reg_target {
 	 * beside sha256 from before identity.promote until the target is
 	 * re-pinned to it; NULL when no agent rotation is pending */
 	char *next_sha256;
+	/* rotate-certificate: the server identity this target's agent has
+	 * still to retire (trust.retire); NULL when none */
+	char *retire_sha256;
 } reg_target;
 
 /* One health-check result for registry_record_health.  Strings may be
@@ -108,6 +111,9 @@ int registry_target_set_thumbprint(registry *reg, const char *name, const char *
  * reg_target.next_sha256).  set_thumbprint clears it.  NOT_FOUND if
  * absent. */
 int registry_target_set_next(registry *reg, const char *name, const char *next_sha256, tether_error *err);
+/* Set (or, with NULL, clear) reg_target.retire_sha256.  NOT_FOUND if
+ * absent. */
+int registry_target_set_retire(registry *reg, const char *name, const char *sha256, tether_error *err);
 /* Record n results in one transaction.  Results for targets removed in
  * the meantime are skipped. */
 int registry_record_health(registry *reg, const reg_health *results, size_t n,
@@ -119,7 +125,7 @@ void reg_target_list_free(reg_target *v, size_t n);
 /* The JSON form (names of DESIGN.md): name, mode, host, port, address,
  * sha256, tags, created, updated, state, category, error, last_checked,
  * last_seen, rtt_ms, tls_version, cipher, peer_sha256,
- * cert_signature_algorithm, next_sha256.  Times are ISO 8601 UTC or null. */
+ * cert_signature_algorithm, next_sha256, retire_sha256.  Times are ISO 8601 UTC or null. */
 json_t *reg_target_to_json(const reg_target *t);
 
 #endif

@@ -46,6 +46,8 @@ typedef struct rot_item {
 	char next_pin[65];
 	int step;
 	int done;
+	int retire_pending;             /* server rotation: moved to the new identity, not yet retired */
+	int prev_trusted;               /* server rotation: health says the agent trusts the previous one */
 	char state[24];
 	char error[TETHER_ERROR_DETAIL_MAX];
 	char category[32];
@@ -142,8 +144,24 @@ static void srv_step_reply(void *arg, const tether_rpc_response *resp, const tet
 		return;
 	}
 	if (it->step == 2) {
-		const char *agent = json_string_value(json_object_get(json_object_get(resp->result, "certificate"), "sha256"));
-		(void)agent;
+		/* an agent that reports its trust set (health.trust) and no longer
+		 * trusts the previous identity has nothing to retire */
+		json_t *trust = json_object_get(resp->result, "trust"), *v;
+		size_t k;
+		it->prev_trusted = !json_is_array(trust);
+		json_array_foreach(trust, k, v) {
+			const char *t = json_string_value(json_object_get(v, "sha256"));
+			if (t && !strcasecmp(t, j->prev))
+				it->prev_trusted = 1;
+		}
+	}
+	if (it->step == 3) {
+		tether_error re;
+		memset(&re, 0, sizeof(re));
+		/* only now is the target done with the previous identity */
+		if (registry_target_set_retire(srv_registry(j->s), it->name, NULL, &re) < 0)
+			log_error("rotate-certificate: target %s retired the previous identity but that cannot be "
+			          "recorded: %s (the next run retires it again)", it->name, re.detail);
 	}
 	it->step++;
 	item_next(it);
@@ -161,13 +179,38 @@ static void item_next(rot_item *it)
 			srv_target_call(s, it->name, "trust.rotate", json_pack("{s:s}", "successor", j->cur), 0,
 			                srv_step_reply, it);
 			return;
-		case 2:
+		case 2: {
+			tether_error e;
+			memset(&e, 0, sizeof(e));
+			/* recorded first: the target counts as rotated only once it
+			 * retired the previous identity, whatever happens from here on
+			 * (a kill, a failed step, a polling agent that reconnects
+			 * asking for the new identity) */
+			if (registry_target_set_retire(srv_registry(s), it->name, j->prev, &e) < 0) {
+				item_end(it, "failed", &e, "cannot record the rotation's progress: %s; the agent keeps "
+				         "trusting the previous identity %.16s..., run rotate-certificate again", e.detail,
+				         j->prev);
+				return;
+			}
 			/* never verify over a connection that still carries the old identity */
 			srv_target_close(s, it->name);
 			srv_target_set_trusts(s, it->name, j->cur);
 			srv_target_call(s, it->name, "health", json_object(), 0, srv_step_reply, it);
 			return;
+		}
 		case 3:
+			if (!it->prev_trusted) {
+				tether_error e;
+				memset(&e, 0, sizeof(e));
+				log_info("rotate-certificate: target %s no longer trusts the previous identity: nothing to "
+				         "retire", it->name);
+				if (registry_target_set_retire(srv_registry(s), it->name, NULL, &e) < 0) {
+					item_end(it, "failed", &e, "cannot record the rotation's progress: %s", e.detail);
+					return;
+				}
+				item_end(it, "rotated", NULL, NULL);
+				return;
+			}
 			srv_target_call(s, it->name, "trust.retire", json_object(), 0, srv_step_reply, it);
 			return;
 		default:
@@ -310,6 +353,7 @@ static void recover_reply(void *arg, const tether_rpc_response *resp, const teth
 		return;
 	}
 	srv_target_set_trusts(j->s, it->name, j->cur);
+	registry_target_set_retire(srv_registry(j->s), it->name, NULL, &e); /* the whole set was replaced */
 	srv_target_close(j->s, it->name);
 	item_end(it, "replaced", NULL, NULL);
 }
@@ -318,7 +362,11 @@ static void job_start_item(rot_job *j, rot_item *it)
 {
 	j->running++;
 	if (j->kind == JOB_SERVER) {
-		it->step = 1;
+		char t[65];
+		/* moved to the new identity already (an interrupted run, a polling
+		 * agent that asked for it): verify there, then retire */
+		srv_target_trusts(j->s, it->name, t);
+		it->step = it->retire_pending && !strcmp(t, j->cur) ? 2 : 1;
 		item_next(it);
 	} else if (j->kind == JOB_AGENTS) {
 		it->step = 1;
@@ -436,7 +484,8 @@ static int job_targets(rot_job *j, json_t *names, int all, const char *only_trus
 		if (want && only_trusting) {
 			char t[65];
 			srv_target_trusts(j->s, list[i].name, t);
-			want = !strcmp(t, only_trusting);
+			j->items[j->n].retire_pending = list[i].retire_sha256 && !strcmp(list[i].retire_sha256, only_trusting);
+			want = !strcmp(t, only_trusting) || j->items[j->n].retire_pending;
 		}
 		if (!want)
 			continue;
@@ -546,20 +595,25 @@ static void do_finish(srv *s, admin_call *call, int force)
 		return;
 	}
 	for (i = 0; i < n; i++) {
-		char t[65];
+		char t[65], manual[400];
 		srv_target_trusts(s, list[i].name, t);
 		if (!strcmp(t, prev))
-			json_array_append_new(remaining, json_pack(
-				"{s:s, s:s, s:s}", "target", list[i].name, "mode", list[i].mode, "manual",
-				"on the agent: tether-agent configure --trust NEW, then --remove-trust OLD"));
+			snprintf(manual, sizeof(manual), "on the agent: tether-agent configure --trust %s, then "
+			         "tether-agent configure --remove-trust %s", srv_sha256(s), prev);
+		else if (list[i].retire_sha256 && !strcmp(list[i].retire_sha256, prev))
+			/* moved to the new identity, but it has not retired the old one */
+			snprintf(manual, sizeof(manual), "on the agent: tether-agent configure --remove-trust %s", prev);
+		else
+			continue;
+		json_array_append_new(remaining, json_pack("{s:s, s:s, s:s}", "target", list[i].name, "mode",
+		                                           list[i].mode, "manual", manual));
 	}
 	reg_target_list_free(list, n);
 	if (json_array_size(remaining) && !force) {
 		char msg[512];
-		snprintf(msg, sizeof(msg), "%zu target(s) still trust only the previous identity %s: run "
-		         "rotate-certificate again when they are reachable, or on each of them 'tether-agent "
-		         "configure --trust %s' and then '--remove-trust %s'; --force drops it anyway",
-		         json_array_size(remaining), prev, srv_sha256(s), prev);
+		snprintf(msg, sizeof(msg), "%zu target(s) still trust the previous identity %s: run "
+		         "rotate-certificate again when they are reachable, or on each of them the command "
+		         "listed; --force drops it anyway", json_array_size(remaining), prev);
 		admin_reply(call, json_pack("{s:s, s:s, s:b, s:o, s:s}", "current", srv_sha256(s), "previous", prev,
 		                            "dropped", 0, "remaining", remaining, "message", msg));
 		return;
@@ -607,6 +661,7 @@ static void start_server_rotation(srv *s, admin_call *call, int key_type, void (
 				char t[65];
 				srv_target_trusts(s, list[i].name, t);
 				dep |= !strcmp(t, srv_previous_sha256(s));
+				dep |= list[i].retire_sha256 && !strcmp(list[i].retire_sha256, srv_previous_sha256(s));
 			}
 			reg_target_list_free(list, n);
 		}
@@ -915,29 +970,33 @@ void srv_rotation_target_back(srv *s, const char *target)
 {
 	rot_job *j;
 	char t[65];
+	reg_target rt;
+	tether_error e;
+	int retire;
 
 	if (g_job || !srv_previous_sha256(s)[0])
 		return;
+	memset(&e, 0, sizeof(e));
 	srv_target_trusts(s, target, t);
-	if (strcmp(t, srv_previous_sha256(s)))
+	if (registry_target_get(srv_registry(s), target, &rt, &e) < 0)
 		return;
+	retire = rt.retire_sha256 && !strcmp(rt.retire_sha256, srv_previous_sha256(s));
+	if (strcmp(t, srv_previous_sha256(s)) && !retire) {
+		reg_target_clear(&rt);
+		return;
+	}
 	j = job_new(s, NULL, JOB_SERVER);
 	j->items = tether_xcalloc(1, sizeof(*j->items));
 	snprintf(j->items[0].name, sizeof(j->items[0].name), "%s", target);
-	{
-		reg_target rt;
-		tether_error e;
-		memset(&e, 0, sizeof(e));
-		if (registry_target_get(srv_registry(s), target, &rt, &e) == 0) {
-			snprintf(j->items[0].mode, sizeof(j->items[0].mode), "%s", rt.mode);
-			reg_target_clear(&rt);
-		}
-	}
+	snprintf(j->items[0].mode, sizeof(j->items[0].mode), "%s", rt.mode);
+	reg_target_clear(&rt);
+	j->items[0].retire_pending = retire;
 	j->items[0].job = j;
 	j->n = 1;
 	g_job = j;
-	log_info("rotate-certificate: target %s is back and still trusts the previous identity: "
-	         "continuing its rotation", target);
+	log_info("rotate-certificate: target %s is back and %s: continuing its rotation", target,
+	         retire && strcmp(t, srv_previous_sha256(s)) ? "has not retired the previous identity yet"
+	                                                     : "still trusts the previous identity");
 	job_more(j);
 }
 

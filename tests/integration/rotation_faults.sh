@@ -76,6 +76,7 @@ import json, sys
 print(" ".join(sorted(t["sha256"] for t in json.load(sys.stdin)["trusted"])))'
 }
 sorted_words() { printf '%s\n' "$@" | sort | tr '\n' ' ' | sed 's/ $//'; }
+ntrusted_is() { [ "$(tset "$1" | wc -w)" = "$2" ]; }
 expect_tset() { local a=$1 d=$2; shift 2; is "$(tset "$a")" "$(sorted_words "$@")" "$a: trust set $d"; }
 mk_server() {
 	local n=$1 h="$TMP/s-$1"
@@ -228,5 +229,56 @@ healthy a "after another rotation" al bl
 is "$(pin_of a bl)" "$(athumb bl)" "pin = the agent's certificate"
 for a in al bl; do stop_agent $a; kill_relay $a; done
 stop_server a
+
+###########################################################################
+echo "# 2. rotate-certificate: the server killed between moving a target to the new identity and trust.retire"
+mk_server r
+mk_agent rl listening r
+mk_agent rp polling r
+start_agent rl
+start_agent rp
+start_relay rl 0
+start_server r
+add_target r rl
+add_target r rp
+wait_for grep -q "polling agent rp connected" "$TMP/r.log"
+healthy r "start" rl rp
+O=$(sthumb r)
+# trust.rotate goes over the connection health left open; the fresh one with
+# the new identity (step 2) never completes: the relay holds it
+: > "$TMP/relay-rl.log"
+touch "$TMP/hold-rl"
+bg "$SERVER" rotate-certificate --home "${SH[r]}" >"$TMP/cli.out" 2>&1
+CLI=$LAST_PID
+wait_until 60 conns_ge rl 1
+ok $? "the server connects to rl with its new identity"
+N=$(sthumb r)
+[ "$N" != "$O" ]; ok $? "the new identity is current"
+kill9_server r
+wait $CLI 2>/dev/null
+rm -f "$TMP/hold-rl"
+expect_tset rl "trusts the old identity and its named successor = {O,N}" "$O" "$N"
+stop_agent rl
+start_server r
+run_exit 1 "--finish refuses: rl has not retired the old identity" "$SERVER" rotate-certificate --home "${SH[r]}" --finish
+like "$TMP/out" "^  rl +on the agent: tether-agent configure --remove-trust $O" "--finish lists rl with the exact command"
+start_agent rl
+# run it again (a polling agent's rotation may be continuing by itself: retry while busy)
+for i in 1 2 3 4 5 6 7 8 9 10; do
+	"$SERVER" rotate-certificate --home "${SH[r]}" >"$TMP/rot2.out" 2>&1 && break
+	grep -q "another rotation is running" "$TMP/rot2.out" || break
+	sleep 1
+done
+like "$TMP/rot2.out" "^  rl +rotated" "run again, rl's rotation continues"
+is "$(sthumb r)" "$N" "no third identity: the same rotation continued"
+like "$TMP/rl.log" "trust.retire: retired $O" "rl retired the old identity"
+wait_until 20 ntrusted_is rp 1 # its rotation may still be finishing by itself
+for a in rl rp; do expect_tset $a "at the end = {N}" "$N"; done
+run_ok "--finish: nothing depends on the old identity" "$SERVER" rotate-certificate --home "${SH[r]}" --finish
+healthy r "after --finish" rl rp
+for a in rl rp; do expect_tset $a "after --finish = {N}" "$N"; done
+for a in rl rp; do stop_agent $a; done
+kill_relay rl
+stop_server r
 
 done_testing

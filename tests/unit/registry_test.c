@@ -90,7 +90,7 @@ static void test_open_creates(void **state)
 	sqlite3_finalize(s);
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-	assert_int_equal(sqlite3_column_int(s, 0), 2);
+	assert_int_equal(sqlite3_column_int(s, 0), 3);
 	sqlite3_finalize(s);
 	sqlite3_close(db);
 	assert_int_equal(count(f->reg, NULL), 0);
@@ -471,7 +471,8 @@ static void test_newer_schema(void **state)
 }
 
 /* A registry written by a version-1 tether-server is upgraded in place:
- * its targets are kept, and the next thumbprint (version 2) works. */
+ * its targets are kept, and the next thumbprint (version 2) and the
+ * identity to retire (version 3) work. */
 static void test_migrate_v1(void **state)
 {
 	fixture *f = *state;
@@ -512,6 +513,17 @@ static void test_migrate_v1(void **state)
 	assert_int_equal(registry_target_get(r, "old", &t, &err), 0);
 	assert_string_equal(t.sha256, TP_B);
 	assert_null(t.next_sha256);
+	assert_null(t.retire_sha256);
+	reg_target_clear(&t);
+	/* version 3: the server identity to retire, kept by a new pin */
+	assert_int_equal(registry_target_set_retire(r, "old", TP_A, &err), 0);
+	assert_int_equal(registry_target_set_thumbprint(r, "old", TP_A, NULL, &err), 0);
+	assert_int_equal(registry_target_get(r, "old", &t, &err), 0);
+	assert_string_equal(t.retire_sha256, TP_A);
+	reg_target_clear(&t);
+	assert_int_equal(registry_target_set_retire(r, "old", NULL, &err), 0);
+	assert_int_equal(registry_target_get(r, "old", &t, &err), 0);
+	assert_null(t.retire_sha256);
 	reg_target_clear(&t);
 	registry_close(r);
 	free(p);

@@ -112,6 +112,14 @@ int verb_health(cli_ctx *c, int argc, char **argv)
 			       str(row, "cert_signature_algorithm")[0] ? str(row, "cert_signature_algorithm") : "-");
 			if (str(row, "advice")[0])
 				printf("    warning: %s\n", str(row, "advice"));
+			{
+				size_t k;
+				json_t *u;
+				json_array_foreach(json_object_get(row, "unknown_trust"), k, u)
+					printf("    warning: the agent trusts %s, none of this server's identities: unless it is "
+					       "another server you run, it may have been planted (compromise indicator; see "
+					       "docs/SECURITY.md)\n", str(u, "sha256"));
+			}
 			if (str(row, "error")[0]) {
 				printf("    %s (%s)\n", str(row, "error"), str(row, "category"));
 				printf("    hint: %s\n", category_hint(str(row, "category")));

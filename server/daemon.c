@@ -198,6 +198,7 @@ struct srv {
 	/* health: target name -> the failure last logged for it (malloc'd
 	 * "state|category|pin|presented"), so a repeat is not logged again */
 	smap hfail;
+	smap trust_warned;               /* "target/sha256" of unknown trusted thumbprints already logged */
 };
 
 /* A polling agent's connection. */
@@ -519,6 +520,41 @@ static const char *state_of(int category, int refused_by_us)
 	}
 }
 
+/* The compromise indicator: the thumbprints an agent trusts (health.trust)
+ * that are none of this server's identities (current, previous, staged).
+ * The server cannot know another server's thumbprint (DESIGN.md's two
+ * trusted servers), so anything else is reported as unknown: the operator
+ * tells another server of theirs from a planted one.  Logged once per
+ * target and thumbprint. */
+static json_t *unknown_trust(srv *s, const char *target, json_t *trust, const char *staged)
+{
+	json_t *out = json_array(), *v;
+	size_t k;
+
+	json_array_foreach(trust, k, v) {
+		const char *t = json_string_value(json_object_get(v, "sha256"));
+		const char *pre = json_string_value(json_object_get(v, "successor_of"));
+		char key[REG_NAME_MAX + 80];
+		json_t *o;
+		if (!t || !strcasecmp(t, s->summary.sha256) || (s->prev_id && !strcasecmp(t, s->prev_summary.sha256)) ||
+		    (staged[0] && !strcasecmp(t, staged)))
+			continue;
+		o = json_pack("{s:s}", "sha256", t);
+		if (pre)
+			json_object_set_new(o, "successor_of", json_string(pre));
+		json_array_append_new(out, o);
+		snprintf(key, sizeof(key), "%s/%s", target, t);
+		if (!smap_get(&s->trust_warned, key)) {
+			smap_put(&s->trust_warned, key, (void *)1);
+			log_warn("target %s trusts server thumbprint %s%s%s, which is none of this server's identities "
+			         "(current, previous, staged): unless it is another server you run, it may have been "
+			         "planted (a compromise indicator; see docs/SECURITY.md, 'rekey-all --recovery-identity')",
+			         target, t, pre ? ", named as the successor of " : "", pre ? pre : "");
+		}
+	}
+	return out;
+}
+
 static void health_finish(health_job *j)
 {
 	srv *s = j->s;
@@ -527,8 +563,14 @@ static void health_finish(health_job *j)
 	tether_error e;
 	size_t i;
 	int all_ok = 1;
-	char summary[64];
+	char summary[64], staged[65] = "";
 
+	{
+		tether_id_summary st;
+		memset(&e, 0, sizeof(e));
+		if (tether_slot_summary(s->prov, TETHER_SLOT_STAGED, &st, &e) == 0 && st.present)
+			snprintf(staged, sizeof(staged), "%s", st.sha256);
+	}
 	for (i = 0; i < j->n; i++) {
 		health_item *it = &j->items[i];
 		json_t *row = json_object();
@@ -574,6 +616,9 @@ static void health_finish(health_job *j)
 				json_decref(flags);
 			}
 			json_object_set(row, "agent", it->result);
+			if (json_is_array(json_object_get(it->result, "trust")))
+				json_object_set_new(row, "unknown_trust", unknown_trust(s, it->t.name,
+				                    json_object_get(it->result, "trust"), staged));
 		}
 		json_array_append_new(arr, row);
 		if (strcmp(it->state, "healthy"))
@@ -1964,6 +2009,7 @@ out:
 		s.nextpins = np->next;
 		free(np);
 	}
+	smap_clear(&s.trust_warned, NULL);
 	sqlite3_finalize(s.pin_get);
 	sqlite3_finalize(s.pin_set);
 	if (s.reg)

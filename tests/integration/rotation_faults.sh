@@ -281,4 +281,35 @@ for a in rl rp; do stop_agent $a; done
 kill_relay rl
 stop_server r
 
+###########################################################################
+echo "# 3. the compromise indicator: a trusted thumbprint that is none of the server's identities"
+mk_server u
+mk_agent up polling u
+start_agent up
+start_server u
+add_target u up
+wait_for grep -q "polling agent up connected" "$TMP/u.log"
+unknown() { python3 -c 'import json,sys; print(" ".join(sorted(u["sha256"] for u in json.load(open(sys.argv[1]))[0].get("unknown_trust", ["missing"]))))' "$1"; }
+run_ok "health --json" "$SERVER" health --home "${SH[u]}" up --json
+is "$(unknown "$TMP/out")" "" "nothing unknown while it trusts only the server"
+X=$(openssl rand -hex 32)
+run_ok "the agent is told to trust a random thumbprint X" "$AGENT" configure --home "${AH[up]}" --trust "$X"
+"$SERVER" new-certificate --home "${SH[u]}" >"$TMP/nc.out"
+STG=$(sed -n 's/^New certificate (staged): *\([0-9a-f]\{64\}\).*/\1/p' "$TMP/nc.out")
+is "${#STG}" 64 "the server has a staged identity"
+run_ok "and the server's staged identity" "$AGENT" configure --home "${AH[up]}" --trust "$STG"
+for i in 1 2; do
+	run_ok "health --json ($i)" "$SERVER" health --home "${SH[u]}" up --json
+	is "$(unknown "$TMP/out")" "$X" "unknown_trust lists X, not the staged identity ($i)"
+	is "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["state"])' "$TMP/out")" healthy "the target stays healthy ($i)"
+done
+run_ok "health (table)" "$SERVER" health --home "${SH[u]}" up
+like "$TMP/out" "warning: the agent trusts $X, none of this server's identities" "the table warns about X"
+is "$(grep -c "target up trusts server thumbprint $X, which is none of this server's identities" "$TMP/u.log")" 1 \
+	"the server logs it once, as a warning"
+like "$TMP/u.log" "warning: target up trusts server thumbprint $X" "at warning level"
+unlike "$TMP/u.log" "trusts server thumbprint $STG" "the staged identity is not flagged"
+stop_agent up
+stop_server u
+
 done_testing

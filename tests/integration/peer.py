@@ -274,8 +274,9 @@ def relay(port, upstream, delay):
         async def wr():
             while True:
                 due, d = await q.get()
-                if due > time.monotonic():
-                    await asyncio.sleep(due - time.monotonic())
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 if not d:
                     w.close()
                     return
@@ -346,8 +347,9 @@ def main():
         start = time.time()
         for i in range(n):
             due = start + i / rate
-            if due > time.time():
-                time.sleep(due - time.time())
+            wait = due - time.time()    # read the clock once: it may pass due meanwhile
+            if wait > 0:
+                time.sleep(wait)
             try:
                 t = connect(host, port, None, None, src)
                 ok += 1

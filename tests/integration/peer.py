@@ -413,7 +413,10 @@ def main():
             print("closed" if f is None else "refused " + f[2].decode()); return 1
         return requests(t, sys.argv[6:])
     if cmd == "pipeline":
-        import threading
+        # One thread writes and reads (an SSL object must not be used by
+        # two threads at once): send while the socket takes data, read
+        # whatever answers arrive meanwhile, so neither side blocks.
+        import select
         t = connect(*sys.argv[2:6])
         n = int(sys.argv[6])
         stop = int(sys.argv[7]) if len(sys.argv) > 7 else n
@@ -421,22 +424,40 @@ def main():
         if f is None or "error" in json.loads(f[2]):
             print("closed" if f is None else "refused " + f[2].decode()); return 1
         data = b"".join(req(i, "health" if i % 2 else "probe.%d" % i, {}) for i in range(1, n + 1))
-        sender = threading.Thread(target=lambda: t.sendall(data), daemon=True)
-        sender.start()
-        res = err = 0
-        while res + err < stop:
+        t.setblocking(False)
+        sent, buf, res, err, closed = 0, b"", 0, 0, False
+        end = time.time() + 120
+        while res + err < stop and not closed and time.time() < end:
+            wl = [t] if sent < len(data) else []
+            if t.pending() == 0:
+                select.select([t], wl, [], 1.0)
             try:
-                f = read_frame(t)
+                d = t.recv(65536)
+                if not d:
+                    closed = True
+                buf += d
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
             except (ssl.SSLError, OSError):
-                f = None
-            if f is None:
-                break
-            if f[0] != 3:
-                continue
-            if "error" in json.loads(f[2]):
-                err += 1
-            else:
-                res += 1
+                closed = True
+            while len(buf) >= 12:
+                ftype, _, _, _, ln = struct.unpack(">BBHII", buf[:12])
+                if len(buf) < 12 + ln:
+                    break
+                body, buf = buf[12:12 + ln], buf[12 + ln:]
+                if ftype != 3:
+                    continue
+                if "error" in json.loads(body):
+                    err += 1
+                else:
+                    res += 1
+            if sent < len(data) and not closed:
+                try:
+                    sent += t.send(data[sent:sent + 16384])
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except (ssl.SSLError, OSError):
+                    closed = True
         print("answers %d results %d errors %d" % (res + err, res, err))
         return 0
     if cmd == "serve-call":

@@ -7,6 +7,7 @@
 # of another major version, requests before HELLO, oversized and deeply
 # nested JSON, invalid UTF-8, wrong field types, unknown methods, stream
 # frames for unknown ids, window overflow, a stream longer than declared,
+# an upload of the size announced whose SHA-256 at the end is a lie,
 # ping floods and 10 000 requests whose answers are not read; a GOAWAY
 # saying the agent broke the protocol; a listening agent whose RESPONSE is
 # broken (tests/integration/bad_agent.py).
@@ -92,6 +93,17 @@ abuse ping-flood '^open' ''
 abuse response-unasked '^open' ''
 abuse stream-overrun '^open 7 \| 3:too_large:' 'sent more than the 5 bytes it announced.*destination is unchanged'
 ls -A "$H/agent-default/state/work" | grep -qE 'abuse|tether-upload'; ok $((1 - $?)) "agent: nothing left of the overrun upload"
+# a lying upload: the size announced, the SHA-256 at the end not that of the data
+W="$H/agent-default/state/work"
+echo precious >"$W/abuse-lying.bin"
+LSHA=$(sha256sum "$W/abuse-lying.bin" | cut -d' ' -f1)
+XSHA=$(printf xxxxxxxxxx | sha256sum | cut -d' ' -f1)
+YSHA=$(printf yyyyyyyyyy | sha256sum | cut -d' ' -f1)
+abuse upload-lying-sha256 "^open (7 \| )?3:sha256_mismatch:the data received has SHA-256 $XSHA but the server sent $YSHA; nothing was written" \
+	"upload to $W/abuse-lying.bin from server .* failed after 10 of 10 bytes: the data received has SHA-256 $XSHA but the server sent $YSHA.*destination is unchanged"
+is "$(sha256sum "$W/abuse-lying.bin" | cut -d' ' -f1)" "$LSHA" "agent, upload-lying-sha256: the destination is unchanged"
+ls -A "$W" | grep -q '^\.tether-upload-'; ok $((1 - $?)) "agent, upload-lying-sha256: no .tether-upload- temporary file is left"
+rm -f "$W/abuse-lying.bin"
 abuse goaway '^closed' 'is closing the connection \(shutdown: bye\)'
 # a GOAWAY saying the agent broke the protocol: the agent logs it as such
 mark_log "$TMP/agent.log"

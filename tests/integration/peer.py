@@ -39,7 +39,7 @@ third-party TLS stack).  Subcommands:
                                  agent that connects to 127.0.0.1:PORT within
                                  SECS seconds (answers its HELLO first)
 """
-import json, os, socket, ssl, struct, sys, time
+import hashlib, json, os, socket, ssl, struct, sys, time
 
 def ctx(cert=None, key=None):
     c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -195,6 +195,10 @@ def abuse_cases():
                              req(1, "file.upload", {"path": "abuse-reused2.bin", "size": 5})),
         "stream-overrun": (True, req(1, "file.upload", {"path": "abuse-overrun.bin", "size": 5}) +
                            frame(4, 1, b"x" * 10) + frame(5, 1, b"\0" * 32 + b'{"size": 10}')),
+        # right size, wrong SHA-256 in STREAM_END (that of 10 'y's)
+        "upload-lying-sha256": (True, req(1, "file.upload", {"path": "abuse-lying.bin", "size": 10}) +
+                                frame(4, 1, b"x" * 10) +
+                                frame(5, 1, hashlib.sha256(b"y" * 10).digest() + b'{"size": 10}')),
         "requests-unread": (True, b"".join(req(i, "health", {}) for i in range(1, UNREAD_COUNT + 1))),
         "goaway": (True, frame(10, 0, struct.pack(">I", 0) + json.dumps({"code": "shutdown", "message": "bye"}).encode())),
     }

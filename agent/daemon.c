@@ -1520,6 +1520,7 @@ typedef struct id_check {
 	agent *a;
 	int reload;                     /* SIGHUP: load it even if unchanged */
 	int changed;
+	int rekey;                      /* the session ticket key is due */
 	int rc;
 	tlsref *neu;                    /* the identity to switch to */
 	char sha256[TETHER_THUMBPRINT_HEX];
@@ -1539,7 +1540,12 @@ static void id_check_run(uv_work_t *w)
 		pthread_mutex_lock(&a->lock);
 		k->changed = strcmp(cur.sha256, a->tls->summary.sha256) != 0;
 		pthread_mutex_unlock(&a->lock);
+		/* a listening agent issues tickets: their key is renewed every
+		 * TICKET_MAX_AGE_S while it runs, not only at start */
 		if (!k->changed)
+			k->rekey = !a->polling && (cli_tls_policy(a->c) & TETHER_TLS_POLICY_RESUMPTION) &&
+			           tether_ticket_key_expired(a->c->inst->state_dir, TICKET_MAX_AGE_S);
+		if (!k->changed && !k->rekey)
 			return;
 		snprintf(k->sha256, sizeof(k->sha256), "%s", cur.sha256);
 	}
@@ -1563,12 +1569,16 @@ static void id_check_done(uv_work_t *w, int status)
 		a->tls = k->neu;
 		pthread_mutex_unlock(&a->lock);
 		__atomic_add_fetch(&a->session_gen, 1, __ATOMIC_SEQ_CST);
-		log_info("identity %s loaded; existing connections drain on the old one",
-		         k->neu->summary.sha256);
+		if (k->rekey)
+			log_info("session ticket key renewed (older than %d h): tickets issued before "
+			         "now lead to a full handshake", TICKET_MAX_AGE_S / 3600);
+		else
+			log_info("identity %s loaded; existing connections drain on the old one",
+			         k->neu->summary.sha256);
 		tlsref_release(a, old);
 	} else if (k->neu) {
 		tlsref_release(a, k->neu);
-	} else if (k->rc < 0 && (k->reload || k->changed)) {
+	} else if (k->rc < 0 && (k->reload || k->changed || k->rekey)) {
 		log_error("cannot reload the identity, keeping the current one: %s", k->e.detail);
 	} else if (k->rc < 0) {
 		tether_debug("prov", "identity check: %s", k->e.detail);

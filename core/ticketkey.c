@@ -8,6 +8,16 @@
 #include "ticketkey.h"
 #include "util.h"
 
+int tether_ticket_key_expired(const char *state_dir, unsigned max_age_s)
+{
+	char *path = tether_asprintf("%s/ticket.key", state_dir);
+	struct stat st;
+	int r = stat(path, &st) != 0 || time(NULL) - st.st_mtime >= (time_t)max_age_s;
+
+	free(path);
+	return r;
+}
+
 int tether_ticket_key(tether_prov *prov, const char *state_dir, const char *identity_sha256,
                       unsigned max_age_s, unsigned char key[TETHER_TICKET_KEY_LEN],
                       tether_error *err)

@@ -178,6 +178,7 @@ struct srv {
 	pthread_mutex_t idlock;
 	held *held;
 	uv_signal_t sigterm, sigint, sighup;
+	uv_timer_t tkey_timer;          /* renews the polling port's ticket key */
 	int stopping;
 	uint32_t connect_ms, handshake_ms, idle_ms, keepalive_ms, request_ms;
 	/* polling */
@@ -1856,6 +1857,24 @@ static void close_walk(uv_handle_t *h, void *arg)
 		uv_close(h, NULL);
 }
 
+/* The polling port issues session tickets: their key is renewed every
+ * 12 h while the server runs, not only at start. */
+static void on_tkey_timer(uv_timer_t *t)
+{
+	srv *s = t->data;
+	tether_error e;
+
+	if (s->stopping || !s->stls || !(cli_tls_policy(s->c) & TETHER_TLS_POLICY_RESUMPTION) ||
+	    !tether_ticket_key_expired(s->c->inst->state_dir, 12 * 3600))
+		return;
+	memset(&e, 0, sizeof(e));
+	if (srv_identities_reload(s, &e) < 0)
+		log_error("cannot renew the session ticket key, keeping the one in use: %s", e.detail);
+	else
+		log_info("session ticket key renewed (older than 12 h): tickets issued before now lead to a "
+		         "full handshake");
+}
+
 static void on_signal(uv_signal_t *sig, int signum)
 {
 	srv *s = sig->data;
@@ -1974,6 +1993,10 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	uv_signal_start(&s.sigterm, on_signal, SIGTERM);
 	uv_signal_start(&s.sigint, on_signal, SIGINT);
 	uv_signal_start(&s.sighup, on_signal, SIGHUP);
+	uv_timer_init(s.loop, &s.tkey_timer);
+	s.tkey_timer.data = &s;
+	uv_timer_start(&s.tkey_timer, on_tkey_timer, TETHER_TICKET_CHECK_S * 1000, TETHER_TICKET_CHECK_S * 1000);
+	uv_unref((uv_handle_t *)&s.tkey_timer); /* never what keeps the loop running */
 	signal(SIGPIPE, SIG_IGN);
 	log_info("tether-server %s running, certificate %s, provider %s, admin socket in %s, polling agents on %s",
 	         PACKAGE_VERSION, s.summary.sha256, s.prov->t->name, c->inst->run_dir, s.paddr);

@@ -160,6 +160,25 @@ like "$TMP/sc3" "alert certificate unknown|alert number 46" "and the full handsh
 "$AGENT" configure "${A[@]}" --trust "$ST" >/dev/null
 sleep 0.5
 
+# --- the ticket key is renewed while the agent runs (every 12 h) ---
+TK="$H/agent-default/state/ticket.key"
+k0=$(sha256sum <"$TK")
+printf 'x' | timeout 10 openssl s_client -connect 127.0.0.1:$APORT -cert "$TMP/srv.pem" -key "$TMP/srv.pem" -sess_out "$TMP/sess4" -ign_eof > "$TMP/sc4" 2>&1 &
+sleep 2; kill $! 2>/dev/null; wait $! 2>/dev/null
+printf 'x' | timeout 5 openssl s_client -connect 127.0.0.1:$APORT -cert "$TMP/srv.pem" -key "$TMP/srv.pem" -sess_in "$TMP/sess4" > "$TMP/sc5" 2>&1
+like "$TMP/sc5" "^Reused, TLSv1.3" "a ticket from the current key resumes"
+touch -d '13 hours ago' "$TK"
+mark=$(wc -l <"$TMP/agent.log")
+for i in $(seq 1 100); do [ "$(sha256sum <"$TK")" != "$k0" ] && break; sleep 0.25; done
+[ "$(sha256sum <"$TK")" != "$k0" ]; ok $? "a ticket key 13 h old is replaced while the agent runs (checked every 10 s)"
+is "$(stat -c %a "$TK")" 600 "the new key file is 0600"
+wait_for sh -c "tail -n +$((mark + 1)) '$TMP/agent.log' | grep -q 'session ticket key renewed'"
+ok $? "the agent logs the renewal"
+printf 'x' | timeout 5 openssl s_client -connect 127.0.0.1:$APORT -cert "$TMP/srv.pem" -key "$TMP/srv.pem" -sess_in "$TMP/sess4" > "$TMP/sc6" 2>&1
+unlike "$TMP/sc6" "^Reused" "a ticket from the old key is not honoured"
+like "$TMP/sc6" "^New, TLSv1.3" "and a full handshake follows"
+run_ok "health after the renewal" "$SERVER" health "${A[@]}" web1
+
 # --- a flood of unauthenticated handshakes from one address ---
 $PEER flood 127.0.0.1 $APORT 127.0.0.2 400 200 > "$TMP/flood" 2>&1 &
 FP=$!

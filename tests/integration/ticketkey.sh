@@ -1,0 +1,40 @@
+#!/bin/bash
+# The server's polling port issues TLS session tickets; their key
+# (<state>/ticket.key) is renewed every 12 h while the server runs, not
+# only when it starts.  (The listening agent's renewal is in listening.sh.)
+. "$(dirname "$0")/lib.sh"
+H="$TMP/home"
+A=(--home "$H")
+SPORT=$(free_port)
+"$AGENT" create-instance "${A[@]}" >/dev/null
+"$AGENT" new-certificate "${A[@]}" --key-type ec-p256 >/dev/null
+"$SERVER" create-instance "${A[@]}" >/dev/null
+"$SERVER" new-certificate "${A[@]}" --key-type ec-p256 >/dev/null
+ST=$("$SERVER" show-thumbprint "${A[@]}" | head -1)
+AT=$("$AGENT" show-thumbprint "${A[@]}" | head -1)
+printf '[polling]\naddress = 127.0.0.1:%s\n' $SPORT >>"$H/server-default/server.ini"
+"$AGENT" configure "${A[@]}" --mode polling --server 127.0.0.1:$SPORT --trust "$ST" >/dev/null
+bg "$SERVER" run "${A[@]}" 2>"$TMP/server.log"
+SPID=$LAST_PID
+wait_for test -S "$H/server-default/run/admin.sock"
+"$SERVER" target add "${A[@]}" pa --polling --thumbprint "$AT" >/dev/null
+bg "$AGENT" run "${A[@]}" 2>"$TMP/agent.log"
+wait_for "$SERVER" health "${A[@]}" pa
+ok $? "a polling agent is connected"
+TK="$H/server-default/state/ticket.key"
+[ -f "$TK" ]; ok $? "the server keeps a ticket key for its polling port"
+is "$(stat -c %a "$TK" 2>/dev/null)" 600 "mode 0600"
+k0=$(sha256sum <"$TK")
+sleep 1
+is "$(sha256sum <"$TK")" "$k0" "a fresh key is left alone"
+touch -d '13 hours ago' "$TK"
+mark=$(wc -l <"$TMP/server.log")
+for i in $(seq 1 100); do [ "$(sha256sum <"$TK")" != "$k0" ] && break; sleep 0.25; done
+[ "$(sha256sum <"$TK")" != "$k0" ]; ok $? "a key 13 h old is replaced while the server runs (checked every 10 s)"
+is "$(stat -c %a "$TK")" 600 "the new key file is 0600"
+wait_for sh -c "tail -n +$((mark + 1)) '$TMP/server.log' | grep -q 'session ticket key renewed'"
+ok $? "the server logs the renewal"
+run_ok "health after the renewal" "$SERVER" health "${A[@]}" pa
+kill $SPID; wait $SPID
+is "$?" 0 "the server stops cleanly on SIGTERM (the renewal timer does not hold it)"
+done_testing

@@ -230,7 +230,8 @@ int tether_lock_wait(const char *path, int timeout_ms, tether_error *err)
 		waited += 10;
 	}
 	snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
-	if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, strlen(pid), 0) < 0) { /* best effort */ }
+	/* best effort (lseek + write: mingw has no pwrite) */
+	if (ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0 && write(fd, pid, strlen(pid)) < 0) { }
 	return fd;
 }
 

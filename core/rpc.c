@@ -34,7 +34,9 @@ tether_rpc_request_encode(uint32_t id, const char *method, json_t *params,
                           size_t max_json, unsigned char **out,
                           size_t *out_len, tether_error *err)
 {
-	json_t *o = NULL;
+	char pre[TETHER_RPC_METHOD_MAX + 48], *ps = NULL;
+	const char *p = "{}";
+	size_t np, pl;
 	int r;
 
 	if (id == 0) {
@@ -51,15 +53,40 @@ tether_rpc_request_encode(uint32_t id, const char *method, json_t *params,
 		           method);
 		goto out;
 	}
-	o = params != NULL
-	    ? json_pack("{s:I, s:s, s:O}", "id", (json_int_t)id, "method",
-	                method, "params", params)
-	    : json_pack("{s:I, s:s, s:{}}", "id", (json_int_t)id, "method",
-	                method, "params");
-	r = encode_envelope(TETHER_FRAME_REQUEST, id, o, max_json, out,
-	                    out_len, err);
+	/* The envelope by hand (the method is a plain token), the params
+	 * dumped only when there are some: the same bytes as a json_t of the
+	 * whole would give, without building one per request. */
+	if (params != NULL && json_object_size(params) > 0) {
+		ps = json_dumps(params, JSON_COMPACT);
+		if (ps == NULL) {
+			r = FAIL(TETHER_ERR_NOMEM, TETHER_CAT_INTERNAL,
+			         "cannot serialise the params of request %u (%s)",
+			         id, method);
+			goto out;
+		}
+		p = ps;
+	}
+	pl = strlen(p);
+	np = (size_t)snprintf(pre, sizeof(pre),
+	                      "{\"id\":%u,\"method\":\"%s\",\"params\":", id,
+	                      method);
+	if (max_json == 0)
+		max_json = TETHER_FRAME_JSON_MAX_DEFAULT;
+	if (max_json > TETHER_FRAME_JSON_MAX_HARD)
+		max_json = TETHER_FRAME_JSON_MAX_HARD;
+	if (np + pl + 1 > max_json) {
+		r = FAIL(TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
+		         "request is %zu bytes of JSON, more than the limit of "
+		         "%zu bytes", np + pl + 1, max_json);
+		goto out;
+	}
+	/* params with its NUL, whose place takes the closing brace */
+	r = tether_frame_encode(TETHER_FRAME_REQUEST, id, pre, np, p, pl + 1,
+	                        out, out_len, err);
+	if (r == 0)
+		(*out)[*out_len - 1] = '}';
 out:
-	json_decref(o);
+	free(ps);
 	return r;
 }
 

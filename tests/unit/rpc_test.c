@@ -44,6 +44,22 @@ test_request_roundtrip(void **state)
 	params = json_pack("{s:s, s:i}", "path", "/tmp/x", "mode", 420);
 	assert_int_equal(tether_rpc_request_encode(7, "file.get", params, 0, &buf,
 	                                           &n, &err), 0);
+	{
+		/* the envelope is made by hand: the bytes a json_t would give */
+		json_t *env = json_pack("{s:I, s:s, s:O}", "id", (json_int_t)7, "method", "file.get",
+		                        "params", params);
+		char *want = json_dumps(env, JSON_COMPACT);
+		assert_int_equal(n - TETHER_FRAME_HEADER_LEN, strlen(want));
+		assert_memory_equal(buf + TETHER_FRAME_HEADER_LEN, want, strlen(want));
+		free(want);
+		json_decref(env);
+		/* over max_json: refused */
+		unsigned char *big = NULL;
+		size_t bn = 0;
+		assert_int_equal(tether_rpc_request_encode(7, "file.get", params, n - TETHER_FRAME_HEADER_LEN - 1,
+		                                           &big, &bn, &err), TETHER_ERR_INVALID);
+		assert_null(big);
+	}
 	json_decref(params);
 	decode_one(buf, n, &d, &f);
 	assert_int_equal(f.type, TETHER_FRAME_REQUEST);

@@ -283,6 +283,8 @@ int verb_rekey_all(cli_ctx *c, int argc, char **argv)
 	printf("Server identity now %s\n", jstr(res, "current"));
 	if (json_object_get(res, "recovery"))
 		bad |= print_targets(json_object_get(res, "recovery"), "Trust sets replaced (recovery)");
+	if (json_object_get(res, "server_continued"))
+		bad |= print_targets(json_object_get(res, "server_continued"), "Pending rotation continued on");
 	if (json_object_get(res, "server"))
 		bad |= print_targets(json_object_get(res, "server"), "Server identity rotated on");
 	bad |= print_targets(json_object_get(res, "agents"), "Agents re-keyed");
@@ -290,7 +292,9 @@ int verb_rekey_all(cli_ctx *c, int argc, char **argv)
 		printf("Targets not reached keep their old pins: for each, run on the agent 'tether-agent configure "
 		       "--trust %s' and '--remove-trust OLD', then 'tether-server rotate-agent-certificate%s NAME'.\n",
 		       jstr(res, "current"), cli_args(c));
-	if (jstr(res, "previous")[0])
+	if (jstr(res, "dropped")[0])
+		printf("Every target was reached: the previous identity %s is dropped.\n", jstr(res, "dropped"));
+	else if (jstr(res, "previous")[0])
 		printf("When every target is done: 'tether-server rotate-certificate%s --finish'.\n", cli_args(c));
 	json_decref(res);
 	return bad;

@@ -644,7 +644,40 @@ static int job_busy(admin_call *call)
 	return 1;
 }
 
-static void start_server_rotation(srv *s, admin_call *call, int key_type, void (*then)(rot_job *), json_t *report)
+/* Does any target still depend on the previous identity (trusts it, or has
+ * not retired it)? */
+static int prev_has_dependents(srv *s)
+{
+	reg_target *list = NULL;
+	size_t n = 0, i;
+	int dep = 0;
+	tether_error e;
+	const char *prev = srv_previous_sha256(s);
+
+	memset(&e, 0, sizeof(e));
+	if (!prev[0])
+		return 0;
+	if (registry_target_list(srv_registry(s), NULL, &list, &n, &e) < 0)
+		return 1; /* cannot tell: keep it */
+	for (i = 0; i < n; i++) {
+		char t[65];
+		srv_target_trusts(s, list[i].name, t);
+		dep |= !strcmp(t, prev) || (list[i].retire_sha256 && !strcmp(list[i].retire_sha256, prev));
+	}
+	reg_target_list_free(list, n);
+	return dep;
+}
+
+/* fresh: REKEY_SWITCH makes a new identity even when a rotation is pending
+ * (rekey, after it continued the pending one); REKEY_CONTINUE continues a
+ * pending rotation first and then does that. */
+enum { ROT_NORMAL, REKEY_CONTINUE, REKEY_SWITCH };
+
+static void rekey_continued(rot_job *j);
+static void rekey_after_server(rot_job *j);
+
+static void start_server_rotation(srv *s, admin_call *call, int key_type, int fresh, void (*then)(rot_job *),
+                                  json_t *report)
 {
 	rot_job *j;
 	tether_error e;
@@ -667,6 +700,22 @@ static void start_server_rotation(srv *s, admin_call *call, int key_type, void (
 		}
 		in_progress = dep;
 	}
+	if (fresh == REKEY_SWITCH || (fresh == REKEY_CONTINUE && !in_progress)) {
+		/* a re-key (compromise recovery) always makes a new key, of the
+		 * key type asked for: a staged one may be as old as the compromise */
+		tether_prov *p = srv_prov(s);
+		int r = p->t->identity_exists(p->ctx, TETHER_SLOT_STAGED, &e);
+		if (r == 1) {
+			log_info("rekey: discarding the staged identity: a re-key makes a new one");
+			r = p->t->identity_remove(p->ctx, TETHER_SLOT_STAGED, &e);
+		}
+		if (r < 0) {
+			json_decref(report);
+			admin_reply_tether_error(call, &e);
+			return;
+		}
+		in_progress = 0;
+	}
 	if (!in_progress && server_switch_identity(s, key_type, &e) < 0) {
 		json_decref(report);
 		admin_reply_tether_error(call, &e);
@@ -676,6 +725,14 @@ static void start_server_rotation(srv *s, admin_call *call, int key_type, void (
 	j->key_type = key_type;
 	j->then = then;
 	j->report = report;
+	if (fresh == REKEY_CONTINUE) {
+		/* the targets still on the previous identity move to the current
+		 * one first: the new identity replaces the previous slot */
+		if (in_progress)
+			j->then = rekey_continued;
+		else
+			j->then = then; /* just switched: nothing was pending */
+	}
 	if (job_targets(j, NULL, 1, j->prev, &e) < 0) {
 		admin_reply_tether_error(call, &e);
 		job_free(j);
@@ -711,15 +768,44 @@ static void rekey_after_agents(rot_job *j)
 	srv *s = j->s;
 	admin_call *call = j->call;
 	json_t *report = json_incref(j->report);
+	char prev[65];
 
 	json_object_set_new(report, "agents", job_results(j));
 	job_free(j);
-	{
-		/* finish without force: report what still depends on the old identity */
-		json_object_set_new(report, "current", json_string(srv_sha256(s)));
-		json_object_set_new(report, "previous", json_string(srv_previous_sha256(s)));
+	snprintf(prev, sizeof(prev), "%s", srv_previous_sha256(s));
+	if (prev[0] && !prev_has_dependents(s)) {
+		/* everything was reached: the finish step, so that the old
+		 * (possibly stolen) key does not stay in the previous slot */
+		tether_prov *p = srv_prov(s);
+		tether_error e;
+		memset(&e, 0, sizeof(e));
+		if (p->t->identity_remove(p->ctx, TETHER_SLOT_PREVIOUS, &e) < 0 || srv_identities_reload(s, &e) < 0) {
+			log_error("rekey: cannot drop the previous identity %s: %s; run 'tether-server "
+			          "rotate-certificate --finish'", prev, e.detail);
+		} else {
+			log_info("rekey: every target was reached: the previous identity %s is dropped", prev);
+			tether_audit_write(srv_audit(s), admin_call_user(call), "rekey", NULL, "ok", NULL,
+			                   "previous identity dropped", NULL);
+			json_object_set_new(report, "dropped", json_string(prev));
+		}
 	}
+	/* otherwise finish without force: what still depends on it is reported */
+	json_object_set_new(report, "current", json_string(srv_sha256(s)));
+	json_object_set_new(report, "previous", json_string(srv_previous_sha256(s)));
 	admin_reply(call, report);
+}
+
+/* rekey: the pending rotation was continued; now the new identity. */
+static void rekey_continued(rot_job *j)
+{
+	srv *s = j->s;
+	admin_call *call = j->call;
+	json_t *report = json_incref(j->report);
+	int kt = j->key_type;
+
+	json_object_set_new(report, "server_continued", job_results(j));
+	job_free(j);
+	start_server_rotation(s, call, kt, REKEY_SWITCH, rekey_after_server, report);
 }
 
 static void rekey_after_server(rot_job *j)
@@ -941,7 +1027,7 @@ static int rot_admin(srv *s, struct admin_call *call, const char *method, json_t
 		if (json_is_true(json_object_get(params, "finish")))
 			do_finish(s, call, json_is_true(json_object_get(params, "force")));
 		else
-			start_server_rotation(s, call, kt, NULL, NULL);
+			start_server_rotation(s, call, kt, ROT_NORMAL, NULL, NULL);
 		return 1;
 	}
 	if (!strcmp(method, "rotate.agents")) {
@@ -961,7 +1047,7 @@ static int rot_admin(srv *s, struct admin_call *call, const char *method, json_t
 	}
 	{
 		json_t *report = json_object();
-		start_server_rotation(s, call, kt, rekey_after_server, report);
+		start_server_rotation(s, call, kt, REKEY_CONTINUE, rekey_after_server, report);
 	}
 	return 1;
 }

@@ -76,6 +76,9 @@ import json, sys
 print(" ".join(sorted(t["sha256"] for t in json.load(sys.stdin)["trusted"])))'
 }
 sorted_words() { printf '%s\n' "$@" | sort | tr '\n' ' ' | sed 's/ $//'; }
+# unbusy CMD...: run it again while a rotation the daemon continues by itself
+# (a target that came back) is running; its output in $TMP/out, $TMP/err
+unbusy() { local i r; for i in $(seq 1 30); do "$@" >"$TMP/out" 2>"$TMP/err"; r=$?; grep -q "another rotation is running" "$TMP/err" || return $r; sleep 0.5; done; return $r; }
 ntrusted_is() { [ "$(tset "$1" | wc -w)" = "$2" ]; }
 expect_tset() { local a=$1 d=$2; shift 2; is "$(tset "$a")" "$(sorted_words "$@")" "$a: trust set $d"; }
 mk_server() {
@@ -260,7 +263,7 @@ rm -f "$TMP/hold-rl"
 expect_tset rl "trusts the old identity and its named successor = {O,N}" "$O" "$N"
 stop_agent rl
 start_server r
-run_exit 1 "--finish refuses: rl has not retired the old identity" "$SERVER" rotate-certificate --home "${SH[r]}" --finish
+run_exit 1 "--finish refuses: rl has not retired the old identity" unbusy "$SERVER" rotate-certificate --home "${SH[r]}" --finish
 like "$TMP/out" "^  rl +on the agent: tether-agent configure --remove-trust $O" "--finish lists rl with the exact command"
 start_agent rl
 # run it again (a polling agent's rotation may be continuing by itself: retry while busy)
@@ -274,7 +277,7 @@ is "$(sthumb r)" "$N" "no third identity: the same rotation continued"
 like "$TMP/rl.log" "trust.retire: retired $O" "rl retired the old identity"
 wait_until 20 ntrusted_is rp 1 # its rotation may still be finishing by itself
 for a in rl rp; do expect_tset $a "at the end = {N}" "$N"; done
-run_ok "--finish: nothing depends on the old identity" "$SERVER" rotate-certificate --home "${SH[r]}" --finish
+run_ok "--finish: nothing depends on the old identity" unbusy "$SERVER" rotate-certificate --home "${SH[r]}" --finish
 healthy r "after --finish" rl rp
 for a in rl rp; do expect_tset $a "after --finish = {N}" "$N"; done
 for a in rl rp; do stop_agent $a; done
@@ -311,5 +314,36 @@ like "$TMP/u.log" "warning: target up trusts server thumbprint $X" "at warning l
 unlike "$TMP/u.log" "trusts server thumbprint $STG" "the staged identity is not flagged"
 stop_agent up
 stop_server u
+
+###########################################################################
+echo "# 4. rekey-all while a rotation is pending: a new identity all the same"
+mk_server w
+mk_agent wa polling w
+mk_agent wb polling w
+for a in wa wb; do start_agent $a; done
+start_server w
+for a in wa wb; do add_target w $a; done
+wait_for grep -q "polling agent wb connected" "$TMP/w.log"
+W0=$(sthumb w)
+stop_agent wb
+run_exit 1 "rotate-certificate with wb stopped: a rotation stays pending" "$SERVER" rotate-certificate --home "${SH[w]}"
+W1=$(sthumb w)
+[ "$W1" != "$W0" ]; ok $? "W1 is current, W0 previous"
+start_agent wb
+wait_until 20 ntrusted_is wb 1
+run_ok "rekey-all --key-type ec-p384" unbusy "$SERVER" rekey-all --home "${SH[w]}" --key-type ec-p384
+cp "$TMP/out" "$TMP/rekey.out"
+W2=$(sed -n 's/^Server identity now \([0-9a-f]\{64\}\).*/\1/p' "$TMP/rekey.out")
+[ ${#W2} -eq 64 ] && [ "$W2" != "$W1" ] && [ "$W2" != "$W0" ]; ok $? "a new server identity W2 (not the pending W1)"
+is "$(sthumb w)" "$W2" "show-thumbprint: W2 is current"
+"$SERVER" show-thumbprint --home "${SH[w]}" --json > "$TMP/st.json"
+like "$TMP/st.json" "P-384|ec-p384|secp384r1" "of the key type asked for"
+is "$(python3 -c 'import json,sys; print("previous" in json.load(open(sys.argv[1])))' "$TMP/st.json")" "False" \
+	"every target was reached: the previous identity (W1) is dropped"
+like "$TMP/rekey.out" "the previous identity $W1 is dropped" "the report says so"
+for a in wa wb; do expect_tset $a "after rekey-all = {W2}" "$W2"; done
+healthy w "after rekey-all" wa wb
+for a in wa wb; do stop_agent $a; done
+stop_server w
 
 done_testing

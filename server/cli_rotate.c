@@ -288,10 +288,23 @@ int verb_rekey_all(cli_ctx *c, int argc, char **argv)
 	if (json_object_get(res, "server"))
 		bad |= print_targets(json_object_get(res, "server"), "Server identity rotated on");
 	bad |= print_targets(json_object_get(res, "agents"), "Agents re-keyed");
-	if (bad)
-		printf("Targets not reached keep their old pins: for each, run on the agent 'tether-agent configure "
-		       "--trust %s' and '--remove-trust OLD', then 'tether-server rotate-agent-certificate%s NAME'.\n",
-		       jstr(res, "current"), cli_args(c));
+	if (json_array_size(json_object_get(res, "manual"))) {
+		size_t i;
+		json_t *row;
+		printf("Targets not reached keep their old pins; run for each:\n");
+		json_array_foreach(json_object_get(res, "manual"), i, row) {
+			if (jstr(row, "trust")[0])
+				printf("  %-20s on the agent: tether-agent configure --trust %s\n", jstr(row, "target"),
+				       jstr(row, "trust"));
+			if (jstr(row, "remove_trust")[0])
+				printf("  %-20s on the agent: tether-agent configure --remove-trust %s\n", jstr(row, "target"),
+				       jstr(row, "remove_trust"));
+			if (json_is_true(json_object_get(row, "rekey_agent")))
+				printf("  %-20s then here: tether-server rotate-agent-certificate%s %s\n", jstr(row, "target"),
+				       cli_args(c), jstr(row, "target"));
+		}
+		bad = 1;
+	}
 	if (jstr(res, "dropped")[0])
 		printf("Every target was reached: the previous identity %s is dropped.\n", jstr(res, "dropped"));
 	else if (jstr(res, "previous")[0])

@@ -789,7 +789,41 @@ static void rekey_after_agents(rot_job *j)
 			json_object_set_new(report, "dropped", json_string(prev));
 		}
 	}
-	/* otherwise finish without force: what still depends on it is reported */
+	/* otherwise finish without force: what still depends on it is reported,
+	 * with what to run for each target not reached */
+	{
+		json_t *manual = json_array(), *agents = json_object_get(report, "agents"), *row;
+		reg_target *list = NULL;
+		size_t n = 0, i, k;
+		tether_error e;
+		memset(&e, 0, sizeof(e));
+		if (registry_target_list(srv_registry(s), NULL, &list, &n, &e) == 0) {
+			for (i = 0; i < n; i++) {
+				char t[65];
+				int rekeyed = 0;
+				json_t *m = json_pack("{s:s}", "target", list[i].name);
+				srv_target_trusts(s, list[i].name, t);
+				if (strcmp(t, srv_sha256(s))) {
+					json_object_set_new(m, "trust", json_string(srv_sha256(s)));
+					json_object_set_new(m, "remove_trust", json_string(t));
+				} else if (list[i].retire_sha256) {
+					json_object_set_new(m, "remove_trust", json_string(list[i].retire_sha256));
+				}
+				json_array_foreach(agents, k, row)
+					if (!strcmp(json_string_value(json_object_get(row, "target")), list[i].name) &&
+					    !strcmp(json_string_value(json_object_get(row, "state")), "rotated"))
+						rekeyed = 1;
+				if (!rekeyed)
+					json_object_set_new(m, "rekey_agent", json_true());
+				if (json_object_size(m) > 1)
+					json_array_append_new(manual, m);
+				else
+					json_decref(m);
+			}
+			reg_target_list_free(list, n);
+		}
+		json_object_set_new(report, "manual", manual);
+	}
 	json_object_set_new(report, "current", json_string(srv_sha256(s)));
 	json_object_set_new(report, "previous", json_string(srv_previous_sha256(s)));
 	admin_reply(call, report);

@@ -477,7 +477,10 @@ cp "$TMP/out" "$TMP/rekey2.out"
 K2=$(sed -n 's/^Server identity now \([0-9a-f]\{64\}\).*/\1/p' "$TMP/rekey2.out")
 [ ${#K2} -eq 64 ] && [ "$K2" != "$K" ]; ok $? "a new server identity K2"
 like "$TMP/rekey2.out" "^  ks +unreachable" "ks reported unreachable"
-like "$TMP/rekey2.out" "tether-agent configure --trust $K2' and '--remove-trust OLD', then 'tether-server rotate-agent-certificate NAME'" "the report gives the manual commands"
+like "$TMP/rekey2.out" "^  ks +on the agent: tether-agent configure --trust $K2\$" "the report gives the manual commands: trust the new identity"
+like "$TMP/rekey2.out" "^  ks +on the agent: tether-agent configure --remove-trust $K\$" "remove the old one (its real thumbprint)"
+like "$TMP/rekey2.out" "^  ks +then here: tether-server rotate-agent-certificate --home ${SH[k]} ks\$" "re-key the agent (its real name)"
+unlike "$TMP/rekey2.out" "^  (kl|kp) +(on the agent|then here)" "reached targets get no manual commands"
 for a in kl kp; do
 	expect_tset $a "after rekey-all = {K2} (old server thumbprint removed)" "$K2"
 	[ "$(athumb $a)" != "${AT0[$a]}" ]; ok $? "$a: re-keyed"

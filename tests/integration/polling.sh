@@ -99,6 +99,28 @@ r=$?; ok $r "the upload completes"
 is "$(stat -c %s "$TMP/root/big.bin" 2>/dev/null)" "$(stat -c %s "$TMP/big")" "and arrives whole"
 rm -f "$TMP/big" "$TMP/root/big.bin"
 
+# a polling target that drops out: a request waits [polling] wait, then
+# fails saying since when it is not connected (RFC 3339 UTC, as documented)
+mark=$(wc -l < "$TMP/server2.log")
+t0=$(date -u +%s)
+kill $APID; wait $APID 2>/dev/null
+for i in $(seq 1 100); do
+	[ "$(tail -n +$((mark + 1)) "$TMP/server2.log" | grep -c "polling agent pa (.*) disconnected")" -ge 2 ] && break
+	sleep 0.1
+done
+t1=$(date -u +%s)
+is "$(tail -n +$((mark + 1)) "$TMP/server2.log" | grep -c "polling agent pa (.*) disconnected")" 2 "the server logs both connections of the stopped agent as disconnected"
+run_exit 1 "health of a polling target that dropped out" "$SERVER" health "${A[@]}" pa
+like "$TMP/out" "polling target pa is not connected since [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z: check that the agent runs in polling mode" "says since when it is not connected, in RFC 3339 UTC"
+since=$(grep -oE "not connected since [^ ]+Z" "$TMP/out" | head -1 | awk '{print $4}')
+ts=$(date -u -d "$since" +%s 2>/dev/null || echo 0)
+[ "$ts" -ge "$t0" ] && [ "$ts" -le "$t1" ]; ok $? "that time is when the agent stopped ($since)"
+unlike "$TMP/out" "never connected" "and not that it never connected"
+bg env TETHER_DEBUG=tls "$AGENT" run "${A[@]}" 2>>"$TMP/agent.log"
+APID=$LAST_PID
+wait_for "$SERVER" health "${A[@]}" pa
+ok $? "the agent connects again"
+
 # a polling target that is not connected: clear failure after [polling] wait
 "$SERVER" target add "${A[@]}" ghost --polling --thumbprint $(printf '%064x' 7) >/dev/null
 run_exit 1 "health of a target that never connected" "$SERVER" health "${A[@]}" ghost

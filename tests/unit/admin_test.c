@@ -272,7 +272,9 @@ static void test_not_running(void **state)
 	assert_null(res);
 	assert_int_equal(err.category, TETHER_CAT_NOT_FOUND);
 	assert_non_null(strstr(err.detail, "the tether-server daemon for instance 'other' is not running (no "));
-	assert_non_null(strstr(err.detail, "'tether-server run --instance other'"));
+	/* the command names the instance and, outside the default home, the home */
+	assert_non_null(strstr(err.detail, "'tether-server run --instance other --home "));
+	assert_non_null(strstr(err.detail, f->dir));
 	tether_instance_free(other);
 }
 

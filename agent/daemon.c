@@ -1118,7 +1118,8 @@ static void poller_timer_cb(uv_timer_t *t)
 		poller_connect(p);
 }
 
-/* Exponential backoff from 1 s to 60 s with +-25 % jitter. */
+/* Exponential backoff: a base doubling from 1 s up to 60 s, +-25 % jitter,
+ * the delay itself kept within 1 s to 60 s. */
 static void poller_schedule(poller *p)
 {
 	unsigned base, delay;
@@ -1132,6 +1133,12 @@ static void poller_schedule(poller *p)
 	base = p->backoff_ms;
 	p->a->prov->t->random_bytes(rnd, sizeof(rnd));
 	delay = base - base / 4 + (unsigned)(((rnd[0] << 8) | rnd[1]) % (base / 2 + 1));
+	if (delay < 1000)
+		delay = 1000;
+	if (delay > 60000)
+		delay = 60000;
+	tether_debug("tls", "server %s:%d: next attempt in %u ms (backoff %u ms +-25 %%)", p->host, p->port,
+	             delay, base);
 	uv_timer_start(&p->timer, poller_timer_cb, delay, 0);
 }
 

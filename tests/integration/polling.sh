@@ -20,6 +20,16 @@ like "$H/agent-default/agent.ini" "^mode = polling" "config says mode = polling"
 like "$H/agent-default/agent.ini" "^server = 127.0.0.1:$SPORT" "config lists the server"
 run_exit 2 "bad --mode" "$AGENT" configure "${A[@]}" --mode sideways
 
+# a second agent whose server never answers logs each retry's delay
+# (checked at the end: the delays grow, within 1 s to 60 s)
+BH="$TMP/bo"
+"$AGENT" create-instance --home "$BH" >/dev/null
+"$AGENT" new-certificate --home "$BH" --key-type ec-p256 >/dev/null
+DEAD=$(free_port)
+"$AGENT" configure --home "$BH" --mode polling --server 127.0.0.1:$DEAD --trust "$ST" >/dev/null
+bg env TETHER_DEBUG=tls "$AGENT" run --home "$BH" 2>"$TMP/bo.log"
+BPID=$LAST_PID
+
 # the server is down when the agent starts: it keeps retrying with growing delays
 bg env TETHER_DEBUG=tls "$AGENT" run "${A[@]}" 2>"$TMP/agent.log"
 APID=$LAST_PID
@@ -134,6 +144,24 @@ sleep 1.5
 like "$TMP/agent.log" "is not trusted here" "the agent refuses a server it no longer trusts"
 "$AGENT" configure "${A[@]}" --trust "$ST" >/dev/null
 kill $APID; wait $APID 2>/dev/null
+
+# backoff: the base doubles from 1 s, each delay within +-25 % of it and
+# within 1 s to 60 s; with the jitter the 4th delay is still above the 1st
+for i in $(seq 1 150); do
+	[ "$(grep -c "server 127.0.0.1:$DEAD: next attempt in" "$TMP/bo.log")" -ge 4 ] && break
+	sleep 0.1
+done
+kill $BPID; wait $BPID 2>/dev/null
+grep -oE "server 127.0.0.1:$DEAD: next attempt in [0-9]+ ms \(backoff [0-9]+ ms" "$TMP/bo.log" |
+	awk '{print $6, $9}' > "$TMP/delays"
+sed 's/^/# delay, base (ms): /' "$TMP/delays"
+[ "$(wc -l < "$TMP/delays")" -ge 4 ]; ok $? "the agent logs each retry's delay ($(wc -l < "$TMP/delays") retries)"
+awk 'NR <= 4 && $2 != 1000 * 2 ^ (NR - 1) { bad = 1 } END { exit bad || NR < 4 }' "$TMP/delays"
+ok $? "the backoff base doubles: 1 s, 2 s, 4 s, 8 s"
+awk '$1 < 1000 || $1 > 60000 || $1 < $2 * 0.75 || $1 > $2 * 1.25 { bad = 1 } END { exit bad || NR < 1 }' "$TMP/delays"
+ok $? "every delay is within 25 % of its base and within 1 s to 60 s"
+[ "$(sed -n 4p "$TMP/delays" | cut -d' ' -f1)" -gt "$(sed -n 1p "$TMP/delays" | cut -d' ' -f1)" ]
+ok $? "the 4th delay is longer than the 1st"
 
 # through an HTTP CONNECT proxy with basic auth
 if command -v tinyproxy >/dev/null; then

@@ -143,10 +143,24 @@ static int export_prepare(cli_ctx *c, const char *path, const char *pw_file, cha
 	int r;
 
 	*pw = NULL;
+	if (c->prov->t->identity_export_pkcs12 && (c->prov->t->flags & TETHER_PROVIDER_NO_KEY_EXPORT)) {
+		/* the provider says where its keys are held (e.g. which token) */
+		unsigned char *o = NULL;
+		size_t ol = 0;
+		r = c->prov->t->identity_export_pkcs12(c->prov->ctx, TETHER_SLOT_CURRENT, "", 0, &o, &ol, &c->err);
+		if (o)
+			tether_free_wiped(o, ol);
+		if (r < 0) {
+			size_t n = strlen(c->err.detail);
+			snprintf(c->err.detail + n, sizeof(c->err.detail) - n, " (nothing was changed)");
+			return r;
+		}
+	}
 	if (!c->prov->t->identity_export_pkcs12 || (c->prov->t->flags & TETHER_PROVIDER_NO_KEY_EXPORT))
 		return tether_err_set(&c->err, TETHER_ERR_UNSUPPORTED, TETHER_CAT_KEY_NOT_EXPORTABLE,
-		                      "the %s provider cannot export private keys: leave out --export-pfx "
-		                      "(nothing was changed)", c->prov->t->name);
+		                      "the %s provider cannot export private keys: export the certificate alone "
+		                      "with --export-pem, or leave out --export-pfx (nothing was changed)",
+		                      c->prov->t->name);
 	r = export_dest_check(c, path);
 	if (r < 0)
 		return r;

@@ -261,6 +261,8 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 			printf("Landing page %s\n", tether_config_bool(o.landing) ? "on" : "off");
 		if (c->provider)
 			printf("Provider set to %s\n", c->provider);
+		int later = o.landing || c->provider || o.pk11.v[0] || o.pk11.v[1] || o.pk11.v[2] ||
+		            o.proxy || o.proxy_cred || o.poll_conns;
 		cli_pkcs11_print(&o.pk11);
 		if (o.mode)
 			printf("Mode set to %s (restart the agent to apply)\n", o.mode);
@@ -279,6 +281,10 @@ int verb_configure(cli_ctx *c, int argc, char **argv)
 		}
 		if (o.proxy)
 			printf("Proxy %s\n", strcmp(o.proxy, "off") ? o.proxy : "off");
+		/* the running agent reloads only its trust and identity (SIGHUP) */
+		if (later)
+			printf("Restart the agent to apply these settings (a running agent reloads only "
+			       "its trust and certificate by itself)\n");
 	}
 	if (ta_done)
 		fputs(ta.log, stdout);

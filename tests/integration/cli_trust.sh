@@ -96,4 +96,10 @@ for i in $(seq 1 50); do [ "$(cat "$L" 2>/dev/null)" = "$holder" ] && break; sle
 run_exit 1 "configure while another process holds the INI lock" "$AGENT" configure "${A[@]}" --listen 127.0.0.1:12346
 like "$TMP/err" "agent.ini.lock is held by another process \(pid $holder\) for more than 10 s: let it finish \(or stop it\) and try again" "names the lock, its holder and what to do"
 kill $holder 2>/dev/null; wait $holder 2>/dev/null
+
+# settings a running agent does not reload say so; trust changes do not
+run_ok "configure --landing-page off" "$AGENT" configure "${A[@]}" --landing-page off
+like "$TMP/out" "^Restart the agent to apply these settings" "a setting that needs a restart says so"
+run_ok "configure --trust" "$AGENT" configure "${A[@]}" --trust "$(printf 'c%.0s' $(seq 64))"
+unlike "$TMP/out" "Restart the agent" "a trust change (applied at once) does not ask for a restart"
 done_testing

@@ -5,8 +5,12 @@
  * A ticket (32 hex digits, chosen by the server) names one run of a script
  * or an argv.  Its directory <work_dir>/scripts/<ticket>/ (0700) holds
  *   meta.json    owner, command summary (never env values), state, exit
- *                code, times; rewritten atomically at every change of state
- *   output.log   the output records, appended as they arrive (format below)
+ *                code, times: one JSON object a line, the first complete,
+ *                then one line appended at every change of state with the
+ *                members that changed (a line cut short by a crash is
+ *                ignored, so the state read back is the one before it)
+ *   output.log   the output records, appended as they arrive (format
+ *                below); created at the first output
  *   script       the script text, when one was given (run as `sh script`)
  *   work/        the default working directory of the process
  * so a server that reconnects after a drop gets every record and the exit
@@ -118,6 +122,7 @@ typedef struct ticket {
 	int listed;
 	int state;
 	int preparing;                /* its directory is being made */
+	int meta_lines;               /* lines in meta.json (0: not written yet) */
 	int exit_code;
 	int64_t created_ms, started_ms, ended_ms;
 	uint64_t order;               /* creation order: queues are FIFO */
@@ -154,7 +159,8 @@ typedef struct run {
 	int64_t exit_status;
 	int term_signal;
 	long pid;
-	int fd;                       /* output.log, O_APPEND */
+	int fd;                       /* output.log, O_APPEND; -1 until the first output */
+	int created_output;           /* this run created output.log */
 	unsigned char buf[2][4 + READ_CHUNK]; /* 4 bytes for a held-back UTF-8 tail */
 	size_t carry[2];
 	int write_failed;
@@ -480,33 +486,53 @@ static void wake_waiters_locked(ticket *t)
 		uv_async_send(&w->async);
 }
 
-/* Write meta.json from the ticket's state now.  Serialised per ticket so
- * that the last write always holds the newest state.
+/* Record the ticket's state in meta.json now.  Serialised per ticket so
+ * that the last line always holds the newest state.
+ * The first write creates the file (in the ticket's new directory) with
+ * the whole record; every later one appends a line with the state and the
+ * members that change with it.  Appending instead of replacing the file
+ * keeps its inode: on ext4 each replacement was an inode allocation plus
+ * the freeing (and discard) of the old one, most of the agent's time per
+ * short command.  A line cut short (the agent killed in the write, the
+ * machine stopped before it reached the disk) does not parse and is
+ * ignored at the next start, which then sees the state before it: queued
+ * or running, reported lost; a failed write is cut back off the file.
  * Durability: the states a server may ask about after the machine restarts
  * (queued: the ticket exists; ended: the exit code) are fsynced.  The move
  * to running (start time, pid) only has to survive the agent process: after
  * a machine restart the process is gone whatever the file says, and a
  * ticket found queued or running is reported lost either way.  Skipping
  * those two fsyncs takes about a third of the disk waits out of every exec. */
+#ifndef O_BINARY
+#define O_BINARY 0
+#endif
 enum { META_SYNC = 0, META_NOSYNC = TETHER_WRITE_NOSYNC };
 static void meta_write_flags(ticket *t, unsigned flags)
 {
-	tether_error err = { 0 };
 	char created[40], started[40], ended[40];
 	json_t *m;
-	char *text, *path;
+	char *text = NULL, *path;
+	int first, fd = -1;
+	size_t len = 0, done = 0;
+	struct stat st;
+	const char *why = NULL;
 
 	pthread_mutex_lock(&t->meta_lock);
 	pthread_mutex_lock(&S.lock);
-	iso_ms(t->created_ms, created, sizeof(created));
-	m = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I}", "ticket", t->id, "owner", t->owner,
-	              "state", state_names[t->state], "created", created,
-	              "timeout_s", (json_int_t)t->timeout_s,
-	              "output_dropped_bytes", (json_int_t)t->dropped);
-	if (t->summary)
-		json_object_set(m, "command", t->summary);
-	if (t->isolation)
-		json_object_set_new(m, "isolation", json_string(t->isolation));
+	first = t->meta_lines == 0;
+	m = json_pack("{s:s}", "state", state_names[t->state]);
+	if (first) {
+		iso_ms(t->created_ms, created, sizeof(created));
+		json_object_set_new(m, "ticket", json_string(t->id));
+		json_object_set_new(m, "owner", json_string(t->owner));
+		json_object_set_new(m, "created", json_string(created));
+		json_object_set_new(m, "timeout_s", json_integer((json_int_t)t->timeout_s));
+		if (t->summary)
+			json_object_set(m, "command", t->summary);
+		if (t->isolation)
+			json_object_set_new(m, "isolation", json_string(t->isolation));
+	}
+	json_object_set_new(m, "output_dropped_bytes", json_integer((json_int_t)t->dropped));
 	if (t->started_ms) {
 		iso_ms(t->started_ms, started, sizeof(started));
 		json_object_set_new(m, "started", json_string(started));
@@ -519,13 +545,63 @@ static void meta_write_flags(ticket *t, unsigned flags)
 		json_object_set_new(m, "exit_code", json_integer(t->exit_code));
 	}
 	pthread_mutex_unlock(&S.lock);
-	text = json_dumps(m, JSON_COMPACT);
+	{
+		char *j = json_dumps(m, JSON_COMPACT);
+		if (j) {
+			text = tether_asprintf("%s\n", j);
+			len = strlen(text);
+			free(j);
+		}
+	}
 	json_decref(m);
 	path = tether_asprintf("%s/meta.json", t->dir);
-	if (!text || tether_write_atomic_flags(path, text, strlen(text), 0600, flags, &err) < 0)
+	if (!text) {
+		why = "out of memory";
+		goto out;
+	}
+	fd = open(path, first ? O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC | O_BINARY
+	                      : O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_BINARY, 0600);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		why = strerror(errno);
+		goto out;
+	}
+	while (done < len) {
+		ssize_t w = write(fd, text + done, len - done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			why = w < 0 ? strerror(errno) : "short write";
+			/* leave no partial line behind */
+			if (ftruncate(fd, st.st_size) < 0)
+				log_error("script ticket %s: cannot cut %s back: %s", t->id, path,
+				          strerror(errno));
+			goto out;
+		}
+		done += (size_t)w;
+	}
+	if (!(flags & META_NOSYNC) && fsync(fd) < 0 && errno != EINVAL) {
+		why = strerror(errno);
+		goto out;
+	}
+#ifndef _WIN32
+	if (first && !(flags & META_NOSYNC)) {   /* the new directory's entries */
+		int dfd = open(t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd >= 0) {
+			if (fsync(dfd) < 0 && errno != EINVAL)
+				log_warn("script ticket %s: cannot fsync %s: %s", t->id, t->dir,
+				         strerror(errno));
+			close(dfd);
+		}
+	}
+#endif
+	t->meta_lines++;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (why)
 		log_error("script ticket %s: cannot record its state in %s: %s; a server asking "
 		          "after an agent restart may get an outdated state: check the disk",
-		          t->id, path, text ? err.detail : "out of memory");
+		          t->id, path, why);
 	free(path);
 	free(text);
 	pthread_mutex_unlock(&t->meta_lock);
@@ -548,6 +624,7 @@ static void meta_write(ticket *t)
 typedef struct sync_job {
 	uv_work_t w;
 	char *dir;
+	int sync_dir;                 /* entries were added since the last sync */
 } sync_job;
 
 static void sync_one(int dirfd, const char *name)
@@ -568,7 +645,7 @@ static void sync_work(uv_work_t *w)
 		return;
 	sync_one(dfd, "output.log");
 	sync_one(dfd, "meta.json");
-	if (fsync(dfd) < 0 && errno != EINVAL)
+	if (j->sync_dir && fsync(dfd) < 0 && errno != EINVAL)
 		log_warn("script ticket: cannot fsync directory %s: %s", j->dir, strerror(errno));
 	close(dfd);
 }
@@ -581,10 +658,11 @@ static void sync_done(uv_work_t *w, int status)
 	free(j);
 }
 
-static void ticket_sync_later(uv_loop_t *loop, ticket *t)
+static void ticket_sync_later(uv_loop_t *loop, ticket *t, int sync_dir)
 {
 	sync_job *j = tether_xcalloc(1, sizeof(*j));
 	j->dir = tether_strdup(t->dir);
+	j->sync_dir = sync_dir;
 	j->w.data = j;
 	if (uv_queue_work(loop, &j->w, sync_work, sync_done) < 0) {
 		sync_work(&j->w);
@@ -877,6 +955,25 @@ static void record(run *ru, int stream, const unsigned char *data, size_t len)
 		return;
 	}
 	pthread_mutex_unlock(&S.lock);
+	if (ru->fd < 0) {
+		/* the first output: a command that prints nothing creates no file */
+		char *path = tether_asprintf("%s/output.log", t->dir);
+		ru->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_BINARY,
+		              0600);
+		if (ru->fd < 0) {
+			log_error("script ticket %s: cannot open %s: %s; its output is discarded: "
+			          "check the disk and the permissions of the work directory", t->id,
+			          path, strerror(errno));
+			free(path);
+			ru->write_failed = 1;
+			pthread_mutex_lock(&S.lock);
+			t->dropped += len;
+			pthread_mutex_unlock(&S.lock);
+			return;
+		}
+		free(path);
+		ru->created_output = 1;
+	}
 
 	hdr[0] = 'T';
 	hdr[1] = 'R';
@@ -1117,7 +1214,9 @@ static void finalize(run *ru)
 	pthread_mutex_unlock(&S.lock);
 #ifndef _WIN32
 	meta_write_flags(t, META_NOSYNC);
-	ticket_sync_later(ru->loop, t);
+	/* meta.json is appended to in place: the directory changed only if
+	 * the run created output.log */
+	ticket_sync_later(ru->loop, t, ru->created_output);
 #else
 	meta_write(t);
 #endif
@@ -1184,7 +1283,7 @@ static void spawn(uv_loop_t *loop, ticket *t)
 {
 	uv_process_options_t o;
 	uv_stdio_container_t io[3];
-	char *path = NULL, *workdir = NULL, **env = NULL;
+	char *workdir = NULL, **env = NULL;
 	run *ru = tether_xcalloc(1, sizeof(*ru));
 	cmd *c;
 	int r, cancel, i;
@@ -1211,20 +1310,6 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	ru->timeout.data = ru->grace.data = ru->drain.data = ru->meta.data = ru->async.data = ru;
 	ru->handles = 5;
 
-	path = tether_asprintf("%s/output.log", t->dir);
-	ru->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (ru->fd < 0) {
-		log_error("script ticket %s: cannot open %s: %s; the script is not run: check "
-		          "the disk and the permissions of the work directory", t->id, path,
-		          strerror(errno));
-		ru->write_failed = 1;
-		pthread_mutex_lock(&S.lock);
-		t->run = ru;
-		t->started_ms = now_unix_ms();
-		pthread_mutex_unlock(&S.lock);
-		spawn_failed(ru, uv_translate_sys_error(errno), "the script (no output file)");
-		goto out;
-	}
 	workdir = c->cwd ? NULL : tether_asprintf("%s/work", t->dir);
 	env = make_env(t, c->env);
 	memset(&o, 0, sizeof(o));
@@ -1298,7 +1383,6 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	uv_timer_start(&ru->meta, on_meta_timer, RUNNING_META_DELAY_MS, 0);
 	tether_debug("script", "ticket %s: started %s as process %ld", t->id, c->argv[0], ru->pid);
 out:
-	free(path);
 	free(workdir);
 	if (env) {
 		for (i = 0; env[i]; i++)
@@ -1594,7 +1678,6 @@ static void remove_trash(char **trash)
 /* Create the ticket's directory and files; 0 or -1 (logged). */
 static int prepare_dir(ticket *t, cmd *c, char **why)
 {
-	tether_error err = { 0 };
 	char *p = NULL;
 	int rc = -1, fd;
 
@@ -1607,17 +1690,9 @@ static int prepare_dir(ticket *t, cmd *c, char **why)
 		*why = tether_asprintf("cannot create %s: %s", p, strerror(errno));
 		goto out;
 	}
-	free(p);
-	/* A new, empty file in the new directory: the fsynced meta.json that
-	 * follows makes the directory's entries durable, this one included. */
-	p = tether_asprintf("%s/output.log", t->dir);
-	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		*why = tether_asprintf("cannot create %s: %s", p, strerror(errno));
-		goto out;
-	}
-	close(fd);
+	/* output.log is created at the first output (record) */
 	if (c->script) {
+		size_t done = 0;
 		free(p);
 #ifdef _WIN32 /* the interpreters go by the extension */
 		p = tether_asprintf("%s\\script.%s", t->dir, strcmp(c->shell, "cmd") ? "ps1" : "cmd");
@@ -1625,10 +1700,27 @@ static int prepare_dir(ticket *t, cmd *c, char **why)
 		p = tether_asprintf("%s/script", t->dir);
 #endif
 		/* read only by the process started below: it need not outlive
-		 * the agent (a ticket found queued after a restart is not run) */
-		if (tether_write_atomic_flags(p, c->script, c->script_len, 0600,
-		                              TETHER_WRITE_NOSYNC, &err) < 0) {
-			*why = tether_strdup(err.detail);
+		 * the agent (a ticket found queued after a restart is not run),
+		 * and the directory is new, so it is written in place */
+		fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_BINARY, 0600);
+		if (fd < 0) {
+			*why = tether_asprintf("cannot create %s: %s", p, strerror(errno));
+			goto out;
+		}
+		while (done < c->script_len) {
+			ssize_t w = write(fd, c->script + done, c->script_len - done);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				*why = tether_asprintf("cannot write %s: %s", p,
+				                       w < 0 ? strerror(errno) : "short write");
+				close(fd);
+				goto out;
+			}
+			done += (size_t)w;
+		}
+		if (close(fd) < 0) {
+			*why = tether_asprintf("cannot write %s: %s", p, strerror(errno));
 			goto out;
 		}
 #ifdef _WIN32
@@ -1756,7 +1848,7 @@ static void do_start(agent_req *r, json_t *p, const char *server)
 	}
 #ifndef _WIN32
 	meta_write_flags(t, META_NOSYNC);
-	ticket_sync_later(agent_req_loop(r), t);
+	ticket_sync_later(agent_req_loop(r), t, 1);
 #else
 	meta_write(t);
 #endif
@@ -1854,12 +1946,52 @@ static void do_cancel(agent_req *r, json_t *p, const char *server)
 	ticket_unref(t);
 }
 
+/* Removal of a completed ticket's directory, renamed aside already, on a
+ * thread of libuv's pool: freeing its inodes (and the discards of their
+ * blocks) need not hold up the answer and the other connections of the
+ * loop.  A removal cut short leaves a .trash- directory, removed at the
+ * next start. */
+typedef struct rm_job {
+	uv_work_t w;
+	char *path;
+	char id[33];
+} rm_job;
+
+static void rm_work(uv_work_t *w)
+{
+	rm_job *j = w->data;
+	if (tether_rmtree(j->path) < 0)
+		log_warn("script ticket %s: could not remove all of %s; remove it by hand", j->id,
+		         j->path);
+}
+
+static void rm_done(uv_work_t *w, int status)
+{
+	rm_job *j = w->data;
+	(void)status;
+	free(j->path);
+	free(j);
+}
+
+static void remove_later(uv_loop_t *loop, const ticket *t, char *path)
+{
+	rm_job *j = tether_xcalloc(1, sizeof(*j));
+	j->path = path;
+	snprintf(j->id, sizeof(j->id), "%s", t->id);
+	j->w.data = j;
+	if (uv_queue_work(loop, &j->w, rm_work, rm_done) < 0) {
+		rm_work(&j->w);
+		rm_done(&j->w, 0);
+	}
+}
+
 static void do_complete(agent_req *r, json_t *p, const char *server)
 {
 	params pa;
 	ticket *t;
 	char *trash = NULL;
-	int ok;
+	int ok, aside = 0;
+	uv_loop_t *loop = agent_req_loop(r);   /* r is gone once answered */
 
 	if (common_params(r, p, &pa) < 0 || !(t = own_ticket(r, pa.ticket, server)))
 		return;
@@ -1872,6 +2004,8 @@ static void do_complete(agent_req *r, json_t *p, const char *server)
 			         t->id, t->dir, strerror(errno));
 			free(trash);
 			trash = tether_strdup(t->dir);
+		} else {
+			aside = 1;
 		}
 		ticket_unlink_locked(t);
 	}
@@ -1881,10 +2015,14 @@ static void do_complete(agent_req *r, json_t *p, const char *server)
 		                "the script has not ended yet: cancel it (script.cancel) or wait "
 		                "for it to end, then complete it", NULL);
 	} else {
-		if (tether_rmtree(trash) < 0)
+		if (!aside && tether_rmtree(trash) < 0)
 			log_warn("script ticket %s: could not remove all of %s; remove it by hand",
 			         t->id, trash);
 		agent_req_reply(r, json_pack("{s:s, s:b}", "ticket", t->id, "completed", 1));
+		if (aside) {
+			remove_later(loop, t, trash);
+			trash = NULL;
+		}
 	}
 	free(trash);
 	ticket_unref(t);
@@ -1980,6 +2118,42 @@ static int state_from_name(const char *s)
 	return -1;
 }
 
+/* The state recorded in meta.json: its first line, updated by every later
+ * line up to the first that does not parse (cut short by a crash).  NULL
+ * when even the first does not.  *good: the bytes of the lines used.  An
+ * agent before the line format wrote one object without a newline: that is
+ * a first line. */
+static json_t *meta_parse(const char *text, size_t len, int *lines, size_t *good)
+{
+	const char *p = text, *end = text + len;
+	json_t *m = NULL;
+
+	*lines = 0;
+	*good = 0;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		json_error_t je;
+		json_t *o = json_loadb(p, n, 0, &je);
+		if (!json_is_object(o)) {
+			json_decref(o);
+			break;
+		}
+		if (m) {
+			json_object_update(m, o);
+			json_decref(o);
+		} else {
+			m = o;
+		}
+		++*lines;
+		*good = nl ? (size_t)(nl + 1 - text) : len;
+		if (!nl)
+			break;
+		p = nl + 1;
+	}
+	return m;
+}
+
 /* Load one ticket directory left by an earlier agent process. */
 static void load_ticket(const char *name, int64_t now)
 {
@@ -1987,15 +2161,15 @@ static void load_ticket(const char *name, int64_t now)
 	unsigned char *text = NULL;
 	size_t len;
 	json_t *m = NULL;
-	json_error_t je;
 	tether_error err = { 0 };
 	ticket *t = NULL;
-	int state, lost = 0;
+	int state, lost = 0, lines = 0;
+	size_t good = 0;
 	json_t *v;
 
 	path = tether_asprintf("%s/meta.json", dir);
 	if (tether_read_file(path, META_MAX, &text, &len, &err) < 0 ||
-	    !(m = json_loadb((const char *)text, len, 0, &je)) ||
+	    !(m = meta_parse((const char *)text, len, &lines, &good)) ||
 	    !json_is_string(json_object_get(m, "owner")) ||
 	    (state = state_from_name(json_string_value(json_object_get(m, "state")))) < 0) {
 		log_warn("script ticket %s: %s is missing or damaged; removing the ticket (its "
@@ -2003,8 +2177,28 @@ static void load_ticket(const char *name, int64_t now)
 		tether_rmtree(dir);
 		goto out;
 	}
+	if (good < len) {
+		/* a line cut short: cut it off, so lines appended from now on are read */
+		log_warn("script ticket %s: %s ends with %zu bytes of a state record cut short "
+		         "(the agent stopped while writing it); they are dropped", name, path,
+		         len - good);
+		int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_BINARY);
+		if (fd < 0 || ftruncate(fd, (off_t)good) < 0)
+			log_warn("script ticket %s: cannot cut %s: %s", name, path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	} else if (text[len - 1] != '\n') {
+		/* an earlier agent's file (no newline): lines appended go below it */
+		int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_BINARY);
+		if (fd < 0 || write(fd, "\n", 1) != 1)
+			log_warn("script ticket %s: cannot add a newline to %s: %s", name, path,
+			         strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
 	t = ticket_new(name, json_string_value(json_object_get(m, "owner")));
 	t->state = state;
+	t->meta_lines = lines;
 	if (parse_iso_ms(json_string_value(json_object_get(m, "created")), &t->created_ms) < 0)
 		t->created_ms = now;
 	if (parse_iso_ms(json_string_value(json_object_get(m, "started")), &t->started_ms) < 0)

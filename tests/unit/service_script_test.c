@@ -182,6 +182,35 @@ static double now_s(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* meta.json as the agent reads it: the first line, updated by each later
+ * line (members of a change of state).  Every line must parse. */
+static json_t *meta_load(const char *path)
+{
+	unsigned char *text = NULL;
+	size_t len;
+	tether_error err = { 0 };
+	json_t *m = NULL;
+	char *p, *nl;
+
+	if (tether_read_file(path, 1 << 20, &text, &len, &err) < 0)
+		return NULL;
+	for (p = (char *)text; p < (char *)text + len; p = nl + 1) {
+		json_t *o;
+		nl = memchr(p, '\n', (size_t)((char *)text + len - p));
+		assert_non_null(nl);                  /* every line is complete */
+		o = json_loadb(p, (size_t)(nl - p), 0, NULL);
+		assert_true(json_is_object(o));
+		if (m) {
+			json_object_update(m, o);
+			json_decref(o);
+		} else {
+			m = o;
+		}
+	}
+	free(text);
+	return m;
+}
+
 /* The pid meta.json records for a running ticket.  The move to running is
  * written once the process has run RUNNING_META_DELAY_MS (100 ms): wait
  * for it, up to 5 s, and check the state written with it. */
@@ -192,7 +221,7 @@ static long ticket_pid(const char *ticket)
 	int i;
 
 	for (i = 0; i < 100 && !pid; i++) {
-		json_t *m = json_load_file(p, 0, NULL);
+		json_t *m = meta_load(p);
 		assert_non_null(m);
 		pid = (long)json_integer_value(json_object_get(m, "pid"));
 		if (pid)
@@ -641,10 +670,14 @@ static void test_disabled(void **state)
 }
 
 /* The agent is killed (-9) while a script runs; the next agent reports the
- * ticket as unknown (254) with the output recorded before. */
+ * ticket as unknown (254) with the output recorded before.  Short scripts
+ * that ended before the kill keep their output and exit code (one that
+ * printed nothing has no output.log); one started just before the kill,
+ * within its first 100 ms (no running state written yet), is unknown
+ * (254) too, and a repeated script.start does not run it again. */
 static void test_restart_recovery(void **state)
 {
-	char t[33], t2[33];
+	char t[33], t2[33], t3[33], t4[33];
 	pid_t child;
 	int status;
 	json_t *r;
@@ -654,6 +687,8 @@ static void test_restart_recovery(void **state)
 	(void)state;
 	tk(t, 100);
 	tk(t2, 101);
+	tk(t3, 102);
+	tk(t4, 103);
 	harness_loop_free(L1);
 	harness_loop_free(L2);
 	L1 = L2 = NULL;
@@ -669,6 +704,10 @@ static void test_restart_recovery(void **state)
 		hl = harness_loop_new();
 		x = start_script(hl, t2, "echo finished-before", 10000);
 		json_decref(x);
+		x = start_script(hl, t3, "exit 3", 10000);
+		if (strcmp(state_of(x), "finished"))
+			_exit(5);
+		json_decref(x);
 		x = start_script(hl, t, "echo before; sleep 60", 0);
 		json_decref(x);
 		for (i = 0; i < 100; i++) {
@@ -676,8 +715,11 @@ static void test_restart_recovery(void **state)
 			            json_pack("{s:s, s:i}", "ticket", t, "wait_ms", 5000));
 			/* killed while it runs, once its running state (and
 			 * pid, for the clean-up below) is in meta.json */
-			if (json_array_size(json_object_get(x, "output")) && ticket_pid(t) > 0)
+			if (json_array_size(json_object_get(x, "output")) && ticket_pid(t) > 0) {
+				/* writes a file the second agent must not see again */
+				json_decref(start_script(hl, t4, "sleep 0.5; echo x >> ran", 0));
 				kill(getpid(), SIGKILL);
+			}
 			json_decref(x);
 		}
 		_exit(4);
@@ -708,9 +750,150 @@ static void test_restart_recovery(void **state)
 	assert_string_equal(state_of(r), "finished");
 	assert_int_equal(exit_of(r), 0);
 	json_decref(r);
+	collect(L1, t2, 262144, &c);
+	assert_string_equal(c.out, "finished-before\n");
+	collected_free(&c);
+	{
+		char *p = tether_asprintf("%s/scripts/%s/output.log", work, t3);
+		assert_false(tether_path_exists(p));   /* no output, no file */
+		free(p);
+	}
+	collect(L1, t3, 262144, &c);
+	assert_string_equal(c.state, "finished");
+	assert_int_equal(c.exit_code, 3);
+	assert_int_equal(c.records, 0);
+	collected_free(&c);
+	r = call_ok(L1, SRV_A, "script.status", json_pack("{s:s}", "ticket", t4));
+	assert_string_equal(state_of(r), "unknown");
+	assert_int_equal(exit_of(r), 254);
+	json_decref(r);
+	/* the server repeats the start it got no answer for: never run twice */
+	r = start_script(L1, t4, "sleep 0.5; echo x >> ran", 2000);
+	assert_string_equal(state_of(r), "unknown");
+	assert_int_equal(exit_of(r), 254);
+	json_decref(r);
+	{
+		/* the first run's orphan ends within 0.5 s; the file has its line only */
+		char *p = tether_asprintf("%s/scripts/%s/work/ran", work, t4);
+		unsigned char *text = NULL;
+		size_t len = 0;
+		tether_error err = { 0 };
+		int i;
+		for (i = 0; i < 50 && !tether_path_exists(p); i++)
+			usleep(100 * 1000);
+		sleep(1);
+		assert_int_equal(tether_read_file(p, 100, &text, &len, &err), 0);
+		assert_int_equal(len, 2);
+		free(text);
+		free(p);
+	}
 	/* the orphan of the killed agent: ours to clean up */
 	if (pid > 0)
 		kill(-(pid_t)pid, SIGKILL);
+}
+
+/* meta.json is a line per change of state: a last line cut short (the
+ * agent killed while appending it) is ignored and cut off, so the ticket is
+ * read in the state before it; a meta.json of an earlier agent (one object,
+ * no newline) is read as before. */
+static void test_meta_lines(void **state)
+{
+	char t[33], t2[33], t3[33];
+	char *d, *m, *d2, *m2, *d3;
+	json_t *r, *x;
+	unsigned char *text = NULL;
+	size_t len = 0;
+	tether_error err = { 0 };
+	FILE *f;
+
+	(void)state;
+	tk(t, 120);
+	tk(t2, 121);
+	tk(t3, 122);
+	d3 = tether_asprintf("%s/scripts/%s", work, t3);
+	d = tether_asprintf("%s/scripts/%s", work, t);
+	m = tether_asprintf("%s/meta.json", d);
+	d2 = tether_asprintf("%s/scripts/%s", work, t2);
+	m2 = tether_asprintf("%s/meta.json", d2);
+	r = start_script(L1, t, "echo one; exit 4", 10000);
+	assert_string_equal(state_of(r), "finished");
+	json_decref(r);
+	x = meta_load(m);
+	assert_string_equal(json_string_value(json_object_get(x, "state")), "finished");
+	assert_int_equal(json_integer_value(json_object_get(x, "exit_code")), 4);
+	assert_string_equal(json_string_value(json_object_get(x, "owner")), SRV_A);
+	json_decref(x);
+	harness_loop_free(L1);
+	harness_loop_free(L2);
+	L1 = L2 = NULL;
+	svc->shutdown();
+	/* keep only the first line (queued), then half of a finished line */
+	assert_int_equal(tether_read_file(m, 1 << 20, &text, &len, &err), 0);
+	f = fopen(m, "w");
+	assert_non_null(f);
+	fwrite(text, 1, (size_t)((unsigned char *)memchr(text, '\n', len) + 1 - text), f);
+	fputs("{\"state\":\"finished\",\"exit_co", f);
+	fclose(f);
+	free(text);
+	/* an earlier agent's ticket */
+	assert_int_equal(mkdir(d2, 0700), 0);
+	f = fopen(m2, "w");
+	assert_non_null(f);
+	fprintf(f, "{\"ticket\":\"%s\",\"owner\":\"%s\",\"state\":\"finished\","
+	        "\"created\":\"2026-11-23T05:00:00.000Z\",\"timeout_s\":0,"
+	        "\"output_dropped_bytes\":0,\"ended\":\"2099-11-23T05:00:01.000Z\","
+	        "\"exit_code\":9}", t2, SRV_A);
+	fclose(f);
+	/* and one that was running when that agent stopped */
+	assert_int_equal(mkdir(d3, 0700), 0);
+	{
+		char *m3 = tether_asprintf("%s/meta.json", d3);
+		f = fopen(m3, "w");
+		assert_non_null(f);
+		fprintf(f, "{\"ticket\":\"%s\",\"owner\":\"%s\",\"state\":\"running\","
+		        "\"created\":\"2099-11-23T05:00:00.000Z\",\"timeout_s\":0,"
+		        "\"output_dropped_bytes\":0}", t3, SRV_A);
+		fclose(f);
+		free(m3);
+	}
+	assert_int_equal(setup_env(1, 3600), 0);
+	L1 = harness_loop_new();
+	L2 = harness_loop_new();
+	r = call_ok(L1, SRV_A, "script.status", json_pack("{s:s}", "ticket", t));
+	assert_string_equal(state_of(r), "unknown");
+	assert_int_equal(exit_of(r), 254);
+	json_decref(r);
+	/* the torn line was cut and the lost state appended after the first */
+	x = meta_load(m);
+	assert_string_equal(json_string_value(json_object_get(x, "state")), "unknown");
+	assert_int_equal(json_integer_value(json_object_get(x, "exit_code")), 254);
+	json_decref(x);
+	r = call_ok(L1, SRV_A, "script.status", json_pack("{s:s}", "ticket", t2));
+	assert_string_equal(state_of(r), "finished");
+	assert_int_equal(exit_of(r), 9);
+	json_decref(r);
+	r = call_ok(L2, SRV_A, "script.complete", json_pack("{s:s}", "ticket", t2));
+	json_decref(r);
+	assert_false(tether_path_exists(d2));
+	/* the lost state went below the earlier agent's line: read again the
+	 * same after another restart */
+	for (int i = 0; i < 2; i++) {
+		r = call_ok(L1, SRV_A, "script.status", json_pack("{s:s}", "ticket", t3));
+		assert_string_equal(state_of(r), "unknown");
+		assert_int_equal(exit_of(r), 254);
+		json_decref(r);
+		harness_loop_free(L1);
+		harness_loop_free(L2);
+		svc->shutdown();
+		assert_int_equal(setup_env(1, 3600), 0);
+		L1 = harness_loop_new();
+		L2 = harness_loop_new();
+	}
+	free(d3);
+	free(d);
+	free(m);
+	free(d2);
+	free(m2);
 }
 
 static void test_retention(void **state)
@@ -757,6 +940,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_disabled, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_recovery, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_meta_lines, setup, teardown),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, NULL, NULL);

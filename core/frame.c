@@ -139,6 +139,264 @@ tether_proto_is_text(const char *s, size_t max)
 	return 1;
 }
 
+/* ------------------------------------------------------------------ */
+/* A fast path for the common JSON payload                             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * jansson's json_loadb reads its input one character at a time through a
+ * stream of callbacks: about 13 us for a 600-byte health answer on the
+ * machines of docs/BENCHMARKS.md, of which building the values (the
+ * allocations and the hash tables) is about 2 us.  Every frame's JSON goes
+ * through here, so this parses the common case directly into the same
+ * jansson values: objects, arrays, integers of up to 18 digits, true,
+ * false, null, and strings of printable ASCII with the two-character
+ * escapes.  Anything else (a number with a fraction or an exponent, a
+ * \uXXXX escape, a byte above 0x7f, nesting deeper than FAST_DEPTH, a
+ * duplicate key, any syntax error) makes it give up, and the payload is
+ * parsed again by json_loadb, which accepts or rejects it with its own
+ * message.  So the fast path never accepts what json_loadb would refuse,
+ * and what it accepts it builds exactly as json_loadb would
+ * (frame_test checks both against json_loadb).
+ */
+#define FAST_DEPTH 32
+
+typedef struct fastp {
+	const unsigned char *p, *end;
+	char scratch[256];              /* a key or an escaped string */
+} fastp;
+
+static json_t *fast_value(fastp *f, int depth);
+
+static void
+fast_ws(fastp *f)
+{
+	while (f->p < f->end && (*f->p == ' ' || *f->p == '\n' || *f->p == '\r' || *f->p == '\t'))
+		f->p++;
+}
+
+/* At the opening quote.  The string's bytes (unescaped) in *s, *n: either
+ * in the input or in f->scratch.  -1: give up. */
+static int
+fast_string(fastp *f, const char **s, size_t *n)
+{
+	const unsigned char *q = ++f->p;
+	size_t k = 0;
+
+	while (q < f->end && *q != '"' && *q != '\\') {
+		if (*q < 0x20 || *q > 0x7e)
+			return -1;
+		q++;
+	}
+	if (q >= f->end)
+		return -1;
+	if (*q == '"') {
+		*s = (const char *)f->p;
+		*n = (size_t)(q - f->p);
+		f->p = q + 1;
+		return 0;
+	}
+	/* escapes: unescape into scratch */
+	for (q = f->p; q < f->end && *q != '"'; q++) {
+		unsigned char c = *q;
+		if (c < 0x20 || c > 0x7e || k >= sizeof(f->scratch))
+			return -1;
+		if (c == '\\') {
+			if (++q >= f->end)
+				return -1;
+			switch (*q) {
+			case '"': c = '"'; break;
+			case '\\': c = '\\'; break;
+			case '/': c = '/'; break;
+			case 'b': c = '\b'; break;
+			case 'f': c = '\f'; break;
+			case 'n': c = '\n'; break;
+			case 'r': c = '\r'; break;
+			case 't': c = '\t'; break;
+			default: return -1;     /* \u and bad escapes: jansson */
+			}
+		}
+		f->scratch[k++] = (char)c;
+	}
+	if (q >= f->end)
+		return -1;
+	*s = f->scratch;
+	*n = k;
+	f->p = q + 1;
+	return 0;
+}
+
+static json_t *
+fast_number(fastp *f)
+{
+	const unsigned char *q = f->p;
+	json_int_t v = 0;
+	int neg = 0, nd = 0;
+
+	if (*q == '-') {
+		neg = 1;
+		q++;
+	}
+	if (q >= f->end || *q < '0' || *q > '9')
+		return NULL;
+	if (*q == '0' && q + 1 < f->end && q[1] >= '0' && q[1] <= '9')
+		return NULL;            /* a leading zero */
+	while (q < f->end && *q >= '0' && *q <= '9') {
+		if (++nd > 18)
+			return NULL;
+		v = v * 10 + (*q++ - '0');
+	}
+	if (q < f->end && (*q == '.' || *q == 'e' || *q == 'E'))
+		return NULL;            /* a real: jansson's strtod */
+	if (neg && v == 0)
+		return NULL;            /* -0: as jansson decides */
+	f->p = q;
+	return json_integer(neg ? -v : v);
+}
+
+static int
+fast_word(fastp *f, const char *w, size_t n)
+{
+	if ((size_t)(f->end - f->p) < n || memcmp(f->p, w, n))
+		return -1;
+	f->p += n;
+	return 0;
+}
+
+static json_t *
+fast_object(fastp *f, int depth)
+{
+	json_t *o = json_object(), *v;
+	const char *s;
+	size_t n;
+	char key[sizeof(f->scratch) + 1];
+
+	if (!o)
+		return NULL;
+	f->p++;
+	fast_ws(f);
+	if (f->p < f->end && *f->p == '}') {
+		f->p++;
+		return o;
+	}
+	for (;;) {
+		if (f->p >= f->end || *f->p != '"' || fast_string(f, &s, &n) < 0 || n >= sizeof(key))
+			goto fail;
+		memcpy(key, s, n);
+		key[n] = '\0';
+		fast_ws(f);
+		if (f->p >= f->end || *f->p != ':')
+			goto fail;
+		f->p++;
+		fast_ws(f);
+		if (json_object_get(o, key))
+			goto fail;          /* a duplicate: jansson says so */
+		v = fast_value(f, depth + 1);
+		if (!v || json_object_set_new_nocheck(o, key, v) < 0)
+			goto fail;
+		fast_ws(f);
+		if (f->p >= f->end)
+			goto fail;
+		if (*f->p == '}') {
+			f->p++;
+			return o;
+		}
+		if (*f->p != ',')
+			goto fail;
+		f->p++;
+		fast_ws(f);
+	}
+fail:
+	json_decref(o);
+	return NULL;
+}
+
+static json_t *
+fast_array(fastp *f, int depth)
+{
+	json_t *a = json_array(), *v;
+
+	if (!a)
+		return NULL;
+	f->p++;
+	fast_ws(f);
+	if (f->p < f->end && *f->p == ']') {
+		f->p++;
+		return a;
+	}
+	for (;;) {
+		v = fast_value(f, depth + 1);
+		if (!v || json_array_append_new(a, v) < 0)
+			goto fail;
+		fast_ws(f);
+		if (f->p >= f->end)
+			goto fail;
+		if (*f->p == ']') {
+			f->p++;
+			return a;
+		}
+		if (*f->p != ',')
+			goto fail;
+		f->p++;
+		fast_ws(f);
+	}
+fail:
+	json_decref(a);
+	return NULL;
+}
+
+/* At the value's first byte (no white space). */
+static json_t *
+fast_value(fastp *f, int depth)
+{
+	const char *s;
+	size_t n;
+
+	if (f->p >= f->end || depth > FAST_DEPTH)
+		return NULL;
+	switch (*f->p) {
+	case '{':
+		return fast_object(f, depth);
+	case '[':
+		return fast_array(f, depth);
+	case '"':
+		return fast_string(f, &s, &n) < 0 ? NULL : json_stringn_nocheck(s, n);
+	case 't':
+		return fast_word(f, "true", 4) < 0 ? NULL : json_true();
+	case 'f':
+		return fast_word(f, "false", 5) < 0 ? NULL : json_false();
+	case 'n':
+		return fast_word(f, "null", 4) < 0 ? NULL : json_null();
+	default:
+		return fast_number(f);
+	}
+}
+
+json_t *
+tether_json_parse_fast(const unsigned char *buf, size_t len)
+{
+	fastp f;
+	json_t *j;
+
+	f.p = buf;
+	f.end = buf + len;
+	fast_ws(&f);
+	if (f.p >= f.end || *f.p != '{')
+		return NULL;
+	j = fast_object(&f, 1);
+	if (!j)
+		return NULL;
+	fast_ws(&f);
+	if (f.p != f.end) {
+		json_decref(j);
+		return NULL;
+	}
+	/* a letter right after a literal or a number ("truex", "1x") has
+	 * been refused above: every value must be followed by white space,
+	 * ',', '}' or ']' */
+	return j;
+}
+
 int
 tether_json_parse_object(const unsigned char *buf, size_t len,
                          const char *what, json_t **out, tether_error *err)
@@ -152,6 +410,8 @@ tether_json_parse_object(const unsigned char *buf, size_t len,
 		                      "%s: no buffer", what);
 		goto out;
 	}
+	if (buf && (*out = tether_json_parse_fast(buf, len)) != NULL)
+		return 0;
 	j = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (j == NULL) {
 		r = tether_proto_fail(err, TETHER_ERR_PROTOCOL, TETHER_CAT_BAD_INPUT,

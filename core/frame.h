@@ -230,6 +230,10 @@ int tether_proto_fail(tether_error *err, int code, int category,
 int tether_json_parse_object(const unsigned char *buf, size_t len,
                              const char *what, json_t **out,
                              tether_error *err);
+/* Its fast path alone (frame.c says what it covers): the object json_loadb
+ * would make from buf, or NULL when the input is outside what it covers
+ * (or invalid).  For tests. */
+json_t *tether_json_parse_fast(const unsigned char *buf, size_t len);
 
 /* 1 if s is a token: [a-z0-9._-]{1,max}. */
 int tether_proto_is_token(const char *s, size_t max);

@@ -2,7 +2,9 @@
  * libFuzzer harness for the RPC envelope parsers (core/rpc.c).
  * Input: byte 0 selects request (even) or response (odd), bytes 1..4 the
  * frame id, the rest the JSON payload.  Oracle: what parses re-encodes and
- * parses back the same.
+ * parses back the same; and the JSON parser's fast path
+ * (tether_json_parse_fast) accepts only what json_loadb accepts, and
+ * builds the same values.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -27,6 +29,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 5)
 		return 0;
+	{
+		json_error_t je;
+		json_t *fast = tether_json_parse_fast(data + 5, size - 5), *ref;
+		if (fast) {
+			ref = json_loadb((const char *)data + 5, size - 5, JSON_REJECT_DUPLICATES, &je);
+			if (!ref || !json_equal(ref, fast))
+				abort();
+			json_decref(ref);
+			json_decref(fast);
+		}
+	}
 	id = ((uint32_t)data[1] << 24) | ((uint32_t)data[2] << 16) |
 	     ((uint32_t)data[3] << 8) | data[4];
 	if ((data[0] & 1) == 0) {

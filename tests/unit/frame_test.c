@@ -778,6 +778,116 @@ test_names(void **state)
 	assert_false(tether_proto_is_token("abc", 2));
 }
 
+/* tether_json_parse_object's fast path against json_loadb: what the fast
+ * path accepts, json_loadb accepts and builds the same way (members in
+ * the same order); what json_loadb refuses, the fast path refuses. */
+static void
+json_same(const char *in, size_t len, int want_fast)
+{
+	json_error_t je;
+	json_t *ref = json_loadb(in, len, JSON_REJECT_DUPLICATES, &je);
+	json_t *fast = tether_json_parse_fast((const unsigned char *)in, len), *got = NULL;
+	tether_error e;
+	int r;
+
+	if (!json_is_object(ref)) {
+		json_decref(ref);
+		ref = NULL;
+	}
+	if (want_fast == 1)
+		assert_non_null(fast);
+	if (want_fast == 0)
+		assert_null(fast);
+	if (fast) {
+		char *a, *b;
+		assert_non_null(ref);
+		a = json_dumps(ref, JSON_COMPACT | JSON_ENCODE_ANY);
+		b = json_dumps(fast, JSON_COMPACT | JSON_ENCODE_ANY);
+		assert_string_equal(a, b);
+		assert_true(json_equal(ref, fast));
+		free(a);
+		free(b);
+	}
+	memset(&e, 0, sizeof(e));
+	r = tether_json_parse_object((const unsigned char *)in, len, "test", &got, &e);
+	assert_int_equal(r == 0, ref != NULL);
+	if (r == 0) {
+		assert_true(json_equal(ref, got));
+		json_decref(got);
+	}
+	json_decref(ref);
+	json_decref(fast);
+}
+
+static void
+test_json_fast_path(void **state)
+{
+	static const char *const fast[] = {
+		"{}", " {\n\t\"a\" : 1 }\r\n", "{\"id\":7,\"result\":{\"uptime_s\":3600,\"ok\":true,\"no\":false,\"n\":null}}",
+		"{\"a\":[],\"b\":[1,-2,[3,{}]],\"c\":\"x\\\"y\\\\z\\/\\b\\f\\n\\r\\t\"}", "{\"\":\"\"}",
+		"{\"k\\n\":0,\"big\":999999999999999999,\"neg\":-999999999999999999}",
+		"{\"id\":1,\"method\":\"health\",\"params\":{}}",
+	};
+	static const char *const slow_ok[] = {
+		"{\"a\":1.5}", "{\"a\":1e3}", "{\"a\":-0}", "{\"a\":\"\\u00e9\"}", "{\"a\":\"\xc3\xa9\"}",
+		"{\"a\":1234567890123456789}", "{\"a\":\"\x7f\"}",
+		"{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+	};
+	static const char *const bad[] = {
+		"", " ", "[]", "1", "\"a\"", "{", "}", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{,}", "{\"a\":1 \"b\":2}",
+		"{\"a\":1}x", "{\"a\":1}{}", "{\"a\":truex}", "{\"a\":tru}", "{\"a\":nul}", "{\"a\":1x}", "{\"a\":01}",
+		"{\"a\":-}", "{\"a\":+1}", "{\"a\":.5}", "{\"a\":1.}", "{\"a\":[1,]}", "{\"a\":[,1]}", "{\"a\":[1 2]}",
+		"{\"a\":1,\"a\":2}", "{\"a\":\"\\x\"}", "{\"a\":\"\x01\"}", "{\"a\":\"\xff\"}", "{\"a\":\"\\ud800\"}",
+		"{\"a\":\"\\u0000\"}", "{'a':1}", "{a:1}", "{\"a\":\"b}", "{\"a\":99999999999999999999}", "{\"a\":1e999}",
+	};
+	char buf[512];
+	size_t i, k, n;
+	unsigned seed = 12345;
+	(void)state;
+
+	for (i = 0; i < sizeof(fast) / sizeof(fast[0]); i++)
+		json_same(fast[i], strlen(fast[i]), 1);
+	for (i = 0; i < sizeof(slow_ok) / sizeof(slow_ok[0]); i++)
+		json_same(slow_ok[i], strlen(slow_ok[i]), 0);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		json_same(bad[i], strlen(bad[i]), 0);
+	json_same("{\"a\":1}\0", 8, 0);
+	json_same("{\"a\":\"x\0y\"}", 11, 0);
+	/* mutations of a health answer: a byte replaced, dropped or doubled */
+	{
+		static const char base[] = "{\"id\":12,\"result\":{\"version\":\"0.1.0\",\"os\":\"Linux 6.1 x86_64\","
+			"\"certificate\":{\"sha256\":\"9f86d081\",\"key_bits\":2048,\"not_after\":\"2045-06-01T12:00:00Z\"},"
+			"\"uptime_s\":3600,\"trust\":[{\"sha256\":\"6030\"}],\"services\":{\"script\":true,\"file\":false},"
+			"\"x\":null,\"e\":\"a\\tb\"}}";
+		static const char alphabet[] = "{}[]\":,\\ 0123456789-+.eEtfnulrsa\x01\x7f\xc3";
+		n = sizeof(base) - 1;
+		json_same(base, n, 1);
+		for (i = 0; i < 20000; i++) {
+			size_t at, m = n;
+			memcpy(buf, base, n);
+			for (k = 0; k < 1 + (i % 3); k++) {
+				seed = seed * 1103515245u + 12345u;
+				at = (seed >> 8) % m;
+				switch ((seed >> 4) % 3) {
+				case 0:
+					buf[at] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+					break;
+				case 1:
+					memmove(buf + at, buf + at + 1, m - at - 1);
+					m--;
+					break;
+				default:
+					if (m + 1 < sizeof(buf)) {
+						memmove(buf + at + 1, buf + at, m - at);
+						m++;
+					}
+				}
+			}
+			json_same(buf, m, -1);
+		}
+	}
+}
+
 int
 main(void)
 {
@@ -800,6 +910,7 @@ main(void)
 		cmocka_unit_test(test_reason_roundtrip),
 		cmocka_unit_test(test_flow_control),
 		cmocka_unit_test(test_names),
+		cmocka_unit_test(test_json_fast_path),
 	};
 	return cmocka_run_group_tests_name("frame", tests, NULL, NULL);
 }

@@ -52,6 +52,15 @@
 #include <time.h>
 #include <unistd.h>
 #include <jansson.h>
+/* Linux with glibc 2.29 or later: commands are started with posix_spawn
+ * (glibc: clone(CLONE_VM|CLONE_VFORK), no copy of the agent's page tables
+ * and no copy-on-write faults afterwards) instead of libuv's fork(); see
+ * spawn_process. */
+#if defined(__linux__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 29))
+#define USE_POSIX_SPAWN 1
+#include <spawn.h>
+#endif
 #include <uv.h>
 #include "error.h"
 #include "fsutil.h"
@@ -147,7 +156,11 @@ typedef struct run {
 	struct run *next, *prev;      /* S.runs */
 	ticket *t;
 	uv_loop_t *loop;
+#ifdef USE_POSIX_SPAWN
+	uv_signal_t proc;             /* SIGCHLD: reaps pid (spawn_process) */
+#else
 	uv_process_t proc;
+#endif
 	uv_pipe_t pipe[2];
 	uv_timer_t timeout, grace, drain;
 	uv_timer_t meta;              /* the delayed meta.json write of the move to running */
@@ -1089,10 +1102,8 @@ static void on_drain(uv_timer_t *h)
 	maybe_finalize(ru);
 }
 
-static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
+static void process_exited(run *ru, int64_t exit_status, int term_signal)
 {
-	run *ru = p->data;
-
 	ru->exited = 1;
 	ru->exit_status = exit_status;
 	ru->term_signal = term_signal;
@@ -1101,6 +1112,42 @@ static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
 		uv_timer_start(&ru->drain, on_drain, DRAIN_MS, 0);
 	maybe_finalize(ru);
 }
+
+#ifdef USE_POSIX_SPAWN
+/* SIGCHLD (every run's watcher hears every child's): reap this run's
+ * process if it ended.  Only its own pid is waited for, so other
+ * children of the agent are left to whoever started them. */
+static void on_sigchld(uv_signal_t *h, int signum)
+{
+	run *ru = h->data;
+	int status;
+	pid_t r;
+
+	(void)signum;
+	if (ru->exited)
+		return;
+	do
+		r = waitpid((pid_t)ru->pid, &status, WNOHANG);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return;
+	uv_signal_stop(h);
+	if (r < 0) {   /* reaped by someone else: its exit status is lost */
+		log_warn("script ticket %s: cannot wait for process %ld: %s", ru->t->id, ru->pid,
+		         strerror(errno));
+		process_exited(ru, EXIT_UNKNOWN, 0);
+	} else if (WIFSIGNALED(status)) {
+		process_exited(ru, 0, WTERMSIG(status));
+	} else {
+		process_exited(ru, WEXITSTATUS(status), 0);
+	}
+}
+#else
+static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
+{
+	process_exited(p->data, exit_status, term_signal);
+}
+#endif
 
 static void on_grace(uv_timer_t *h)
 {
@@ -1277,6 +1324,162 @@ static void spawn_failed(run *ru, int uverr, const char *what)
 	finalize(ru);
 }
 
+#ifdef USE_POSIX_SPAWN
+/* PATH as execvp would read it in the child: from the environment the
+ * command gets (which may set its own), else the default. */
+static const char *env_path(char **env)
+{
+	size_t i;
+	for (i = 0; env && env[i]; i++)
+		if (!strncmp(env[i], "PATH=", 5))
+			return env[i] + 5;
+	return "/bin:/usr/bin";
+}
+
+/* cand (relative ones from the command's working directory, where the
+ * child resolves them) certainly does not exist: execve would fail with
+ * ENOENT or ENOTDIR, so no child need be started to find out. */
+static int surely_missing(const char *cand, const char *cwd)
+{
+	struct stat st;
+	char *full = cand[0] != '/' && cwd ? tether_asprintf("%s/%s", cwd, cand) : NULL;
+	int r = stat(full ? full : cand, &st) < 0 && (errno == ENOENT || errno == ENOTDIR);
+	free(full);
+	return r;
+}
+
+static int spawn_one(pid_t *pid, const char *path, char **argv, char **env,
+                     const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *at)
+{
+	int e = posix_spawn(pid, path, fa, at, argv, env);
+	if (e == ENOEXEC) {
+		/* not a binary and no #! line: run it with /bin/sh, as execvp does */
+		size_t n = 0;
+		char **sh;
+		while (argv[n])
+			n++;
+		sh = tether_xcalloc(n + 2, sizeof(*sh));
+		sh[0] = (char *)"/bin/sh";
+		sh[1] = (char *)path;
+		if (n > 1)
+			memcpy(sh + 2, argv + 1, (n - 1) * sizeof(*sh));
+		e = posix_spawn(pid, "/bin/sh", fa, at, sh, env);
+		free(sh);
+	}
+	return e;
+}
+
+/* Start argv as libuv's uv_spawn with UV_PROCESS_DETACHED did (execvp
+ * semantics: PATH search in the command's environment, EACCES remembered,
+ * a file without #! run by /bin/sh; stdin /dev/null, stdout and stderr
+ * into ru->pipe; cwd; its own session and process group; every signal
+ * default and none blocked), but with posix_spawn: glibc starts the child
+ * with clone(CLONE_VM|CLONE_VFORK), so the agent's page tables are not
+ * copied for a child that execs at once, the copy is not torn down again
+ * by the exec, and the agent takes no copy-on-write faults afterwards
+ * (that fork was about a quarter of the agent's time per short command).
+ * The exit is reaped by ru->proc, a SIGCHLD watcher (on_sigchld), started
+ * before the child exists.  Returns 0 (ru->pid set) or a libuv error. */
+static int spawn_process(run *ru, char **argv, const char *cwd, char **env)
+{
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	sigset_t none, all;
+	int fds[2][2] = { { -1, -1 }, { -1, -1 } }, e = 0, i, eacces = 0;
+	pid_t pid = -1;
+	const char *file = argv[0], *p, *end;
+	char *cand;
+
+	uv_signal_init(ru->loop, &ru->proc);
+	ru->proc.data = ru;
+	for (i = 0; i < 2; i++) {
+		if (pipe2(fds[i], O_CLOEXEC) < 0) {
+			e = errno;
+			goto out;
+		}
+		/* the child's end must not be one of 0-2, or a dup2 below
+		 * could overwrite another before it is used */
+		if (fds[i][1] <= 2) {
+			int fd = fcntl(fds[i][1], F_DUPFD_CLOEXEC, 3);
+			if (fd < 0) {
+				e = errno;
+				goto out;
+			}
+			close(fds[i][1]);
+			fds[i][1] = fd;
+		}
+		if ((e = uv_pipe_open(&ru->pipe[i], fds[i][0])) < 0) {
+			e = -e;   /* libuv errors are negated errno values here */
+			goto out;
+		}
+		fds[i][0] = -1;   /* the pipe handle owns it now */
+	}
+	posix_spawn_file_actions_init(&fa);
+	posix_spawnattr_init(&at);
+	sigemptyset(&none);
+	sigfillset(&all);
+	/* glibc's sigfillset leaves out the two signals it keeps for itself
+	 * (32 and 33, below SIGRTMIN), and its posix_spawn sets those to
+	 * SIG_IGN in the child unless they are in the set of signals to
+	 * default, and an ignored signal stays ignored across the exec.  The
+	 * set is copied as it is, so put them in by hand: the command starts
+	 * with no signal ignored, as it did after fork and execvp. */
+	for (i = 32; i < SIGRTMIN; i++)
+		all.__val[(i - 1) / (8 * sizeof(all.__val[0]))] |=
+			1UL << ((i - 1) % (8 * sizeof(all.__val[0])));
+	if ((e = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)) ||
+	    (e = posix_spawn_file_actions_adddup2(&fa, fds[0][1], 1)) ||
+	    (e = posix_spawn_file_actions_adddup2(&fa, fds[1][1], 2)) ||
+	    (cwd && (e = posix_spawn_file_actions_addchdir_np(&fa, cwd))) ||
+	    (e = posix_spawnattr_setsigmask(&at, &none)) ||
+	    (e = posix_spawnattr_setsigdefault(&at, &all)) ||
+	    (e = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
+	                                           POSIX_SPAWN_SETSIGDEF)))
+		goto spawned;
+	if ((e = -uv_signal_start(&ru->proc, on_sigchld, SIGCHLD)) != 0)
+		goto spawned;
+	if (!*file) {
+		e = ENOENT;
+	} else if (strchr(file, '/')) {
+		e = spawn_one(&pid, file, argv, env, &fa, &at);
+	} else {
+		for (p = env_path(env);; p = end + 1) {
+			end = strchrnul(p, ':');
+			/* an empty entry is the working directory */
+			cand = end > p ? tether_asprintf("%.*s/%s", (int)(end - p), p, file)
+			               : tether_strdup(file);
+			e = surely_missing(cand, cwd) ? ENOENT : spawn_one(&pid, cand, argv, env, &fa, &at);
+			free(cand);
+			if (e == EACCES)
+				eacces = 1;
+			else if (e != ENOENT && e != ESTALE && e != ENOTDIR && e != ENODEV &&
+			         e != EHOSTUNREACH && e != ETIMEDOUT)
+				break;   /* started, or an error execvp does not search past */
+			if (!*end)
+				break;
+		}
+		if (e && eacces)
+			e = EACCES;
+	}
+spawned:
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+out:
+	for (i = 0; i < 2; i++) {
+		if (fds[i][0] >= 0)
+			close(fds[i][0]);
+		if (fds[i][1] >= 0)
+			close(fds[i][1]);
+	}
+	if (e) {
+		uv_signal_stop(&ru->proc);
+		return uv_translate_sys_error(e);
+	}
+	ru->pid = pid;
+	return 0;
+}
+#endif
+
 /* Start t on loop (t is claimed: state RUNNING, t->run NULL).  Runs on
  * loop's thread. */
 static void spawn(uv_loop_t *loop, ticket *t)
@@ -1333,7 +1536,9 @@ static void spawn(uv_loop_t *loop, ticket *t)
 #endif
 	o.stdio_count = 3;
 	o.stdio = io;
+#ifndef USE_POSIX_SPAWN
 	o.exit_cb = on_exit_cb;
+#endif
 	ru->proc.data = ru;
 
 	pthread_mutex_lock(&S.lock);
@@ -1341,7 +1546,11 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	t->started_ms = now_unix_ms();
 	pthread_mutex_unlock(&S.lock);
 
+#ifdef USE_POSIX_SPAWN
+	r = spawn_process(ru, c->argv, o.cwd, env);
+#else
 	r = uv_spawn(loop, &ru->proc, &o);
+#endif
 	if (r < 0) {
 		char *what = tether_asprintf("'%s'", c->argv[0]);
 		/* the process handle must be closed even when spawn failed */
@@ -1355,7 +1564,9 @@ static void spawn(uv_loop_t *loop, ticket *t)
 	}
 	ru->handles++;
 	ru->spawned = 1;
+#ifndef USE_POSIX_SPAWN
 	ru->pid = ru->proc.pid;
+#endif
 #ifdef _WIN32
 	{
 		char why[300];

@@ -151,7 +151,7 @@ struct tether_conn {
 	int pinned;
 	tether_tls_info info;
 	tether_hello *local_hello;       /* until the greeting is done */
-	tether_hello peer_hello;
+	tether_hello *peer_hello;        /* from its HELLO until on_open returns */
 	tether_frame_decoder dec;
 	int dec_inited;
 	unsigned char *landing;          /* LANDING_MAX, only for a certless caller */
@@ -227,6 +227,7 @@ static void on_handle_closed(uv_handle_t *h)
 	free(c->proxy_buf);
 	free(c->landing);
 	free(c->local_hello);
+	free(c->peer_hello);
 	if (c->proxy_auth)
 		tether_free_secret(c->proxy_auth);
 	if (c->session)
@@ -625,6 +626,12 @@ static int io_read(void *arg, void *buf, size_t len)
 		memcpy(buf, c->carry, n);
 		memmove(c->carry, c->carry + n, c->carry_len - n);
 		c->carry_len -= n;
+		if (!c->carry_len) {
+			/* an idle connection keeps no carry (the handshake's
+			 * records went through it when offloaded) */
+			free(c->carry);
+			c->carry = NULL;
+		}
 		return (int)n;
 	}
 	if (c->in_off < c->in_len) {
@@ -1240,16 +1247,20 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 	tether_error e;
 
 	memset(&e, 0, sizeof(e));
-	if (tether_hello_parse(f->body, f->body_len, &c->peer_hello, &e) < 0) {
+	/* 5 KiB (the capability array): kept only while the greeting is
+	 * processed and on_open runs, not for the connection's life */
+	if (!c->peer_hello)
+		c->peer_hello = tether_xmalloc(sizeof(*c->peer_hello));
+	if (tether_hello_parse(f->body, f->body_len, c->peer_hello, &e) < 0) {
 		proto_fail(c, "bad_hello", &e);
 		return;
 	}
-	if (tether_hello_negotiate(c->local_hello, &c->peer_hello, &ag, peer_code, peer_msg,
+	if (tether_hello_negotiate(c->local_hello, c->peer_hello, &ag, peer_code, peer_msg,
 	                           sizeof(peer_msg), &e) < 0) {
 		log_warn("refusing %s: %s", c->peer_addr, e.detail);
-		if (c->peer_hello.has_error && !strcmp(c->peer_hello.error_code, "untrusted"))
+		if (c->peer_hello->has_error && !strcmp(c->peer_hello->error_code, "untrusted"))
 			set_close_err(c, TETHER_ERR_UNTRUSTED, TETHER_CAT_UNTRUSTED, "%s refused this connection: %s",
-			              c->peer_addr, c->peer_hello.error_message);
+			              c->peer_addr, c->peer_hello->error_message);
 		else
 			set_close_err(c, TETHER_ERR_PROTOCOL, e.category ? e.category : TETHER_CAT_PROTOCOL_VERSION,
 			              "%s", e.detail);
@@ -1276,6 +1287,8 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 	arm_keepalive(c);
 	if (c->o.cbs->on_open)
 		c->o.cbs->on_open(c->o.cb_arg, c);
+	free(c->peer_hello);
+	c->peer_hello = NULL;
 }
 
 static stream *stream_find(tether_conn *c, uint32_t id);
@@ -2395,7 +2408,7 @@ size_t tether_conn_load(const tether_conn *c)
 }
 const char *tether_conn_peer_addr(const tether_conn *c) { return c->peer_addr; }
 const tether_tls_info *tether_conn_tls_info(const tether_conn *c) { return &c->info; }
-const tether_hello *tether_conn_peer_hello(const tether_conn *c) { return &c->peer_hello; }
+const tether_hello *tether_conn_peer_hello(const tether_conn *c) { return c->peer_hello; }
 void tether_conn_set_data(tether_conn *c, void *data) { c->data = data; }
 void *tether_conn_get_data(const tether_conn *c) { return c->data; }
 uint64_t tether_conn_rtt_start(const tether_conn *c) { return c->started_ms; }

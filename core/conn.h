@@ -153,6 +153,8 @@ int tether_conn_peer_tp(const tether_conn *c, tether_thumbprint *out);
  * it passed the pin check: NOT_FOUND before. */
 int tether_conn_peer_cert(const tether_conn *c, const unsigned char **der, size_t *len);
 const tether_tls_info *tether_conn_tls_info(const tether_conn *c);
+/* The peer's HELLO: only in on_open (NULL before and after; it is not
+ * kept for the connection's life, 5 KiB each on a server with many). */
 const tether_hello *tether_conn_peer_hello(const tether_conn *c);
 /* Client role: the session to resume next time (malloc'd) or NULL. */
 int tether_conn_session(tether_conn *c, unsigned char **out, size_t *len);

@@ -15,6 +15,9 @@
 #include <string.h>
 #include <time.h>
 #include <jansson.h>
+#ifdef HAVE_MALLOC_TRIM
+#include <malloc.h>
+#endif
 #include <uv.h>
 #include "admin.h"
 #include "admin_targets.h"
@@ -179,6 +182,8 @@ struct srv {
 	held *held;
 	uv_signal_t sigterm, sigint, sighup;
 	uv_timer_t tkey_timer;          /* renews the polling port's ticket key */
+	uv_timer_t trim_timer;          /* memory back to the system after a burst */
+	unsigned trim_events;            /* polling connections opened or closed since */
 	int stopping;
 	uint32_t connect_ms, handshake_ms, idle_ms, keepalive_ms, request_ms;
 	/* polling */
@@ -1002,6 +1007,30 @@ static void preauth_timer_free(pconn *pc)
 	}
 }
 
+/* A burst of connections (a fleet starting or coming back after a restart)
+ * leaves freed memory in glibc's arenas: the handshakes run on libuv's pool
+ * threads, each with an arena of its own, and what their handshake state
+ * freed stays there in pieces between the live sessions. Once the burst is
+ * over (no polling connection opened or closed for TRIM_IDLE_MS after at
+ * least TRIM_AFTER of them) malloc_trim gives the free pages back. */
+#define TRIM_AFTER 64
+#define TRIM_IDLE_MS 500
+static void on_trim_timer(uv_timer_t *t)
+{
+	srv *s = t->data;
+
+	s->trim_events = 0;
+#ifdef HAVE_MALLOC_TRIM
+	malloc_trim(0);
+#endif
+}
+
+static void trim_note(srv *s)
+{
+	if (++s->trim_events >= TRIM_AFTER)
+		uv_timer_start(&s->trim_timer, on_trim_timer, TRIM_IDLE_MS, 0);
+}
+
 static void p_on_open(void *arg, tether_conn *c)
 {
 	pconn *pc = arg, *o;
@@ -1009,6 +1038,7 @@ static void p_on_open(void *arg, tether_conn *c)
 	const tether_hello *h = tether_conn_peer_hello(c);
 	ptarget *pt = ptarget_get(s, pc->name);
 
+	trim_note(s);
 	if (pc->counted) {
 		/* a pinned agent's handshake does not count against its address */
 		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, !pc->preauth);
@@ -1096,6 +1126,7 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 	pconn *pc = arg, **pp;
 	srv *s = pc->s;
 
+	trim_note(s);
 	if (pc->counted)
 		tether_ratelimit_done(s->rl, (struct sockaddr *)&pc->sa, 0);
 	if (pc->preauth) {
@@ -1997,6 +2028,9 @@ int verb_server_run(cli_ctx *c, int argc, char **argv)
 	s.tkey_timer.data = &s;
 	uv_timer_start(&s.tkey_timer, on_tkey_timer, TETHER_TICKET_CHECK_S * 1000, TETHER_TICKET_CHECK_S * 1000);
 	uv_unref((uv_handle_t *)&s.tkey_timer); /* never what keeps the loop running */
+	uv_timer_init(s.loop, &s.trim_timer);
+	s.trim_timer.data = &s;
+	uv_unref((uv_handle_t *)&s.trim_timer);
 	signal(SIGPIPE, SIG_IGN);
 	log_info("tether-server %s running, certificate %s, provider %s, admin socket in %s, polling agents on %s",
 	         PACKAGE_VERSION, s.summary.sha256, s.prov->t->name, c->inst->run_dir, s.paddr);

@@ -437,6 +437,26 @@ static json_t *trust_json(const tether_trust_entry *v, size_t n);
 
 static void req_reply_raw(agent_req *r, const char *json, size_t len);
 
+/* v in decimal into buf (at least 21 bytes), without snprintf (per
+ * request); its length. */
+static int fmt_int(char *buf, long long v)
+{
+	char tmp[24];
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+	int n = 0, k = 0;
+
+	do {
+		tmp[n++] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		buf[k++] = '-';
+	while (n)
+		buf[k++] = tmp[--n];
+	buf[k] = '\0';
+	return k;
+}
+
 /* The answer's text is assembled from cached parts: only uptime_s changes
  * from one request to the next (BENCHMARKS.md, session 2: building and
  * dumping it with jansson was most of the agent's time per request). */
@@ -447,7 +467,7 @@ static void service_health(agent *a, agent_conn *ac, agent_req *r)
 	size_t n = 0, cap, nh, nt, nc;
 	int nu;
 
-	nu = snprintf(up, sizeof(up), "%lld", (long long)(time(NULL) - a->started));
+	nu = fmt_int(up, (long long)(time(NULL) - a->started));
 	pthread_mutex_lock(&a->lock);
 	if (!a->health_head)
 		a->health_head = json_members(json_pack("{s:s, s:s, s:s, s:s}", "version", PACKAGE_VERSION,
@@ -781,7 +801,10 @@ static void req_free(agent_req *r)
 static void req_audit(agent_req *r, int sent, const char *result, const char *category, const char *message)
 {
 	char who[TETHER_THUMBPRINT_HEX + 16];
-	snprintf(who, sizeof(who), "server:%s", r->server);
+	size_t n = strnlen(r->server, sizeof(r->server));
+	memcpy(who, "server:", 7); /* per request: no snprintf */
+	memcpy(who + 7, r->server, n);
+	who[7 + n] = '\0';
 	tether_audit_write(r->a->audit, who, r->method, r->peer, result, category, message, NULL);
 	if (!sent || !r->ac) /* r->ac: the answer's write may have closed it */
 		tether_audit_flush(r->a->audit, NULL);

@@ -186,6 +186,17 @@ static void put_member(tether_audit *a, int first, const char *key, const char *
 	a->len += 3;
 	while (i < n) {
 		unsigned char c = p[i];
+		size_t j = i;
+		/* a run of printable ASCII other than '"' and '\\' goes as is,
+		 * in one copy (most of a line: this loop is per request) */
+		while (j < n && p[j] >= 0x20 && p[j] < 0x80 && p[j] != '"' && p[j] != '\\')
+			j++;
+		if (j > i) {
+			memcpy(a->buf + a->len, p + i, j - i);
+			a->len += j - i;
+			i = j;
+			continue;
+		}
 		if (c == '"' || c == '\\') {
 			a->buf[a->len++] = '\\';
 			a->buf[a->len++] = (char)c;

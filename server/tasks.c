@@ -423,7 +423,7 @@ static void handle_status(task *t, enum call_kind kind, json_t *res)
 	task_update u;
 	tether_error e;
 	size_t n = 0, i, stored = 0;
-	int final;
+	int final, ending;
 
 	memset(&u, 0, sizeof(u));
 	memset(&e, 0, sizeof(e));
@@ -464,11 +464,29 @@ static void handle_status(task *t, enum call_kind kind, json_t *res)
 		u.state = final ? "running" : state;
 	}
 	u.started = json_object_get(res, "started");
-	if (task_store_ingest(g->store, t->id, recs, n, &u, &stored, &e) < 0) {
+	/* The end (final state, exit code, last records) is answered to the
+	 * caller waiting on this task (exec's task.create or task.poll) from
+	 * the open transaction, and committed (fdatasync) right after: the
+	 * caller does not wait for the disk, and script.complete, which lets
+	 * the agent forget the ticket, is only sent once the end is durable
+	 * here.  Should the commit fail, or the machine stop before it, the
+	 * agent still holds the ticket and the end is fetched again. */
+	ending = final && !more;
+	if ((ending ? task_store_ingest_open(g->store, t->id, recs, n, &u, &stored, &e)
+	            : task_store_ingest(g->store, t->id, recs, n, &u, &stored, &e)) < 0) {
 		task_out_free(recs, n);
 		log_error("task %lld: %s", (long long)t->id, e.detail);
 		task_retry(t, "io", e.detail);
 		return;
+	}
+	if (ending) {
+		wake_waiters(t->id);
+		if (task_store_commit(g->store, &e) < 0) {
+			task_out_free(recs, n);
+			log_error("task %lld: %s", (long long)t->id, e.detail);
+			task_retry(t, "io", e.detail);   /* agent_seq unchanged: asked again */
+			return;
+		}
 	}
 	for (i = 0; i < n; i++) {
 		if (!t->has_agent_seq || recs[i].seq > t->agent_seq) {
@@ -481,9 +499,10 @@ static void handle_status(task *t, enum call_kind kind, json_t *res)
 	t->more = more;
 	if (kind == CALL_CANCEL)
 		t->cancel_sent = 1;
-	if (final && !more)
+	if (ending)
 		t->agent_ended = 1;
-	wake_waiters(t->id);
+	else
+		wake_waiters(t->id);
 	task_step(t);
 }
 

@@ -351,8 +351,8 @@ static int set_one(task_store *ts, int which, int64_t id, tether_error *err, con
 	return step_done(ts, s, err, what);
 }
 
-int task_store_ingest(task_store *ts, int64_t id, const task_out *recs, size_t n,
-                      const task_update *upd, size_t *stored, tether_error *err)
+static int ingest(task_store *ts, int64_t id, const task_out *recs, size_t n,
+                  const task_update *upd, size_t *stored, int commit, tether_error *err)
 {
 	const char *what = "store a task's output";
 	sqlite3_stmt *s;
@@ -451,7 +451,7 @@ int task_store_ingest(task_store *ts, int64_t id, const task_out *recs, size_t n
 				goto out;
 		}
 	}
-	if ((r = exec_sql(ts, "COMMIT", err, what)) < 0)
+	if (commit && (r = exec_sql(ts, "COMMIT", err, what)) < 0)
 		goto out;
 	if (stored)
 		*stored = added;
@@ -459,6 +459,35 @@ int task_store_ingest(task_store *ts, int64_t id, const task_out *recs, size_t n
 out:
 	rollback(ts);
 	return r;
+}
+
+int task_store_ingest(task_store *ts, int64_t id, const task_out *recs, size_t n,
+                      const task_update *upd, size_t *stored, tether_error *err)
+{
+	return ingest(ts, id, recs, n, upd, stored, 1, err);
+}
+
+int task_store_ingest_open(task_store *ts, int64_t id, const task_out *recs, size_t n,
+                           const task_update *upd, size_t *stored, tether_error *err)
+{
+	return ingest(ts, id, recs, n, upd, stored, 0, err);
+}
+
+int task_store_commit(task_store *ts, tether_error *err)
+{
+	int r;
+
+	if (sqlite3_get_autocommit(ts->db))
+		return tether_err_set(err, TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL,
+		                      "cannot store a task's output: no transaction is open");
+	if ((r = exec_sql(ts, "COMMIT", err, "store a task's output")) < 0)
+		rollback(ts);   /* a failed COMMIT may leave the transaction open */
+	return r;
+}
+
+void task_store_rollback(task_store *ts)
+{
+	rollback(ts);
 }
 
 int task_store_set_cancel_requested(task_store *ts, int64_t id, tether_error *err)

@@ -106,6 +106,15 @@ int task_store_unfinished(task_store *ts, task_rec **out, size_t *n, tether_erro
  * NULL).  *stored (may be NULL) receives the number of records added. */
 int task_store_ingest(task_store *ts, int64_t id, const task_out *recs, size_t n,
                       const task_update *upd, size_t *stored, tether_error *err);
+/* The same, but on success the transaction is left open: this connection
+ * already reads what it stored, nothing is durable or visible to others
+ * until task_store_commit (a synchronous commit), and nothing else may be
+ * written on the connection meanwhile.  On failure it was rolled back. */
+int task_store_ingest_open(task_store *ts, int64_t id, const task_out *recs, size_t n,
+                           const task_update *upd, size_t *stored, tether_error *err);
+/* Commit the open transaction; on failure it is rolled back. */
+int task_store_commit(task_store *ts, tether_error *err);
+void task_store_rollback(task_store *ts);
 int task_store_set_cancel_requested(task_store *ts, int64_t id, tether_error *err);
 int task_store_set_completed(task_store *ts, int64_t id, tether_error *err);
 

@@ -216,6 +216,76 @@ static void test_append_in_order(void **state)
 	assert_int_equal(task_store_ingest(f->ts, id + 50, NULL, 0, &u, NULL, &err), TETHER_ERR_NOT_FOUND);
 }
 
+/* The end stored in a transaction left open (the daemon answers the
+ * waiting caller from it, then commits): this connection reads it at
+ * once, another one only after the commit; a rollback leaves nothing. */
+static void test_ingest_open_commit(void **state)
+{
+	fixture *f = *state;
+	tether_error err;
+	task_update u;
+	task_out in[1], *out = NULL;
+	task_rec r;
+	size_t stored = 0, n = 0;
+	int more = 0;
+	int64_t id = create(f, "web1", TICKET_A);
+	sqlite3 *other;
+	sqlite3_stmt *st;
+
+	memset(&err, 0, sizeof(err));
+	memset(&u, 0, sizeof(u));
+	assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(other, "SELECT state FROM tasks WHERE id = ?1", -1, &st,
+	                                    NULL), SQLITE_OK);
+	sqlite3_bind_int64(st, 1, id);
+
+	/* rolled back: nothing stored */
+	in[0] = rec(1, TASK_STREAM_STDOUT, "gone\n");
+	u.state = "finished";
+	u.has_exit_code = 1;
+	u.exit_code = 9;
+	assert_int_equal(task_store_ingest_open(f->ts, id, in, 1, &u, &stored, &err), 0);
+	assert_int_equal(stored, 1);
+	task_store_rollback(f->ts);
+	assert_int_equal(task_store_get(f->ts, id, &r, &err), 0);
+	assert_string_equal(r.state, "pending");
+	task_rec_clear(&r);
+	assert_int_equal(task_store_output(f->ts, id, 0, 0, &out, &n, &more, &err), 0);
+	assert_int_equal(n, 0);
+	free(out);
+	/* no transaction open any more */
+	assert_int_equal(task_store_commit(f->ts, &err), TETHER_ERR_INTERNAL);
+
+	/* left open: read here, not elsewhere, until the commit */
+	u.exit_code = 4;
+	assert_int_equal(task_store_ingest_open(f->ts, id, in, 1, &u, &stored, &err), 0);
+	assert_int_equal(task_store_get(f->ts, id, &r, &err), 0);
+	assert_string_equal(r.state, "finished");
+	assert_int_equal(r.exit_code, 4);
+	task_rec_clear(&r);
+	assert_int_equal(task_store_output(f->ts, id, 0, 0, &out, &n, &more, &err), 0);
+	assert_int_equal(n, 1);
+	task_out_free(out, n);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "pending");
+	sqlite3_reset(st);
+	assert_int_equal(task_store_commit(f->ts, &err), 0);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "finished");
+	sqlite3_reset(st);
+	json_decref(in[0].time);
+
+	/* and it survives closing and reopening */
+	close_all(f);
+	open_all(f);
+	assert_int_equal(task_store_get(f->ts, id, &r, &err), 0);
+	assert_string_equal(r.state, "finished");
+	assert_int_equal(r.exit_code, 4);
+	task_rec_clear(&r);
+	sqlite3_finalize(st);
+	sqlite3_close(other);
+}
+
 static void test_many_records_in_order(void **state)
 {
 	fixture *f = *state;
@@ -436,6 +506,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_create_get, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_append_in_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ingest_open_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_records_in_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unfinished_and_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),

@@ -1206,6 +1206,8 @@ static void on_run_async(uv_async_t *h)
 static void finalize(run *ru)
 {
 	ticket *t = ru->t, *next = NULL, *q;
+	waiter *w, *here[8];
+	size_t nhere = 0, i;
 	int state, code;
 
 	if (ru->finalized)
@@ -1247,7 +1249,18 @@ static void finalize(run *ru)
 	t->cmd = NULL;
 	/* after t->run is cleared, no one sends to the async any more */
 	run_close(ru, (uv_handle_t *)&ru->async);
-	wake_waiters_locked(t);
+	/* Long-polls on other loops are woken; those on this loop (the
+	 * script.start with wait_ms of a short command) are answered below,
+	 * once the end is in meta.json, before its fsync is queued: a wake-up
+	 * through their async would cost a loop iteration, and the pool thread
+	 * woken for the fsync would run first where the agent has one CPU.
+	 * Only this thread answers or frees a waiter of this loop, so the
+	 * pointers stay valid after the lock is dropped. */
+	for (w = t->waiters; w; w = w->next)
+		if (w->async.loop == ru->loop && nhere < sizeof(here) / sizeof(here[0]))
+			here[nhere++] = w;
+		else
+			uv_async_send(&w->async);
 	if (t->isolation) {
 		for (q = S.tickets; q; q = q->next)
 			if (q->state == ST_QUEUED && !q->preparing && q->isolation &&
@@ -1261,11 +1274,15 @@ static void finalize(run *ru)
 	pthread_mutex_unlock(&S.lock);
 #ifndef _WIN32
 	meta_write_flags(t, META_NOSYNC);
+	for (i = 0; i < nhere; i++)
+		on_waiter_async(&here[i]->async);
 	/* meta.json is appended to in place: the directory changed only if
 	 * the run created output.log */
 	ticket_sync_later(ru->loop, t, ru->created_output);
 #else
 	meta_write(t);
+	for (i = 0; i < nhere; i++)
+		on_waiter_async(&here[i]->async);
 #endif
 	tether_debug("script", "ticket %s %s, exit code %d", t->id, state_names[state], code);
 	if (next) {

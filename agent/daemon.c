@@ -898,6 +898,13 @@ int agent_req_accept_stream(agent_req *r, const agent_stream_ops *ops)
 	return rc;
 }
 
+int agent_req_stream_window(agent_req *r, uint32_t window)
+{
+	if (!r->ac)
+		return TETHER_ERR_CLOSED;
+	return tether_conn_stream_window(r->ac->c, r->id, window);
+}
+
 void agent_req_consumed(agent_req *r, size_t n)
 {
 	if (r->ac)

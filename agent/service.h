@@ -60,6 +60,8 @@ void agent_req_error(agent_req *r, const char *code, const char *message, const 
 /* Streams. */
 int agent_req_accept_stream(agent_req *r, const agent_stream_ops *ops);
 void agent_req_consumed(agent_req *r, size_t n);
+/* Raise the incoming stream's window at once (tether_conn_stream_window). */
+int agent_req_stream_window(agent_req *r, uint32_t window);
 int agent_req_open_stream(agent_req *r, const agent_stream_ops *ops);
 /* Bytes accepted (0: window closed or send queue full; wait for
  * on_writable), or negative if the connection is gone. */

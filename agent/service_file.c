@@ -268,6 +268,7 @@ typedef struct upload {
 	char tmp[sizeof(TMP_PREFIX) + 16];
 	char *base;
 	uint64_t size, got;
+	uint64_t behind;                /* written back from here on (write-behind) */
 	mode_t mode;
 	int overwrite;
 	int stream_open;
@@ -356,6 +357,7 @@ static int up_data(agent_req *r, const unsigned char *data, size_t len)
 	}
 	E->prov->t->digest_update(u->dg, data, len);
 	u->got += len;
+	tether_write_behind(u->fd, &u->behind, u->got);
 	agent_req_consumed(r, len);
 	return 0;
 }
@@ -560,6 +562,9 @@ static void do_upload(agent_req *r)
 	}
 	free(dir);
 	agent_req_set_data(r, u);
+	/* The data is written as it arrives: a larger window keeps the
+	 * sender busy (docs/protocol.md, flow control). */
+	agent_req_stream_window(r, TETHER_STREAM_WINDOW_BULK);
 	tether_debug("file", "upload of %llu bytes to %s started", (unsigned long long)u->size, u->o.abs);
 	return;
 #undef REFUSE

@@ -487,17 +487,13 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void resume_reading(tether_conn *c);
 
-static size_t send_queue(tether_conn *c)
-{
-	if (!c->tcp_inited)
-		return 0;
-	return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->wlen;
-}
-
-/* The memory output holds until libuv calls its writes back: more than
- * send_queue, which leaves out what the socket took in this turn of the
- * loop (the callbacks run in the next, and libuv reads up to 32 times in
- * one turn). */
+/* The memory output holds until libuv calls its writes back: wbuf, the
+ * writes the socket has not taken yet and those it took in this turn of the
+ * loop (their callbacks run in the next, and libuv reads up to 32 times in
+ * one turn).  Stream back-pressure counts this, not only what the socket
+ * has not taken: with a large window from the peer and a socket that takes
+ * everything, a sender would otherwise never be told to wait, and a pump
+ * loop would run without bound within one turn. */
 static size_t out_held(tether_conn *c)
 {
 	return c->wout + c->wlen;
@@ -507,7 +503,7 @@ static void notify_writable(tether_conn *c)
 {
 	stream *st, *next;
 
-	if (send_queue(c) >= SEND_QUEUE_HIGH / 2)
+	if (out_held(c) >= SEND_QUEUE_HIGH / 2)
 		return;
 	for (st = c->streams; st && c->state == ST_OPEN; st = next) {
 		next = st->next;
@@ -2263,6 +2259,27 @@ int tether_conn_stream_accept(tether_conn *c, uint32_t id, const tether_stream_h
 	return 0;
 }
 
+int tether_conn_stream_window(tether_conn *c, uint32_t id, uint32_t window)
+{
+	stream *st = stream_find(c, id);
+	unsigned char f[TETHER_FRAME_WINDOW_FRAME_LEN];
+	uint32_t extra;
+
+	if (!st || !st->in_open || c->state != ST_OPEN)
+		return TETHER_ERR_CLOSED;
+	if (window > TETHER_FRAME_WINDOW_MAX)
+		window = TETHER_FRAME_WINDOW_MAX;
+	if (st->recv_window >= window)
+		return 0;
+	extra = window - st->recv_window;
+	if (tether_frame_encode_window(id, extra, f, NULL) < 0)
+		return TETHER_ERR_INTERNAL;
+	st->recv_window = window;
+	send_frame(c, f, sizeof(f));
+	flush(c);
+	return 0;
+}
+
 void tether_conn_stream_consumed(tether_conn *c, uint32_t id, size_t n)
 {
 	stream *st = stream_find(c, id);
@@ -2310,7 +2327,7 @@ long tether_conn_stream_send(tether_conn *c, uint32_t id, const void *data, size
 		n = st->send_window;
 	if (n > TETHER_FRAME_DATA_MAX)
 		n = TETHER_FRAME_DATA_MAX;
-	if (n == 0 || send_queue(c) >= SEND_QUEUE_HIGH) {
+	if (n == 0 || out_held(c) >= SEND_QUEUE_HIGH) {
 		st->want_writable = 1;
 		return 0;
 	}
@@ -2343,7 +2360,7 @@ long tether_conn_stream_send(tether_conn *c, uint32_t id, const void *data, size
 		}
 	}
 	flush(c);
-	if (st->send_window == 0 || send_queue(c) >= SEND_QUEUE_HIGH)
+	if (st->send_window == 0 || out_held(c) >= SEND_QUEUE_HIGH)
 		st->want_writable = 1;
 	return (long)n;
 }

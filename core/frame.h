@@ -51,6 +51,10 @@ enum tether_frame_type {
 #define TETHER_FRAME_SHA256_LEN         32u
 #define TETHER_FRAME_WINDOW_MAX         0x7fffffffu  /* a window never exceeds this */
 #define TETHER_STREAM_WINDOW_INITIAL    (1u << 20)   /* per stream, per direction */
+/* What file transfers raise their receive window to at once: they consume
+ * the data as it arrives, and on loopback 4 MiB moves about a third faster
+ * than 1 MiB (docs/BENCHMARKS.md).  A receiver choice, not a protocol one. */
+#define TETHER_STREAM_WINDOW_BULK       (4u << 20)
 
 /* Codes and messages in error payloads (RPC errors, HELLO errors, reasons):
  * codes are [a-z0-9._-]{1,64}, messages at most 1024 bytes of UTF-8 with no

@@ -309,3 +309,16 @@ int tether_check_writable_dir(const char *dir, tether_error *err)
 	}
 	return 0;
 }
+
+void tether_write_behind(int fd, uint64_t *started, uint64_t written)
+{
+	if (written < *started || written - *started < TETHER_WRITE_BEHIND)
+		return;
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+	/* Only starts the writeback; a failure here shows at the fsync. */
+	(void)sync_file_range(fd, (off_t)*started, (off_t)(written - *started), SYNC_FILE_RANGE_WRITE);
+#else
+	(void)fd;
+#endif
+	*started = written;
+}

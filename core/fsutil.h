@@ -3,6 +3,7 @@
 #define TETHER_FSUTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include "tether/provider.h"
 
@@ -33,6 +34,14 @@ void tether_unlock(int fd);
 int tether_lock_wait(const char *path, int timeout_ms, tether_error *err);
 /* rm -rf of a directory we own.  Refuses "/" and "". */
 int tether_rmtree(const char *path);
+/* Write-behind for a file written front to back and fsynced at the end (a
+ * transfer's temporary file): once at least TETHER_WRITE_BEHIND bytes were
+ * written since *started, start their writeback to the disk without waiting
+ * (sync_file_range on Linux; nothing elsewhere), so the final fsync has
+ * little left to do and the disk works while the data still arrives.
+ * written: the bytes written so far. */
+#define TETHER_WRITE_BEHIND (8u << 20)
+void tether_write_behind(int fd, uint64_t *started, uint64_t written);
 int tether_path_exists(const char *path);
 int tether_is_dir(const char *path);
 /* Checks that dir is writable by us (creating it if needed). */

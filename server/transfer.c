@@ -46,6 +46,7 @@
 #include <uv.h>
 #include "admin.h"
 #include "error.h"
+#include "fsutil.h"
 #include "log.h"
 #include "srvapi.h"
 #include "util.h"
@@ -81,6 +82,7 @@ typedef struct xfer {
 	int overwrite;
 	int has_total;
 	uint64_t total, bytes, read;
+	uint64_t behind;                /* download: written back from here on */
 	uint64_t started_ms, running_ms, ended_ms;
 	int state;
 	char sha[65];
@@ -470,7 +472,14 @@ static int dl_data(void *arg, tether_conn *c, uint32_t id, const unsigned char *
 		off += (size_t)w;
 	}
 	srv_prov(x->s)->t->digest_update(x->dg, data, len);
+	/* The data is written as it arrives: a larger window keeps the agent
+	 * sending.  Raised at the first data, not with the request: an agent
+	 * that refuses the download never opens the stream, and a grant for a
+	 * stream it never had is a protocol violation there. */
+	if (x->bytes == 0)
+		tether_conn_stream_window(c, id, TETHER_STREAM_WINDOW_BULK);
 	x->bytes += len;
+	tether_write_behind(x->fd, &x->behind, x->bytes);
 	tether_conn_stream_consumed(c, id, len);
 	return 0;
 }

@@ -416,6 +416,41 @@ def main():
         if f is None or "error" in json.loads(f[2]):
             print("closed" if f is None else "refused " + f[2].decode()); return 1
         return requests(t, sys.argv[6:])
+    if cmd == "download-window":
+        # file.download PATH, and once its first data arrives, raise the
+        # window by WINDOW bytes at once (legal up to 2^31-1): the agent
+        # must keep sending in bounded bursts, not fail its pump.  Prints
+        # "result SIZE SHA256" (of the data received) or the error.
+        # A 64 MiB receive buffer (SO_RCVBUFFORCE needs root) and a pause
+        # after the grant let the agent's socket take all it is given.
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        s.settimeout(30)
+        s.connect((sys.argv[2], int(sys.argv[3])))
+        t = ctx(sys.argv[4], sys.argv[5]).wrap_socket(s, server_hostname=None)
+        f = hello(t)
+        if f is None or "error" in json.loads(f[2]):
+            print("closed"); return 1
+        path, extra = sys.argv[6], int(sys.argv[7])
+        t.sendall(req(1, "file.download", {"path": path}))
+        h, n, granted = hashlib.sha256(), 0, False
+        while True:
+            f = read_frame(t)
+            if f is None or f[0] == 10:
+                print("closed"); return 1
+            if f[0] == 4 and f[1] == 1:
+                h.update(f[2]); n += len(f[2])
+                if not granted:
+                    t.sendall(frame(6, 1, struct.pack(">I", extra))); granted = True
+                    time.sleep(0.5)
+            elif f[0] == 3 and f[1] == 1:
+                d = json.loads(f[2])
+                if "error" in d:
+                    print("error", d["error"].get("code"), d["error"].get("message")); return 1
+                print("result", n, h.hexdigest(), d["result"].get("sha256")); return 0
     if cmd == "pipeline":
         # One thread writes and reads (an SSL object must not be used by
         # two threads at once): send while the socket takes data, read

@@ -1246,6 +1246,7 @@ static void poller_connect(poller *p)
 	}
 	o.session = p->session;
 	o.session_len = p->session_len;
+	o.no_tickets = !(cli_tls_policy(a->c) & TETHER_TLS_POLICY_RESUMPTION);
 	o.connect_ms = a->handshake_ms;
 	o.handshake_ms = a->handshake_ms;
 	o.idle_ms = 0;                  /* held open; keepalive notices a dead link */

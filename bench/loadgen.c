@@ -218,6 +218,8 @@ static void base_opts(lg *g, tether_conn_opts *o, int local_role, int mode)
 	o->connect_ms = 30000;
 	o->handshake_ms = 60000;
 	o->instance_id = tether_process_instance_id(g->prov);
+	/* as an agent with [tls] resumption off says: no session tickets */
+	o->no_tickets = !g->o.resume;
 }
 
 static void fleet_stop(lg *g);

@@ -149,6 +149,7 @@ struct tether_conn {
 	tether_thumbprint peer_tp;
 	int has_peer_tp;
 	int pinned;
+	int ticket_done;                /* server: the session ticket issued or skipped */
 	tether_tls_info info;
 	tether_hello *local_hello;       /* until the greeting is done */
 	tether_hello *peer_hello;        /* from its HELLO until on_open returns */
@@ -715,6 +716,28 @@ static int verify_cb(void *arg, const unsigned char *der, size_t len)
 	return 0;
 }
 
+/* Server: the TLS 1.3 session ticket, once the peer passed the pin (the
+ * provider's tls_pinned issues it).  A tether client sends its HELLO with
+ * its last handshake flight, so the ticket waits for it: a client that
+ * keeps no sessions says so there (TETHER_CAP_NO_TLS_TICKETS) and gets
+ * none, because making one parses the peer's certificate again (OpenSSL
+ * 3.0: about a fifth of a full handshake's CPU) for a ticket nobody
+ * uses.  If the HELLO did not come with that flight, the ticket goes out
+ * at once (pump), as it did before clients could say so. */
+static void issue_ticket(tether_conn *c, int wanted)
+{
+	tether_error e;
+
+	if (c->ticket_done || !c->pinned)
+		return;
+	c->ticket_done = 1;
+	memset(&e, 0, sizeof(e));
+	if (!wanted)
+		tether_debug("tls", "%s keeps no TLS sessions: no session ticket", c->peer_addr);
+	else if (c->o.prov->t->tls_pinned && c->o.prov->t->tls_pinned(c->tls, &e) < 0)
+		tether_debug("tls", "no session ticket for %s: %s", c->peer_addr, e.detail);
+}
+
 static void send_hello(tether_conn *c)
 {
 	unsigned char *f = NULL;
@@ -917,7 +940,10 @@ static void handshake_done(tether_conn *c)
 	}
 	c->pinned = 1;
 	warn_if_expired(c, der, len, hex);
-	if (c->o.prov->t->tls_pinned && c->o.prov->t->tls_pinned(c->tls, &e) < 0)
+	/* a server issues its session ticket once it has read what came
+	 * with the client's last flight (issue_ticket) */
+	if (c->o.tls_role == TETHER_TLS_CLIENT && c->o.prov->t->tls_pinned &&
+	    c->o.prov->t->tls_pinned(c->tls, &e) < 0)
 		tether_debug("tls", "no session ticket for %s: %s", c->peer_addr, e.detail);
 	tether_debug("tls", "%s pinned %s (%s %s, %s%s)", c->peer_addr, hex, c->info.tls_version,
 	             c->info.cipher, c->info.group, c->info.resumed ? ", resumed" : "");
@@ -1070,6 +1096,9 @@ static void pump(tether_conn *c)
 			return;
 	}
 out:
+	/* pinned, and no HELLO came with the client's last flight */
+	if (c->state == ST_HELLO && c->o.tls_role == TETHER_TLS_SERVER)
+		issue_ticket(c, 1);
 	if (c->state != ST_CLOSED)
 		flush(c);
 	if (c->state == ST_OPEN && !c->read_paused && out_held(c) >= READ_PAUSE_QUEUE)
@@ -1294,8 +1323,12 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 		close_after_flush(c);
 		return;
 	}
-	if (c->o.tls_role == TETHER_TLS_SERVER)
+	if (c->o.tls_role == TETHER_TLS_SERVER) {
+		/* before the answer: the client has the ticket when it takes
+		 * its session at on_open */
+		issue_ticket(c, !tether_hello_has_capability(c->peer_hello, TETHER_CAP_NO_TLS_TICKETS));
 		send_hello(c);
+	}
 	/* the greeting is done: its memory is not needed any more */
 	free(c->local_hello);
 	c->local_hello = NULL;
@@ -1813,6 +1846,8 @@ static tether_conn *conn_new(uv_loop_t *loop, const tether_conn_opts *opts)
 	                  opts->instance_id, NULL);
 	if (opts->local_role == TETHER_ROLE_AGENT)
 		tether_hello_add_capability(c->local_hello, "health", NULL);
+	if (opts->tls_role == TETHER_TLS_CLIENT && opts->no_tickets)
+		tether_hello_add_capability(c->local_hello, TETHER_CAP_NO_TLS_TICKETS, NULL);
 	if (opts->capabilities) {
 		size_t i;
 		for (i = 0; opts->capabilities[i] && i < 32; i++)

@@ -73,6 +73,10 @@ typedef struct tether_conn_opts {
 	 * handshakes use every core (always on for a MAY_BLOCK provider).  The
 	 * pin is then checked on the loop right after the handshake. */
 	int offload_handshake;
+	/* client role: this side keeps no TLS sessions (resumption off): its
+	 * HELLO says so (TETHER_CAP_NO_TLS_TICKETS) and the server side issues
+	 * it no session ticket. */
+	int no_tickets;
 	/* HELLO capabilities (NULL-terminated); NULL: none beyond the role's */
 	const char *const *capabilities;
 	/* client role: bind the socket to this local IP address (port 0)

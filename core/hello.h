@@ -25,6 +25,9 @@
 #define TETHER_PROTOCOL_MAJOR 1
 #define TETHER_PROTOCOL_MINOR 0
 
+/* Capability of a TLS client that keeps no TLS sessions (resumption off):
+ * the TLS server issues it no session ticket (docs/protocol.md). */
+#define TETHER_CAP_NO_TLS_TICKETS "no-tls-tickets"
 #define TETHER_HELLO_SOFTWARE_MAX 64     /* printable ASCII */
 #define TETHER_HELLO_CAPS_MAX 64         /* capabilities per HELLO */
 #define TETHER_HELLO_CAP_MAX 64          /* bytes of one, [a-z0-9._-] */

@@ -386,6 +386,7 @@ static void held_connect(srv *s, held *h)
 	/* resume only a session made with the same identity */
 	o.session = h->presenting ? NULL : h->session;
 	o.session_len = h->presenting ? 0 : h->session_len;
+	o.no_tickets = !(cli_tls_policy(s->c) & TETHER_TLS_POLICY_RESUMPTION);
 	o.connect_ms = s->connect_ms;
 	o.handshake_ms = s->handshake_ms;
 	o.idle_ms = s->idle_ms;

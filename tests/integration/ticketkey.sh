@@ -19,6 +19,7 @@ SPID=$LAST_PID
 wait_for test -S "$H/server-default/run/admin.sock"
 "$SERVER" target add "${A[@]}" pa --polling --thumbprint "$AT" >/dev/null
 bg "$AGENT" run "${A[@]}" 2>"$TMP/agent.log"
+AGPID=$LAST_PID
 wait_for "$SERVER" health "${A[@]}" pa
 ok $? "a polling agent is connected"
 TK="$H/server-default/state/ticket.key"
@@ -37,4 +38,31 @@ ok $? "the server logs the renewal"
 run_ok "health after the renewal" "$SERVER" health "${A[@]}" pa
 kill $SPID; wait $SPID
 is "$?" 0 "the server stops cleanly on SIGTERM (the renewal timer does not hold it)"
+
+# The ticket goes out with the server's HELLO answer, and not to a client
+# whose HELLO says it keeps no sessions (no-tls-tickets, docs/protocol.md).
+# A server restart: the agent comes back, resumed once it holds a ticket
+# from the current key.
+restart_server() { # LOG: start the server, wait for the agent's next connection
+	local mark i
+	bg env TETHER_DEBUG=tls "$SERVER" run "${A[@]}" 2>"$1"
+	SPID=$LAST_PID
+	for i in $(seq 1 200); do grep -q "polling agent pa connected" "$1" 2>/dev/null && return 0; sleep 0.1; done
+	return 1
+}
+restart_server "$TMP/s1.log"; ok $? "the agent reconnects after a server restart"
+kill $SPID; wait $SPID
+restart_server "$TMP/s2.log"; ok $? "and after a second restart"
+like "$TMP/s2.log" "polling agent pa connected from .*, resumed\)" "with the ticket it got with the server's answer, it resumes"
+unlike "$TMP/s2.log" "no session ticket" "a ticket is issued to an agent that keeps sessions"
+kill $SPID; wait $SPID
+printf '\n[tls]\nresumption = off\n' >>"$H/agent-default/agent.ini"
+kill $AGPID; wait $AGPID 2>/dev/null
+bg "$AGENT" run "${A[@]}" 2>>"$TMP/agent.log"
+AGPID=$LAST_PID
+restart_server "$TMP/s3.log"; ok $? "an agent with resumption off connects"
+like "$TMP/s3.log" "keeps no TLS sessions: no session ticket" "it gets no session ticket (its HELLO says no-tls-tickets)"
+unlike "$TMP/s3.log" "resumed\)" "and resumes nothing"
+run_ok "health without tickets" "$SERVER" health "${A[@]}" pa
+kill $SPID; wait $SPID
 done_testing

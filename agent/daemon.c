@@ -944,6 +944,15 @@ int agent_req_reset_stream(agent_req *r, const char *code, const char *message)
 	return tether_conn_stream_reset(r->ac->c, r->id, code, message);
 }
 
+/* snprintf(dst, cap, "%s", src) without snprintf (per request). */
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 static void on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
 {
 	agent_conn *ac = tether_conn_get_data(c);
@@ -955,10 +964,10 @@ static void on_request(void *arg, tether_conn *c, uint32_t id, const char *metho
 	r->a = a;
 	r->ac = ac;
 	r->id = id;
-	snprintf(r->method, sizeof(r->method), "%s", method);
+	copy_str(r->method, sizeof(r->method), method);
 	r->params = json_incref(params);
-	snprintf(r->server, sizeof(r->server), "%s", ac->tphex);
-	snprintf(r->peer, sizeof(r->peer), "%s", tether_conn_peer_addr(c));
+	copy_str(r->server, sizeof(r->server), ac->tphex);
+	copy_str(r->peer, sizeof(r->peer), tether_conn_peer_addr(c));
 	r->loop = ac->loop;
 	r->next = ac->reqs;
 	ac->reqs = r;

@@ -11,6 +11,34 @@
 #define BAD(...) FAIL(TETHER_ERR_PROTOCOL, TETHER_CAT_BAD_INPUT, __VA_ARGS__)
 #define MISUSE(...) FAIL(TETHER_ERR_INVALID, TETHER_CAT_INTERNAL, __VA_ARGS__)
 
+/* The envelope's prefix is built per message: by hand, not with snprintf
+ * (about 800 instructions each, BENCHMARKS.md session 4).  The callers'
+ * buffers hold the longest prefix (a 10-digit id, a 64-byte method). */
+static size_t
+put_lit(char *buf, size_t at, const char *s)
+{
+	size_t n = strlen(s);
+
+	memcpy(buf + at, s, n + 1);
+	return at + n;
+}
+
+static size_t
+put_u32(char *buf, size_t at, uint32_t v)
+{
+	char tmp[10];
+	size_t n = 0;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		buf[at++] = tmp[--n];
+	buf[at] = '\0';
+	return at;
+}
+
 int
 tether_rpc_method_valid(const char *method)
 {
@@ -67,9 +95,11 @@ tether_rpc_request_encode(uint32_t id, const char *method, json_t *params,
 		p = ps;
 	}
 	pl = strlen(p);
-	np = (size_t)snprintf(pre, sizeof(pre),
-	                      "{\"id\":%u,\"method\":\"%s\",\"params\":", id,
-	                      method);
+	np = put_lit(pre, 0, "{\"id\":");
+	np = put_u32(pre, np, id);
+	np = put_lit(pre, np, ",\"method\":\"");
+	np = put_lit(pre, np, method);
+	np = put_lit(pre, np, "\",\"params\":");
 	if (max_json == 0)
 		max_json = TETHER_FRAME_JSON_MAX_DEFAULT;
 	if (max_json > TETHER_FRAME_JSON_MAX_HARD)
@@ -129,7 +159,9 @@ tether_rpc_result_encode_raw(uint32_t id, const char *json, size_t len,
 		max_json = TETHER_FRAME_JSON_MAX_DEFAULT;
 	if (max_json > TETHER_FRAME_JSON_MAX_HARD)
 		max_json = TETHER_FRAME_JSON_MAX_HARD;
-	np = (size_t)snprintf(pre, sizeof(pre), "{\"id\":%u,\"result\":", id);
+	np = put_lit(pre, 0, "{\"id\":");
+	np = put_u32(pre, np, id);
+	np = put_lit(pre, np, ",\"result\":");
 	body = np + len + 1;
 	if (len > max_json || body > max_json)
 		return FAIL(TETHER_ERR_INVALID, TETHER_CAT_BAD_INPUT,
@@ -291,7 +323,8 @@ tether_rpc_request_parse(uint32_t frame_id, const unsigned char *payload,
 	}
 	memset(out, 0, sizeof(*out));
 	out->id = frame_id;
-	snprintf(out->method, sizeof(out->method), "%s", method);
+	/* a valid method is a token of at most TETHER_RPC_METHOD_MAX bytes */
+	memcpy(out->method, method, strlen(method) + 1);
 	out->params = params;
 	r = 0;
 out:

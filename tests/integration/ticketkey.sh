@@ -56,6 +56,12 @@ restart_server "$TMP/s2.log"; ok $? "and after a second restart"
 like "$TMP/s2.log" "polling agent pa connected from .*, resumed\)" "with the ticket it got with the server's answer, it resumes"
 unlike "$TMP/s2.log" "no session ticket" "a ticket is issued to an agent that keeps sessions"
 kill $SPID; wait $SPID
+# A client that resumed with a young ticket gets no new one (it keeps using
+# it: making a ticket parses the certificate again); it must still resume
+# after the next restart with the ticket it already has.
+restart_server "$TMP/s2b.log"; ok $? "and after a third restart"
+like "$TMP/s2b.log" "polling agent pa connected from .*, resumed\)" "it resumes again with the ticket it kept"
+kill $SPID; wait $SPID
 printf '\n[tls]\nresumption = off\n' >>"$H/agent-default/agent.ini"
 kill $AGPID; wait $AGPID 2>/dev/null
 bg "$AGENT" run "${A[@]}" 2>>"$TMP/agent.log"

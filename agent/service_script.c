@@ -1613,9 +1613,13 @@ static void spawn(uv_loop_t *loop, ticket *t)
 out:
 	free(workdir);
 	if (env) {
+		/* Only the last entry is make_env's own (TETHER_TICKET); the
+		 * others belong to environ or to the command, which a failed
+		 * spawn has already freed (finalize): count, never read them. */
 		for (i = 0; env[i]; i++)
-			if (!strncmp(env[i], "TETHER_TICKET=", 14))
-				free(env[i]);
+			;
+		if (i > 0)
+			free(env[i - 1]);
 		free(env);
 	}
 }

@@ -80,4 +80,11 @@ _pids=""
 is "$rl" "0" "listener exits 0 on SIGTERM"
 like "$TMP/listen.out" "stopping \(49 echo requests served\)" "listener counted every echo (5+3+1+20+20)"
 like "$TMP/listen.out" "127.0.0.1:[0-9]+ connected: TLSv1.3" "listener logs each connection"
+# the man page documents every option --help lists
+"$PING" --help > "$TMP/help" 2>&1
+missing=""
+for o in $(grep -o -- '--[a-z][a-z-]*' "$TMP/help" | sort -u); do
+	grep -q -- "$(printf '%s' "$o" | sed 's/-/\\\\-/g')" "$TOP_SRCDIR/docs/tether-ping.1" || missing="$missing $o"
+done
+is "$missing" "" "docs/tether-ping.1 documents every option of --help"
 done_testing

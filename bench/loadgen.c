@@ -68,6 +68,7 @@ typedef struct lg {
 	/* hs */
 	unsigned long inflight, completed, failures;
 	uint64_t t0;
+	double cpu0;                    /* this process's CPU seconds at t0 */
 	char first_error[TETHER_ERROR_DETAIL_MAX];
 	/* rtt */
 	tether_conn *c;
@@ -306,14 +307,25 @@ static void hs_start(lg *g)
 	}
 }
 
+/* user + system CPU time of this process, all threads */
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 static void hs_deadline(uv_timer_t *t)
 {
 	lg *g = t->data;
 	double secs = (double)(uv_hrtime() - g->t0) / 1e9;
 
-	emit(json_pack("{s:s, s:s, s:I, s:f, s:f, s:I, s:s}", "bench", "handshake",
+	emit(json_pack("{s:s, s:s, s:I, s:f, s:f, s:f, s:I, s:s}", "bench", "handshake",
 	               "tls", g->o.tls12 ? "1.2" : "1.3", "completed", (json_int_t)g->completed, "seconds", secs,
-	               "per_s", secs > 0 ? (double)g->completed / secs : 0.0, "failures", (json_int_t)g->failures,
+	               "per_s", secs > 0 ? (double)g->completed / secs : 0.0,
+	               "cpu_s", cpu_seconds() - g->cpu0, "failures", (json_int_t)g->failures,
 	               "first_error", g->first_error));
 	stop(g);
 }
@@ -799,6 +811,7 @@ int main(int argc, char **argv)
 	uv_update_time(g->loop);
 	if (!strcmp(g->o.mode, "hs")) {
 		g->t0 = uv_hrtime();
+		g->cpu0 = cpu_seconds();
 		uv_timer_start(&g->deadline, hs_deadline, (g->o.duration_s ? g->o.duration_s : 5) * 1000, 0);
 		hs_start(g);
 	} else if (!strcmp(g->o.mode, "rtt")) {

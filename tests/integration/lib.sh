@@ -14,6 +14,14 @@ _pids=""
 cleanup() {
 	for p in $_pids; do kill "$p" 2>/dev/null; done
 	for p in $_pids; do wait "$p" 2>/dev/null; done
+	# a daemon that died under a sanitizer left its report in its log, which
+	# goes with $TMP: show the first one (CI prints this test's log on failure)
+	local f
+	f=$(grep -l -E '^(==[0-9]+==ERROR: |SUMMARY: (Address|Undefined|Leak)Sanitizer|.*runtime error: )' -r "$TMP" 2>/dev/null | head -1)
+	if [ -n "$f" ]; then
+		echo "# sanitizer report in ${f#$TMP/}:"
+		grep -E -A40 '^(==[0-9]+==ERROR: |.*runtime error: )' "$f" | head -60 | sed 's/^/#   /'
+	fi
 	rm -rf "$TMP"
 }
 trap cleanup EXIT

@@ -268,7 +268,7 @@ typedef struct upload {
 	char tmp[sizeof(TMP_PREFIX) + 16];
 	char *base;
 	uint64_t size, got;
-	uint64_t behind;                /* written back from here on (write-behind) */
+	tether_write_behind_state wb;   /* write-behind and drop-behind */
 	mode_t mode;
 	int overwrite;
 	int stream_open;
@@ -334,6 +334,7 @@ static int up_data(agent_req *r, const unsigned char *data, size_t len)
 {
 	upload *u = agent_req_get_data(r);
 	size_t off = 0;
+	int rc;
 
 	if (u->got + len > u->size) {
 		upload_fail(u, TETHER_RPC_ERR_TOO_LARGE, "the server sent more than the %llu bytes it announced",
@@ -357,7 +358,11 @@ static int up_data(agent_req *r, const unsigned char *data, size_t len)
 	}
 	E->prov->t->digest_update(u->dg, data, len);
 	u->got += len;
-	tether_write_behind(u->fd, &u->behind, u->got);
+	if ((rc = tether_write_behind(u->fd, &u->wb, u->got)) < 0) {
+		upload_fail(u, rc == -ENOSPC || rc == -EDQUOT ? "no_space" : "io", "cannot write beside %s: %s",
+		            u->o.abs, strerror(-rc));
+		return 0;
+	}
 	agent_req_consumed(r, len);
 	return 0;
 }

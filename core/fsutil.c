@@ -310,15 +310,36 @@ int tether_check_writable_dir(const char *dir, tether_error *err)
 	return 0;
 }
 
-void tether_write_behind(int fd, uint64_t *started, uint64_t written)
+int tether_write_behind(int fd, tether_write_behind_state *wb, uint64_t written)
 {
-	if (written < *started || written - *started < TETHER_WRITE_BEHIND)
-		return;
+	if (written < wb->started || written - wb->started < TETHER_WRITE_BEHIND)
+		return 0;
 #if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
-	/* Only starts the writeback; a failure here shows at the fsync. */
-	(void)sync_file_range(fd, (off_t)*started, (off_t)(written - *started), SYNC_FILE_RANGE_WRITE);
+	/* Only starts the writeback; a failure of this step shows at the
+	 * wait below or at the fsync. */
+	(void)sync_file_range(fd, (off_t)wb->started, (off_t)(written - wb->started), SYNC_FILE_RANGE_WRITE);
+	if (wb->dropped != UINT64_MAX && wb->prev > wb->dropped) {
+		/* The wait consumes a writeback error of this descriptor (the
+		 * fsync would not see it again): hand it to the caller. */
+		if (sync_file_range(fd, (off_t)wb->dropped, (off_t)(wb->prev - wb->dropped),
+		                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+		                    SYNC_FILE_RANGE_WAIT_AFTER) < 0) {
+			int e = errno;
+			/* not for this file (no error was consumed): only write-behind */
+			if (e == EINVAL || e == ESPIPE || e == ENOSYS)
+				wb->dropped = UINT64_MAX;
+			else if (e != EINTR)
+				return -(e ? e : EIO);
+		} else {
+			(void)posix_fadvise(fd, (off_t)wb->dropped, (off_t)(wb->prev - wb->dropped),
+			                    POSIX_FADV_DONTNEED);
+			wb->dropped = wb->prev;
+		}
+	}
 #else
 	(void)fd;
 #endif
-	*started = written;
+	wb->prev = wb->started;
+	wb->started = written;
+	return 0;
 }

@@ -35,13 +35,32 @@ int tether_lock_wait(const char *path, int timeout_ms, tether_error *err);
 /* rm -rf of a directory we own.  Refuses "/" and "". */
 int tether_rmtree(const char *path);
 /* Write-behind for a file written front to back and fsynced at the end (a
- * transfer's temporary file): once at least TETHER_WRITE_BEHIND bytes were
- * written since *started, start their writeback to the disk without waiting
- * (sync_file_range on Linux; nothing elsewhere), so the final fsync has
- * little left to do and the disk works while the data still arrives.
- * written: the bytes written so far. */
+ * transfer's temporary file), on Linux (elsewhere it does nothing):
+ *  - each time TETHER_WRITE_BEHIND more bytes were written, their writeback
+ *    to the disk is started without waiting (sync_file_range), so the
+ *    final fsync has little left to do and the disk works while the data
+ *    still arrives;
+ *  - the windows before the previous one, whose writeback had a whole window's
+ *    time to finish, are waited for and dropped from the page cache
+ *    (POSIX_FADV_DONTNEED): a large transfer then keeps about three windows
+ *    cached instead of the whole file, reuses the pages it just freed
+ *    instead of taking fresh ones (BENCHMARKS.md, session 5: on a VM
+ *    those cost the writer several times the copy), and does not push
+ *    out what the machine's other programs keep cached.  The wait only
+ *    lasts when the disk is slower than the data arrives, which then sets
+ *    the pace.
+ * written: the bytes written so far.  Returns 0, or a negative errno when
+ * the writeback of an earlier window failed: the file is then not what was
+ * written, and the error is reported here, not by the final fsync (the
+ * kernel reports a writeback error once per descriptor), so the caller
+ * must fail the transfer. */
 #define TETHER_WRITE_BEHIND (8u << 20)
-void tether_write_behind(int fd, uint64_t *started, uint64_t written);
+typedef struct tether_write_behind_state {
+	uint64_t started;               /* writeback started up to here */
+	uint64_t prev;                  /* where the previous window began */
+	uint64_t dropped;               /* written back and dropped up to here */
+} tether_write_behind_state;
+int tether_write_behind(int fd, tether_write_behind_state *wb, uint64_t written);
 int tether_path_exists(const char *path);
 int tether_is_dir(const char *path);
 /* Checks that dir is writable by us (creating it if needed). */

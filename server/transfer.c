@@ -82,7 +82,7 @@ typedef struct xfer {
 	int overwrite;
 	int has_total;
 	uint64_t total, bytes, read;
-	uint64_t behind;                /* download: written back from here on */
+	tether_write_behind_state wb;   /* download: write-behind and drop-behind */
 	uint64_t started_ms, running_ms, ended_ms;
 	int state;
 	char sha[65];
@@ -454,6 +454,7 @@ static int dl_data(void *arg, tether_conn *c, uint32_t id, const unsigned char *
 {
 	xfer *x = arg;
 	size_t off = 0;
+	int r;
 
 	if (x->error[0])
 		return 0;
@@ -479,7 +480,13 @@ static int dl_data(void *arg, tether_conn *c, uint32_t id, const unsigned char *
 	if (x->bytes == 0)
 		tether_conn_stream_window(c, id, TETHER_STREAM_WINDOW_BULK);
 	x->bytes += len;
-	tether_write_behind(x->fd, &x->behind, x->bytes);
+	if ((r = tether_write_behind(x->fd, &x->wb, x->bytes)) < 0) {
+		set_error(x, r == -ENOSPC || r == -EDQUOT ? "no_space" : "io", "cannot write %s: %s", x->tmp,
+		          strerror(-r));
+		x->stream_open = 0;
+		tether_conn_stream_reset(c, id, "io", x->error);
+		return 0;
+	}
 	tether_conn_stream_consumed(c, id, len);
 	return 0;
 }

@@ -3,6 +3,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -888,6 +890,92 @@ test_json_fast_path(void **state)
 	}
 }
 
+/* jansson's blocks go through core/jalloc.c's per-thread cache: trees built
+ * on one thread and freed on another, many at once (more than a class
+ * keeps), threads that end with blocks cached, and what json_dumps returns
+ * given to free(), as the engine does.  The threads count what they find
+ * wrong (cmocka's checks belong to the main thread). */
+#define JT_THREADS 4
+#define JT_TREES 300
+
+static const char jt_text[] = "a string long enough for another size class, and longer still";
+static json_t *jt_trees[JT_THREADS][JT_TREES];
+static int jt_wrong[JT_THREADS];
+
+static void *
+jt_build(void *arg)
+{
+	json_t **out = arg;
+	char s[64];
+	int i;
+
+	for (i = 0; i < JT_TREES; i++) {
+		snprintf(s, sizeof(s), "tree %d, %d", i, i * 7);
+		out[i] = json_pack("{s:i, s:s, s:[s, {s:b}], s:s#}", "n", i, "s", s, "a", "x", "b", i & 1,
+		                   "t", jt_text, i % 60);
+	}
+	return NULL;
+}
+
+static int
+jt_check_free(json_t **in)
+{
+	char s[64], *d;
+	int i, wrong = 0;
+
+	for (i = 0; i < JT_TREES; i++) {
+		snprintf(s, sizeof(s), "tree %d, %d", i, i * 7);
+		wrong += !in[i] || json_integer_value(json_object_get(in[i], "n")) != i ||
+		         strcmp(json_string_value(json_object_get(in[i], "s")), s) ||
+		         json_string_length(json_object_get(in[i], "t")) != (size_t)(i % 60) ||
+		         memcmp(json_string_value(json_object_get(in[i], "t")), jt_text, (size_t)(i % 60));
+		d = json_dumps(in[i], JSON_COMPACT);
+		wrong += !d;
+		free(d);
+		json_decref(in[i]);
+	}
+	/* and new trees from what this thread now holds */
+	jt_build(in);
+	for (i = 0; i < JT_TREES; i++) {
+		wrong += json_integer_value(json_object_get(in[i], "n")) != i;
+		json_decref(in[i]);
+	}
+	return wrong;
+}
+
+static void *
+jt_check_thread(void *arg)
+{
+	int k = (int)(intptr_t)arg;
+	jt_wrong[k] = jt_check_free(jt_trees[(k + 1) % JT_THREADS]);
+	return NULL;
+}
+
+static void
+test_json_blocks_across_threads(void **state)
+{
+	pthread_t t[JT_THREADS];
+	int round, i;
+	(void)state;
+
+	for (round = 0; round < 3; round++) {
+		for (i = 0; i < JT_THREADS; i++)
+			assert_int_equal(pthread_create(&t[i], NULL, jt_build, jt_trees[i]), 0);
+		for (i = 0; i < JT_THREADS; i++)
+			assert_int_equal(pthread_join(t[i], NULL), 0);
+		/* each thread frees another's trees */
+		for (i = 0; i < JT_THREADS; i++)
+			assert_int_equal(pthread_create(&t[i], NULL, jt_check_thread, (void *)(intptr_t)i), 0);
+		for (i = 0; i < JT_THREADS; i++) {
+			assert_int_equal(pthread_join(t[i], NULL), 0);
+			assert_int_equal(jt_wrong[i], 0);
+		}
+	}
+	/* and on this thread, which outlives them */
+	jt_build(jt_trees[0]);
+	assert_int_equal(jt_check_free(jt_trees[0]), 0);
+}
+
 int
 main(void)
 {
@@ -911,6 +999,7 @@ main(void)
 		cmocka_unit_test(test_flow_control),
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_json_fast_path),
+		cmocka_unit_test(test_json_blocks_across_threads),
 	};
 	return cmocka_run_group_tests_name("frame", tests, NULL, NULL);
 }

@@ -175,6 +175,17 @@ fast_ws(fastp *f)
 		f->p++;
 }
 
+/* 1 for the bytes a string may hold as they are: printable ASCII but '"'
+ * and '\\' */
+static const unsigned char fast_plain[256] = {
+	[0x20] = 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,        /* 0x22 '"' */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,                 /* 0x30 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,                 /* 0x40 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,                 /* 0x5c '\\' */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,                 /* 0x60 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,                 /* 0x7f */
+};
+
 /* At the opening quote.  The string's bytes (unescaped) in *s, *n: either
  * in the input or in f->scratch.  -1: give up. */
 static int
@@ -183,12 +194,22 @@ fast_string(fastp *f, const char **s, size_t *n)
 	const unsigned char *q = ++f->p;
 	size_t k = 0;
 
-	while (q < f->end && *q != '"' && *q != '\\') {
-		if (*q < 0x20 || *q > 0x7e)
-			return -1;
-		q++;
+	/* eight bytes at a time while none of them ends the plain run: a
+	 * byte below 0x20 or above 0x7e, '"' or '\\' (the usual bit tricks:
+	 * a byte's top bit in t says it is one of those) */
+	while (f->end - q >= 8) {
+		uint64_t x, t;
+		memcpy(&x, q, 8);
+		t = (x - 0x2020202020202020ULL) | x | (x + 0x0101010101010101ULL) |
+		    ((x ^ 0x2222222222222222ULL) - 0x0101010101010101ULL) |
+		    ((x ^ 0x5c5c5c5c5c5c5c5cULL) - 0x0101010101010101ULL);
+		if (t & 0x8080808080808080ULL)
+			break;
+		q += 8;
 	}
-	if (q >= f->end)
+	while (q < f->end && fast_plain[*q])
+		q++;
+	if (q >= f->end || (*q != '"' && *q != '\\'))
 		return -1;
 	if (*q == '"') {
 		*s = (const char *)f->p;
@@ -268,7 +289,7 @@ fast_object(fastp *f, int depth)
 {
 	json_t *o = json_object(), *v;
 	const char *s;
-	size_t n;
+	size_t n, size;
 	char key[sizeof(f->scratch) + 1];
 
 	if (!o)
@@ -289,10 +310,13 @@ fast_object(fastp *f, int depth)
 			goto fail;
 		f->p++;
 		fast_ws(f);
-		if (json_object_get(o, key))
-			goto fail;          /* a duplicate: jansson says so */
 		v = fast_value(f, depth + 1);
+		size = json_object_size(o);
 		if (!v || json_object_set_new_nocheck(o, key, v) < 0)
+			goto fail;
+		/* a duplicate replaced the first value: jansson says so (one
+		 * hash lookup per key instead of a json_object_get first) */
+		if (json_object_size(o) == size)
 			goto fail;
 		fast_ws(f);
 		if (f->p >= f->end)

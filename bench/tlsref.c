@@ -12,6 +12,12 @@
  *       is one round trip), then close_notify and close
  *   bench-tlsref rtt --connect H:P --identity PEM [--count N] [--inflight K] [--size B]
  *       B-byte ping-pong over one connection, K in flight
+ *   bench-tlsref server ... --send FILE | --recv FILE
+ *   bench-tlsref bulk --connect H:P --identity PEM --send FILE | --recv FILE
+ *       raw TLS file transfer over one connection: the sender writes FILE
+ *       down it and ends with close_notify, the receiver writes what it
+ *       reads to FILE (no checksum, no fsync); the server handles one
+ *       connection and exits
  */
 #include "config.h"
 #include <arpa/inet.h>
@@ -25,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,7 +44,7 @@
 #define SIZE_MAX_MSG 65536
 
 static struct {
-	const char *mode, *identity, *pin_hex, *host;
+	const char *mode, *identity, *pin_hex, *host, *send_file, *recv_file;
 	int port, tls12;
 	unsigned long concurrency, duration_s, count, inflight, size;
 } o = { .concurrency = 64, .duration_s = 5, .count = 10000, .inflight = 1, .size = 64 };
@@ -91,6 +98,10 @@ static SSL_CTX *make_ctx(int server)
 	    SSL_CTX_use_PrivateKey_file(ctx, o.identity, SSL_FILETYPE_PEM) != 1)
 		die("cannot load --identity (PEM certificate + key)");
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), verify_cb);
+	/* a file transfer uses tether's TLS 1.3 suite order (AES-128-GCM first) */
+	if ((o.send_file || o.recv_file) &&
+	    !SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"))
+		die("SSL_CTX_set_ciphersuites");
 	/* no resumption: every handshake is a full one */
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
@@ -102,6 +113,49 @@ static void nodelay(int fd)
 {
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* ---- bulk: raw TLS file transfer ---- */
+
+#define BULK_BUF (256 * 1024)
+
+/* Sends --send or receives into --recv over an established connection;
+ * prints the result as JSON.  0 on success. */
+static int bulk_pump(SSL *ssl)
+{
+	static char buf[BULK_BUF];
+	unsigned long long bytes = 0;
+	double t0 = now_s();
+	int fd, ok = 0;
+
+	if (o.send_file) {
+		ssize_t n;
+		if ((fd = open(o.send_file, O_RDONLY)) < 0)
+			die("cannot open --send");
+		while ((n = read(fd, buf, sizeof(buf))) > 0) {
+			size_t w;
+			if (SSL_write_ex(ssl, buf, (size_t)n, &w) != 1 || w != (size_t)n)
+				break;
+			bytes += (unsigned long long)n;
+		}
+		ok = n == 0 && SSL_shutdown(ssl) >= 0;
+	} else {
+		size_t n;
+		if ((fd = open(o.recv_file, O_WRONLY | O_CREAT | O_TRUNC, 0600)) < 0)
+			die("cannot create --recv");
+		while (SSL_read_ex(ssl, buf, sizeof(buf), &n) == 1) {
+			if (write(fd, buf, n) != (ssize_t)n)
+				die("write --recv");
+			bytes += n;
+		}
+		/* only the sender's close_notify ends a complete transfer */
+		ok = SSL_get_error(ssl, 0) == SSL_ERROR_ZERO_RETURN;
+	}
+	close(fd);
+	printf("{\"bench\":\"bulk\",\"ok\":%s,\"bytes\":%llu,\"seconds\":%.6f}\n", ok ? "true" : "false", bytes,
+	       now_s() - t0);
+	fflush(stdout);
+	return ok ? 0 : 1;
 }
 
 /* ---- server ---- */
@@ -151,6 +205,21 @@ static int run_server(void)
 	pthread_attr_setstacksize(&at, 256 * 1024);
 	printf("{\"ready\":true,\"port\":%d}\n", o.port);
 	fflush(stdout);
+	if (o.send_file || o.recv_file) {
+		int c = accept(fd, NULL, NULL), r = 1;
+		SSL *ssl;
+		if (c < 0)
+			die("accept");
+		ssl = SSL_new(ctx);
+		SSL_set_fd(ssl, c);
+		if (SSL_accept(ssl) == 1)
+			r = bulk_pump(ssl);
+		else
+			die("handshake");
+		SSL_free(ssl);
+		close(c);
+		return r;
+	}
 	for (;;) {
 		pthread_t th;
 		sconn *sc;
@@ -300,6 +369,24 @@ static int run_rtt(void)
 	return 0;
 }
 
+static int run_bulk(void)
+{
+	SSL_CTX *ctx = make_ctx(0);
+	SSL *ssl = SSL_new(ctx);
+	int fd = tcp_connect(), r;
+
+	if (fd < 0)
+		die("connect");
+	SSL_set_fd(ssl, fd);
+	if (SSL_connect(ssl) != 1)
+		die("handshake");
+	r = bulk_pump(ssl);
+	SSL_free(ssl);
+	close(fd);
+	SSL_CTX_free(ctx);
+	return r;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -308,6 +395,7 @@ int main(int argc, char **argv)
 		{ "connect", required_argument, NULL, 'c' }, { "concurrency", required_argument, NULL, 'C' },
 		{ "duration", required_argument, NULL, 'd' }, { "count", required_argument, NULL, 'n' },
 		{ "inflight", required_argument, NULL, 'k' }, { "size", required_argument, NULL, 's' },
+		{ "send", required_argument, NULL, 'S' }, { "recv", required_argument, NULL, 'R' },
 		{ NULL, 0, NULL, 0 }
 	};
 	static char host[64];
@@ -315,7 +403,7 @@ int main(int argc, char **argv)
 	size_t i;
 
 	if (argc < 2) {
-		fprintf(stderr, "Usage: bench-tlsref server|hs|rtt [options] (see the comment in bench/tlsref.c)\n");
+		fprintf(stderr, "Usage: bench-tlsref server|hs|rtt|bulk [options] (see the comment in bench/tlsref.c)\n");
 		return 2;
 	}
 	o.mode = argv[1];
@@ -342,6 +430,8 @@ int main(int argc, char **argv)
 		case 'n': o.count = strtoul(optarg, NULL, 10); break;
 		case 'k': o.inflight = strtoul(optarg, NULL, 10); break;
 		case 's': o.size = strtoul(optarg, NULL, 10); break;
+		case 'S': o.send_file = optarg; break;
+		case 'R': o.recv_file = optarg; break;
 		default: return 2;
 		}
 	}
@@ -364,6 +454,10 @@ int main(int argc, char **argv)
 		}
 		have_pin = 1;
 	}
+	if ((o.send_file != NULL) + (o.recv_file != NULL) != (!strcmp(o.mode, "bulk") ? 1 : o.send_file || o.recv_file)) {
+		fprintf(stderr, "bench-tlsref: bulk needs exactly one of --send FILE and --recv FILE (server: at most one)\n");
+		return 2;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	if (!strcmp(o.mode, "server"))
 		return run_server();
@@ -375,6 +469,8 @@ int main(int argc, char **argv)
 		return run_hs();
 	if (!strcmp(o.mode, "rtt"))
 		return run_rtt();
+	if (!strcmp(o.mode, "bulk"))
+		return run_bulk();
 	fprintf(stderr, "bench-tlsref: unknown mode '%s'\n", o.mode);
 	return 2;
 }

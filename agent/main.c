@@ -89,7 +89,7 @@ static const cli_verb verbs[] = {
 };
 
 static const cli_program program = {
-	"agent", "tether-agent", verbs, agent_schema, default_config
+	"agent", "tether-agent", verbs, agent_schema, default_config, NULL
 };
 
 int main(int argc, char **argv)

@@ -1,8 +1,10 @@
 #include "config.h"
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <jansson.h>
 #include "cli.h"
 #include "fsutil.h"
@@ -191,6 +193,22 @@ void cli_print_json(json_t *v)
 		free(s);
 	}
 	json_decref(v);
+}
+
+int cli_running_from_build_tree(void)
+{
+#ifdef _WIN32
+	return 0;       /* the build directory holds the .exe and the DLLs together */
+#else
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	size_t bl = strlen(TETHER_BUILD_DIR);
+
+	if (n <= 0)
+		return 0;
+	exe[n] = '\0';
+	return strncmp(exe, TETHER_BUILD_DIR, bl) == 0 && exe[bl] == '/';
+#endif
 }
 
 static void print_verbs(const cli_program *prog, FILE *f)

@@ -26,6 +26,10 @@ typedef struct cli_program {
 	const cli_verb *verbs;
 	const tether_config_key *schema;
 	const char *default_config;          /* template for create-instance */
+	/* The program users run when this one runs behind a front that execs
+	 * it (tether-server, server/front.c): the service unit names the
+	 * front.  NULL: this program is the one users run. */
+	const char *front;
 } cli_program;
 
 struct cli_ctx {
@@ -80,6 +84,11 @@ int cli_open_instance(cli_ctx *c);
 int cli_open_provider(cli_ctx *c);
 
 int cli_main(const cli_program *prog, int argc, char **argv);
+
+/* Does this process run a program inside the build tree (TETHER_BUILD_DIR),
+ * as the tests and benchmarks do?  Then the programs and providers it uses
+ * are the build tree's too. */
+int cli_running_from_build_tree(void);
 
 /* Print a json value to stdout (then decref it). */
 struct json_t;

@@ -208,14 +208,30 @@ static char *dir_of(const char *path)
 
 /* The absolute path of this program.  In a build tree libtool runs the
  * real binary from .libs/ through a wrapper script beside it; the unit
- * must name the wrapper, which sets up the library path. */
+ * must name the wrapper, which sets up the library path.  A program behind
+ * a front (cli_program.front) names the front, the command users run,
+ * where it is installed (or in the build tree, if this one runs there). */
 static int self_path(service *s, char **out)
 {
 	char buf[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+	ssize_t n;
 	char *dir, *base, *wrapper;
 	size_t dl;
 
+	if (s->c->prog->front) {
+		char *front = cli_running_from_build_tree()
+		                      ? tether_asprintf("%s/%s", TETHER_BUILD_DIR, s->c->prog->front)
+		                      : tether_asprintf("%s/%s", TETHER_BINDIR, s->c->prog->front);
+		char *real = realpath(front, NULL);
+
+		free(front);
+		if (real && access(real, X_OK) == 0) {
+			*out = real;
+			return 0;
+		}
+		free(real);     /* not there: name this program, as before */
+	}
+	n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
 	if (n <= 0)
 		return tether_err_set(&s->c->err, TETHER_ERR_IO, TETHER_CAT_IO,
 		                      "cannot find this program's own path (/proc/self/exe: %s): is /proc mounted?",

@@ -25,7 +25,9 @@
  * transaction, so a reader that sees the final state has all the output.
  *
  * Every function returns 0 or a negative TETHER_ERR_* with err set.  The
- * store is used from one thread (the daemon's loop). */
+ * store is used from one thread (the daemon's loop).  task_state_final and
+ * the record functions (task_out_*, base64, UTF-8) are in tasks_records.c,
+ * which needs no SQLite: the tether-server front links it. */
 #ifndef TETHER_TASKS_STORE_H
 #define TETHER_TASKS_STORE_H
 

@@ -53,6 +53,8 @@ is "$(snapshot "$TETHER_SYSTEMD_DIR")" "$snap" "and changes nothing"
 run_ok "server --install (relative --home)" env TETHER_SYSTEMCTL="$NOSC" \
 	sh -c 'cd "$1" && "$2" service --install --home home --instance web' sh "$TMP" "$SERVER"
 like "$SU" "^ExecStart=/.*/tether-server run --instance web --home /" "server ExecStart, --home made absolute"
+is "$(grep '^ExecStart=' "$SU" | cut -d' ' -f1)" "ExecStart=$(cd "$TOP_BUILDDIR" && pwd -P)/tether-server" \
+	"server ExecStart names tether-server (the front), not the whole program it execs"
 like "$SU" "^ProtectSystem=strict$" "the server is sandboxed"
 like "$SU" "^NoNewPrivileges=yes$" "no new privileges"
 like "$SU" "^ReadWritePaths=/.*/server-web$" "its instance directory stays writable"

@@ -2,8 +2,9 @@
 # Both daemons under valgrind (memcheck, full leak check) through the flows
 # of listening.sh, polling.sh, exec.sh and transfer.sh: health, exec with
 # exact output and exit code, run-script, task logs, upload and download
-# with SHA-256, a malformed frame, an untrusted client, then SIGTERM.
-# Each daemon must exit 0 (valgrind exits 99 on any error or leak).
+# with SHA-256, a malformed frame, an untrusted client, then SIGTERM; and
+# one exec of the tether-server front.  Each daemon must exit 0 (valgrind
+# exits 99 on any error or leak).
 # Not in 'make check' (a few minutes); run it by hand on a plain build
 # (not --enable-sanitizers), see docs/HARDENING.md:
 #   cd build && TOP_BUILDDIR=$PWD TOP_SRCDIR=.. bash ../tests/integration/valgrind.sh
@@ -42,7 +43,9 @@ bg "${VG[@]}" --log-file="$TMP/vg-agent.log" "$TOP_BUILDDIR/tether-agent" run "$
 VA=$LAST_PID
 bg "${VG[@]}" --log-file="$TMP/vg-agent2.log" "$TOP_BUILDDIR/tether-agent" run --home "$H2" 2>"$TMP/agent2.log"
 VA2=$LAST_PID
-bg "${VG[@]}" --log-file="$TMP/vg-server.log" "$TOP_BUILDDIR/tether-server" run "${A[@]}" 2>"$TMP/server.log"
+# the whole program: the tether-server front would exec it, and valgrind
+# does not follow an exec
+bg "${VG[@]}" --log-file="$TMP/vg-server.log" "$TOP_BUILDDIR/server/tether-server" run "${A[@]}" 2>"$TMP/server.log"
 VS=$LAST_PID
 for i in $(seq 1 300); do [ -S "$H/server-default/run/admin.sock" ] && break; sleep 0.2; done
 "$SERVER" target add "${A[@]}" web1 --listening 127.0.0.1:$APORT --thumbprint "$AT" >/dev/null
@@ -60,6 +63,10 @@ for t in web1 pol1; do
 	run_ok "$t: download it back" "$SERVER" download "${A[@]}" $t vg.bin "$TMP/down-$t.bin"
 	cmp -s "$TMP/up.bin" "$TMP/down-$t.bin"; ok $? "$t: identical"
 done
+# the front's own verbs (exec, task) under valgrind too
+"${VG[@]}" --log-file="$TMP/vg-front.log" "$SERVER" exec "${A[@]}" web1 -- sh -c 'echo out; exit 3' >"$TMP/o" 2>/dev/null
+is "$?" 3 "exec under valgrind: the command's exit code, no valgrind error"
+is "$(cat "$TMP/o")" "out" "exec under valgrind: its output"
 id=$("$SERVER" task list "${A[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
 run_ok "task logs" "$SERVER" task logs "${A[@]}" "$id"
 $PEER raw 127.0.0.1 $APORT "$TMP/srv.pem" "$TMP/srv.pem" 0100000000000000ffffffff >/dev/null 2>&1
@@ -69,7 +76,7 @@ for p in $VS $VA $VA2; do kill -TERM $p; done
 wait $VS; is "$?" 0 "server under valgrind: exit 0 (no error, no leak)"
 wait $VA; is "$?" 0 "listening agent under valgrind: exit 0 (no error, no leak)"
 wait $VA2; is "$?" 0 "polling agent under valgrind: exit 0 (no error, no leak)"
-for f in vg-server vg-agent vg-agent2; do
+for f in vg-server vg-agent vg-agent2 vg-front; do
 	echo "# $f: $(grep -E 'ERROR SUMMARY|definitely lost|indirectly lost' "$TMP/$f.log" | sed 's/==[0-9]*== //' | tr '\n' ' ')"
 	# each error or loss record, with its frames in tether's own code
 	grep -q "ERROR SUMMARY: 0 errors" "$TMP/$f.log" ||

@@ -219,7 +219,7 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 		rr->why = *why;
 }
 
-static const tether_conn_cbs reg_cbs = { check_peer, on_open, on_request, on_close };
+static const tether_conn_cbs reg_cbs = { check_peer, on_open, on_request, on_close, NULL };
 
 static void close_walk(uv_handle_t *h, void *arg)
 {

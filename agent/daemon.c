@@ -39,7 +39,6 @@
 #include "workers.h"
 
 #define TICKET_KEY_LEN TETHER_TICKET_KEY_LEN
-#define TICKET_MAX_AGE_S (12 * 3600)
 
 typedef struct tlsref {
 	tether_tls_ctx *ctx;
@@ -62,6 +61,7 @@ typedef struct agent_conn {
 	uv_loop_t *loop;
 	struct agent_req *reqs;         /* requests not answered yet */
 	struct poller *poller;          /* polling mode: the slot that made it */
+	unsigned session_gen;           /* polling mode: agent.session_gen when it opened */
 	int recovery_only;              /* a recovery identity: may only replace the trust set */
 } agent_conn;
 
@@ -216,7 +216,8 @@ static tlsref *tlsref_get(agent *a)
 static int build_tls(agent *a, tlsref **out, tether_error *err)
 {
 	tether_tls_ctx_params tp;
-	unsigned char key[TICKET_KEY_LEN];
+	unsigned char key[2 * TETHER_TICKET_KEY_LEN];
+	int nkeys = 0;
 	const unsigned char *der;
 	size_t len;
 	tlsref *t = tether_xcalloc(1, sizeof(*t));
@@ -244,7 +245,8 @@ static int build_tls(agent *a, tlsref **out, tether_error *err)
 	tp.policy = cli_tls_policy(a->c);
 	/* No ticket key on disk unless resumption is on ([tls] resumption). */
 	if (tp.policy & TETHER_TLS_POLICY_RESUMPTION) {
-		r = tether_ticket_key(a->prov, a->c->inst->state_dir, t->summary.sha256, TICKET_MAX_AGE_S, key, err);
+		r = tether_ticket_keys(a->prov, a->c->inst->state_dir, t->summary.sha256, cli_ticket_lifetime(a->c),
+		                       key, &nkeys, err);
 		if (r < 0)
 			goto fail;
 	}
@@ -252,9 +254,13 @@ static int build_tls(agent *a, tlsref **out, tether_error *err)
 	tp.identity = t->id;
 	if (!a->polling && (tp.policy & TETHER_TLS_POLICY_RESUMPTION)) {
 		tp.ticket_key = key;
-		tp.ticket_key_len = sizeof(key);
+		tp.ticket_key_len = TETHER_TICKET_KEY_LEN;
 	}
 	r = a->prov->t->tls_ctx_new(a->prov->ctx, &tp, &t->ctx, err);
+	/* the previous key too, and the tickets' lifetime */
+	if (r == 0 && tp.ticket_key && TETHER_PROV_HAS(a->prov, tls_ctx_set_tickets))
+		r = a->prov->t->tls_ctx_set_tickets(t->ctx, key, (size_t)nkeys * TETHER_TICKET_KEY_LEN,
+		                                    cli_ticket_lifetime(a->c), err);
 	tether_wipe(key, sizeof(key));
 	if (r < 0)
 		goto fail;
@@ -1049,6 +1055,7 @@ static void on_open(void *arg, tether_conn *c)
 		p->backoff_ms = 0;
 		p->fails = 0;
 		p->opened_ms = tether_now_ms();
+		ac->session_gen = a->session_gen;
 		if (tether_conn_session(c, &sess, &sl) == 0) {
 			if (p->session)
 				tether_free_wiped(p->session, p->session_len);
@@ -1062,6 +1069,32 @@ static void on_open(void *arg, tether_conn *c)
 	}
 	log_info("server %s connected from %s (%s, %s%s)", hex, tether_conn_peer_addr(c),
 	         ti->tls_version, ti->cipher, ti->resumed ? ", resumed" : "");
+}
+
+/* Polling: the server sent a fresh ticket on this long-lived connection
+ * (before the last one expires).  Keep the newest, in memory like the
+ * first, so that the one offered after a server restart is still valid
+ * however long the agent was connected. */
+static void on_session(void *arg, tether_conn *c)
+{
+	agent_conn *ac = tether_conn_get_data(c);
+	agent *a = arg;
+	poller *p = ac->poller;
+	unsigned char *sess = NULL;
+	size_t sl = 0;
+
+	/* identity or trust changed since it opened: its sessions are not
+	 * offered again (poller_connect) */
+	if (!p || p->ac != ac || ac->session_gen != a->session_gen)
+		return;
+	if (tether_conn_session(c, &sess, &sl) != 0)
+		return;
+	if (p->session)
+		tether_free_wiped(p->session, p->session_len);
+	p->session = sess;
+	p->session_len = sl;
+	p->session_gen = ac->session_gen;
+	tether_debug("tls", "kept the fresh TLS session from server %s", tether_conn_peer_addr(c));
 }
 
 static void on_close(void *arg, tether_conn *c, const tether_error *why)
@@ -1141,7 +1174,7 @@ static void on_close(void *arg, tether_conn *c, const tether_error *why)
 	free(ac);
 }
 
-static const tether_conn_cbs agent_cbs = { check_peer, on_open, on_request, on_close };
+static const tether_conn_cbs agent_cbs = { check_peer, on_open, on_request, on_close, on_session };
 
 
 /* ------------------------------------------------------------------ */
@@ -1570,6 +1603,8 @@ typedef struct id_check {
 	int rekey;                      /* the session ticket key is due */
 	int rc;
 	tlsref *neu;                    /* the identity to switch to */
+	int nkeys;                      /* rekey in place: the new ticket keys */
+	unsigned char keys[2 * TETHER_TICKET_KEY_LEN];
 	char sha256[TETHER_THUMBPRINT_HEX];
 	tether_error e;
 } id_check;
@@ -1588,13 +1623,21 @@ static void id_check_run(uv_work_t *w)
 		k->changed = strcmp(cur.sha256, a->tls->summary.sha256) != 0;
 		pthread_mutex_unlock(&a->lock);
 		/* a listening agent issues tickets: their key is renewed every
-		 * TICKET_MAX_AGE_S while it runs, not only at start */
+		 * [tls] ticket-lifetime while it runs, not only at start */
 		if (!k->changed)
 			k->rekey = !a->polling && (cli_tls_policy(a->c) & TETHER_TLS_POLICY_RESUMPTION) &&
-			           tether_ticket_key_expired(a->c->inst->state_dir, TICKET_MAX_AGE_S);
+			           tether_ticket_key_expired(a->c->inst->state_dir, cli_ticket_lifetime(a->c));
 		if (!k->changed && !k->rekey)
 			return;
 		snprintf(k->sha256, sizeof(k->sha256), "%s", cur.sha256);
+		/* same identity: the running context takes the new key in
+		 * place (id_check_done), so that its connections, however old,
+		 * issue their next tickets with it */
+		if (!k->changed && TETHER_PROV_HAS(a->prov, tls_ctx_set_tickets)) {
+			k->rc = tether_ticket_keys(a->prov, a->c->inst->state_dir, cur.sha256,
+			                           cli_ticket_lifetime(a->c), k->keys, &k->nkeys, &k->e);
+			return;
+		}
 	}
 	k->rc = build_tls(a, &k->neu, &k->e);
 }
@@ -1617,19 +1660,32 @@ static void id_check_done(uv_work_t *w, int status)
 		pthread_mutex_unlock(&a->lock);
 		__atomic_add_fetch(&a->session_gen, 1, __ATOMIC_SEQ_CST);
 		if (k->rekey)
-			log_info("session ticket key renewed (older than %d h): tickets issued before "
-			         "now lead to a full handshake", TICKET_MAX_AGE_S / 3600);
+			log_info("session ticket key renewed (older than %u s): tickets issued before "
+			         "now lead to a full handshake", cli_ticket_lifetime(a->c));
 		else
 			log_info("identity %s loaded; existing connections drain on the old one",
 			         k->neu->summary.sha256);
 		tlsref_release(a, old);
 	} else if (k->neu) {
 		tlsref_release(a, k->neu);
+	} else if (k->nkeys && !a->stopping) {
+		tlsref *t = tlsref_get(a);
+		tether_error e;
+		memset(&e, 0, sizeof(e));
+		if (t && a->prov->t->tls_ctx_set_tickets(t->ctx, k->keys, (size_t)k->nkeys * TETHER_TICKET_KEY_LEN,
+		                                         cli_ticket_lifetime(a->c), &e) == 0)
+			log_info("session ticket key renewed (older than %u s); the previous one still "
+			         "decrypts for as long", cli_ticket_lifetime(a->c));
+		else
+			log_error("cannot renew the session ticket key, keeping the one in use: %s", e.detail);
+		if (t)
+			tlsref_release(a, t);
 	} else if (k->rc < 0 && (k->reload || k->changed || k->rekey)) {
 		log_error("cannot reload the identity, keeping the current one: %s", k->e.detail);
 	} else if (k->rc < 0) {
 		tether_debug("prov", "identity check: %s", k->e.detail);
 	}
+	tether_wipe(k->keys, sizeof(k->keys));
 	free(k);
 	next = a->id_check_next;
 	a->id_check_next = 0;

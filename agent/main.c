@@ -47,6 +47,7 @@ const tether_config_key agent_schema[] = {
 	{ "tls", "fips-module", cli_validate_fips_module, 0, "off", "required: refuse to start unless OpenSSL's FIPS module is active" },
 	{ "tls", "max-version", cli_validate_tls_version, 0, "1.3", "highest TLS version: 1.3, or 1.2" },
 	{ "tls", "resumption", cli_validate_resumption, 0, "auto", "session resumption: on, off, or auto (off with the pkcs11 provider)" },
+	{ "tls", "ticket-lifetime", cli_validate_ticket_lifetime, 0, "43200", "seconds a session ticket this side issues lives; its key is renewed as often (10 to 604800)" },
 	{ NULL, NULL, NULL, 0, NULL, NULL }
 };
 

@@ -283,7 +283,7 @@ static void hs_on_close(void *arg, tether_conn *c, const tether_error *why)
 		hs_start(g);
 }
 
-static const tether_conn_cbs hs_cbs = { accept_any, hs_on_open, hs_on_request, hs_on_close };
+static const tether_conn_cbs hs_cbs = { accept_any, hs_on_open, hs_on_request, hs_on_close, NULL };
 
 static void hs_start(lg *g)
 {
@@ -418,7 +418,7 @@ static void rtt_on_close(void *arg, tether_conn *c, const tether_error *why)
 	stop(g);
 }
 
-static const tether_conn_cbs rtt_cbs = { accept_any, rtt_on_open, hs_on_request, rtt_on_close };
+static const tether_conn_cbs rtt_cbs = { accept_any, rtt_on_open, hs_on_request, rtt_on_close, NULL };
 
 /* ------------------------------------------------------------------ */
 /* fleet: N polling agents                                             */
@@ -554,7 +554,21 @@ static void fl_on_close(void *arg, tether_conn *c, const tether_error *why)
 	fleet_pump(g);
 }
 
-static const tether_conn_cbs fl_cbs = { accept_any, fl_on_open, fl_on_request, fl_on_close };
+/* As the agent: keep the fresh ticket a long-lived connection receives. */
+static void fl_on_session(void *arg, tether_conn *c)
+{
+	agent *a = arg;
+	unsigned char *s = NULL;
+	size_t len = 0;
+
+	if (!a->g->o.resume || !a->open || tether_conn_session(c, &s, &len) != 0 || !s)
+		return;
+	free(a->session);
+	a->session = s;
+	a->session_len = len;
+}
+
+static const tether_conn_cbs fl_cbs = { accept_any, fl_on_open, fl_on_request, fl_on_close, fl_on_session };
 
 static void fleet_pump(lg *g)
 {

@@ -9,6 +9,7 @@
 #include "cli_tls.h"
 #include "log.h"
 #include "tether/provider.h"
+#include "ticketkey.h"
 
 static int one_of(const char *v, char *why, size_t n, const char *a, const char *b,
                   const char *c)
@@ -40,6 +41,31 @@ int cli_validate_tls_version(const char *v, char *why, size_t n)
 int cli_validate_resumption(const char *v, char *why, size_t n)
 {
 	return one_of(v, why, n, "auto", "on", "off");
+}
+
+int cli_validate_ticket_lifetime(const char *v, char *why, size_t n)
+{
+	char *end;
+	unsigned long l;
+
+	l = (*v >= '0' && *v <= '9') ? strtoul(v, &end, 10) : 0;
+	if (*v < '0' || *v > '9' || *end != '\0' || l < TETHER_TICKET_LIFETIME_MIN ||
+	    l > TETHER_TICKET_LIFETIME_MAX) {
+		snprintf(why, n, "expected seconds from %d to %d (7 days)", TETHER_TICKET_LIFETIME_MIN,
+		         TETHER_TICKET_LIFETIME_MAX);
+		return -1;
+	}
+	return 0;
+}
+
+unsigned cli_ticket_lifetime(cli_ctx *c)
+{
+	const char *v = tether_config_get(c->conf, "tls", "ticket-lifetime", NULL);
+	char why[80];
+
+	if (!v || cli_validate_ticket_lifetime(v, why, sizeof(why)) < 0)
+		return TETHER_TICKET_LIFETIME_DEFAULT;
+	return (unsigned)strtoul(v, NULL, 10);
 }
 
 int cli_validate_pkcs11_uri(const char *v, char *why, size_t n)

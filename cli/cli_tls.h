@@ -11,6 +11,12 @@ int cli_validate_fips_module(const char *v, char *why, size_t n);
 int cli_validate_tls_version(const char *v, char *why, size_t n);
 int cli_validate_resumption(const char *v, char *why, size_t n);
 int cli_validate_pkcs11_uri(const char *v, char *why, size_t n);
+int cli_validate_ticket_lifetime(const char *v, char *why, size_t n);
+
+/* [tls] ticket-lifetime, in seconds (validated when the config is
+ * loaded): how long a session ticket issued by this side lives, and how
+ * often its ticket key is renewed. */
+unsigned cli_ticket_lifetime(cli_ctx *c);
 
 /* The TETHER_TLS_POLICY_* flags the config asks for, for a context of the
  * loaded provider (c->prov): FIPS, FIPS_MODULE, TLS12_ONLY, and

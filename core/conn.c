@@ -150,6 +150,8 @@ struct tether_conn {
 	int has_peer_tp;
 	int pinned;
 	int ticket_done;                /* server: the session ticket issued or skipped */
+	uint64_t ticket_due_ms;         /* server: ask tls_refresh_ticket then; 0: never */
+	unsigned sessions_seen;         /* client: tls_sessions_received at the last on_session */
 	tether_tls_info info;
 	tether_hello *local_hello;       /* until the greeting is done */
 	tether_hello *peer_hello;        /* from its HELLO until on_open returns */
@@ -716,6 +718,34 @@ static int verify_cb(void *arg, const unsigned char *der, size_t len)
 	return 0;
 }
 
+/* Server: a long-lived connection's client gets a fresh TLS 1.3 ticket
+ * before its last one expires, made with the current ticket key, so that
+ * it resumes after a restart however long it was connected.  The provider
+ * sends one once the last is half its lifetime old and says when to ask
+ * again; the connection's existing timer tick asks (no timer of its own).
+ * A random delay of up to half that again spreads a fleet that connected
+ * at once (after a restart) over a quarter of the lifetime. */
+static void refresh_ticket(tether_conn *c)
+{
+	tether_error e;
+	uint32_t rnd = 0;
+	int r;
+
+	c->ticket_due_ms = 0;
+	if (!TETHER_PROV_HAS(c->o.prov, tls_refresh_ticket))
+		return;
+	memset(&e, 0, sizeof(e));
+	r = c->o.prov->t->tls_refresh_ticket(c->tls, &e);
+	if (r < 0) {
+		tether_debug("tls", "no fresh session ticket for %s: %s", c->peer_addr, e.detail);
+		return;
+	}
+	if (r == 0)
+		return;
+	c->o.prov->t->random_bytes(&rnd, sizeof(rnd));
+	c->ticket_due_ms = now_ms() + (uint64_t)r * 1000 + rnd % ((uint64_t)r * 500 + 1);
+}
+
 /* Server: the TLS 1.3 session ticket, once the peer passed the pin (the
  * provider's tls_pinned issues it).  A tether client sends its HELLO with
  * its last handshake flight, so the ticket waits for it: a client that
@@ -736,6 +766,8 @@ static void issue_ticket(tether_conn *c, int wanted)
 		tether_debug("tls", "%s keeps no TLS sessions: no session ticket", c->peer_addr);
 	else if (c->o.prov->t->tls_pinned && c->o.prov->t->tls_pinned(c->tls, &e) < 0)
 		tether_debug("tls", "no session ticket for %s: %s", c->peer_addr, e.detail);
+	else
+		refresh_ticket(c);
 }
 
 static void send_hello(tether_conn *c)
@@ -1336,6 +1368,8 @@ static void handle_hello(tether_conn *c, const tether_frame *f)
 	c->last_activity_ms = now_ms();
 	uv_timer_stop(&c->timer);
 	arm_keepalive(c);
+	if (c->o.tls_role == TETHER_TLS_CLIENT && TETHER_PROV_HAS(c->o.prov, tls_sessions_received))
+		c->sessions_seen = c->o.prov->t->tls_sessions_received(c->tls);
 	if (c->o.cbs->on_open)
 		c->o.cbs->on_open(c->o.cb_arg, c);
 	free(c->peer_hello);
@@ -1698,6 +1732,22 @@ static void on_timer(uv_timer_t *t)
 	drain_check(c);
 	if (c->state != ST_OPEN)
 		return;
+	if (c->ticket_due_ms && now >= c->ticket_due_ms) {
+		refresh_ticket(c);
+		flush(c);
+		if (c->state != ST_OPEN)
+			return;
+	}
+	/* client: a fresh ticket arrived (TLS 1.3, after the handshake) */
+	if (c->o.cbs->on_session && TETHER_PROV_HAS(c->o.prov, tls_sessions_received)) {
+		unsigned n = c->o.prov->t->tls_sessions_received(c->tls);
+		if (n != c->sessions_seen) {
+			c->sessions_seen = n;
+			c->o.cbs->on_session(c->o.cb_arg, c);
+			if (c->state != ST_OPEN)
+				return;
+		}
+	}
 	/* not reading because the peer's own requests are still running: its
 	 * pongs wait unread too, so they prove nothing either way */
 	if (c->o.keepalive_ms && c->read_paused != PAUSE_INFLIGHT) {

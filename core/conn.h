@@ -29,6 +29,10 @@ typedef struct tether_conn_cbs {
 	/* The connection is gone (before or after on_open).  why says why
 	 * (code 0 for an orderly close).  c must not be used afterwards. */
 	void (*on_close)(void *arg, tether_conn *c, const tether_error *why);
+	/* Client role, optional: the server sent a newer session (a TLS 1.3
+	 * ticket on a long-lived connection); tether_conn_session returns it.
+	 * Noticed on the connection's timer tick (within a second). */
+	void (*on_session)(void *arg, tether_conn *c);
 } tether_conn_cbs;
 
 /* Stream events for one request id (docs/protocol.md, section 5). */

@@ -166,7 +166,8 @@ struct srv {
 	/* contexts and identities replaced by a reload: kept until exit, as
 	 * connections made with them may still be open */
 	void *grave[64];
-	int grave_kind[64];              /* 0 identity, 1 tls ctx */
+	int grave_kind[64];              /* 0 identity, 1 tls ctx, 2 server tls ctx */
+	char grave_sha[64][65];          /* kind 2: its identity (ticket keys follow it) */
 	size_t ngrave;
 	/* the agent pin transition of rotate-agent-certificate: target -> next */
 	struct nextpin *nextpins;
@@ -321,6 +322,22 @@ static void srv_on_open(void *arg, tether_conn *c)
 		srv_rotation_target_back(h->s, h->name);
 }
 
+/* The agent sent a fresh ticket on this held connection: keep the newest
+ * (memory only, as at on_open). */
+static void srv_on_session(void *arg, tether_conn *c)
+{
+	held *h = arg;
+	unsigned char *sess = NULL;
+	size_t sl = 0;
+
+	if (h->c != c || !h->open || tether_conn_session(c, &sess, &sl) != 0)
+		return;
+	if (h->session)
+		tether_free_wiped(h->session, h->session_len);
+	h->session = sess;
+	h->session_len = sl;
+}
+
 static void srv_on_request(void *arg, tether_conn *c, uint32_t id, const char *method, json_t *params)
 {
 	(void)arg;
@@ -365,7 +382,7 @@ static void srv_on_close(void *arg, tether_conn *c, const tether_error *why)
 	held_notify(h, NULL, &e);
 }
 
-static const tether_conn_cbs srv_cbs = { srv_check_peer, srv_on_open, srv_on_request, srv_on_close };
+static const tether_conn_cbs srv_cbs = { srv_check_peer, srv_on_open, srv_on_request, srv_on_close, srv_on_session };
 
 static tether_identity *srv_identity_for_target(struct srv *s, const char *name);
 
@@ -1164,7 +1181,7 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 	free(pc);
 }
 
-static const tether_conn_cbs p_cbs = { p_check_peer, p_on_open, p_on_request, p_on_close };
+static const tether_conn_cbs p_cbs = { p_check_peer, p_on_open, p_on_request, p_on_close, NULL };
 
 static void p_on_connection(uv_stream_t *server, int status)
 {
@@ -1390,6 +1407,7 @@ static void grave_put(srv *s, void *p, int kind)
 		return;
 	if (s->ngrave < 64) {
 		s->grave[s->ngrave] = p;
+		snprintf(s->grave_sha[s->ngrave], sizeof(s->grave_sha[0]), "%s", kind == 2 ? s->summary.sha256 : "");
 		s->grave_kind[s->ngrave++] = kind;
 	}
 	/* beyond 64 reloads in one run: leak rather than free in use */
@@ -1401,6 +1419,7 @@ static void grave_free(srv *s)
 	for (i = 0; i < s->ngrave; i++) {
 		if (s->grave_kind[i])
 			s->prov->t->tls_ctx_free(s->grave[i]);
+		tether_wipe(s->grave_sha[i], sizeof(s->grave_sha[i]));
 	}
 	for (i = 0; i < s->ngrave; i++) {
 		if (!s->grave_kind[i])
@@ -1416,7 +1435,8 @@ static int load_identities(srv *s, tether_error *err)
 	tether_id_summary cs, ps;
 	tether_tls_ctx *ctls = NULL, *stls = NULL;
 	tether_tls_ctx_params tp;
-	unsigned char key[TETHER_TICKET_KEY_LEN];
+	unsigned char key[2 * TETHER_TICKET_KEY_LEN];
+	int nkeys = 0;
 	const unsigned char *der;
 	size_t len;
 	int r;
@@ -1451,25 +1471,33 @@ static int load_identities(srv *s, tether_error *err)
 		memset(&tp, 0, sizeof(tp));
 		tp.policy = cli_tls_policy(s->c);
 		if (tp.policy & TETHER_TLS_POLICY_RESUMPTION) {
-			r = tether_ticket_key(s->prov, s->c->inst->state_dir, cs.sha256, 12 * 3600, key, err);
+			r = tether_ticket_keys(s->prov, s->c->inst->state_dir, cs.sha256, cli_ticket_lifetime(s->c),
+			                       key, &nkeys, err);
 			if (r < 0)
 				goto fail;
 			tp.ticket_key = key;
-			tp.ticket_key_len = sizeof(key);
+			tp.ticket_key_len = TETHER_TICKET_KEY_LEN;
 		}
 		tp.role = TETHER_TLS_SERVER;
 		tp.identity = cur;
 		tp.choose_identity = choose_by_hint;
 		tp.choose_arg = s;
 		r = s->prov->t->tls_ctx_new(s->prov->ctx, &tp, &stls, err);
+		/* the previous key too, and the tickets' lifetime */
+		if (r == 0 && tp.ticket_key && TETHER_PROV_HAS(s->prov, tls_ctx_set_tickets))
+			r = s->prov->t->tls_ctx_set_tickets(stls, key, (size_t)nkeys * TETHER_TICKET_KEY_LEN,
+			                                    cli_ticket_lifetime(s->c), err);
 		tether_wipe(key, sizeof(key));
-		if (r < 0)
+		if (r < 0) {
+			if (stls)
+				s->prov->t->tls_ctx_free(stls);
 			goto fail;
+		}
 	}
 	grave_put(s, s->id, 0);
 	grave_put(s, s->prev_id, 0);
 	grave_put(s, s->tls, 1);
-	grave_put(s, s->stls, 1);
+	grave_put(s, s->stls, 2);
 	pthread_mutex_lock(&s->idlock);
 	s->id = cur;
 	s->summary = cs;
@@ -1890,21 +1918,45 @@ static void close_walk(uv_handle_t *h, void *arg)
 }
 
 /* The polling port issues session tickets: their key is renewed every
- * 12 h while the server runs, not only at start. */
+ * [tls] ticket-lifetime while the server runs, not only at start, and in
+ * place: every context of the current identity (connections made before a
+ * SIGHUP keep theirs) takes the new key, so that the fresh tickets its
+ * connections send, however old they are, are made with it.  The previous
+ * key still decrypts for one lifetime. */
 static void on_tkey_timer(uv_timer_t *t)
 {
 	srv *s = t->data;
+	unsigned life = cli_ticket_lifetime(s->c);
+	unsigned char key[2 * TETHER_TICKET_KEY_LEN];
+	int nkeys = 0, r;
+	size_t i;
 	tether_error e;
 
 	if (s->stopping || !s->stls || !(cli_tls_policy(s->c) & TETHER_TLS_POLICY_RESUMPTION) ||
-	    !tether_ticket_key_expired(s->c->inst->state_dir, 12 * 3600))
+	    !tether_ticket_key_expired(s->c->inst->state_dir, life))
 		return;
 	memset(&e, 0, sizeof(e));
-	if (srv_identities_reload(s, &e) < 0)
+	if (!TETHER_PROV_HAS(s->prov, tls_ctx_set_tickets)) {
+		if (srv_identities_reload(s, &e) < 0)
+			log_error("cannot renew the session ticket key, keeping the one in use: %s", e.detail);
+		else
+			log_info("session ticket key renewed (older than %u s): tickets issued before now lead "
+			         "to a full handshake", life);
+		return;
+	}
+	r = tether_ticket_keys(s->prov, s->c->inst->state_dir, s->summary.sha256, life, key, &nkeys, &e);
+	if (r == 0)
+		r = s->prov->t->tls_ctx_set_tickets(s->stls, key, (size_t)nkeys * TETHER_TICKET_KEY_LEN, life, &e);
+	for (i = 0; r == 0 && i < s->ngrave; i++)
+		if (s->grave_kind[i] == 2 && !strcmp(s->grave_sha[i], s->summary.sha256))
+			s->prov->t->tls_ctx_set_tickets(s->grave[i], key, (size_t)nkeys * TETHER_TICKET_KEY_LEN, life,
+			                                NULL);
+	tether_wipe(key, sizeof(key));
+	if (r < 0)
 		log_error("cannot renew the session ticket key, keeping the one in use: %s", e.detail);
 	else
-		log_info("session ticket key renewed (older than 12 h): tickets issued before now lead to a "
-		         "full handshake");
+		log_info("session ticket key renewed (older than %u s); the previous one still decrypts the "
+		         "tickets it made for as long", life);
 }
 
 static void on_signal(uv_signal_t *sig, int signum)

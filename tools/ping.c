@@ -204,7 +204,7 @@ static void l_on_close(void *arg, tether_conn *c, const tether_error *why)
 	fflush(stdout);
 }
 
-static const tether_conn_cbs listen_cbs = { l_check_peer, l_on_open, l_on_request, l_on_close };
+static const tether_conn_cbs listen_cbs = { l_check_peer, l_on_open, l_on_request, l_on_close, NULL };
 
 static void l_on_connection(uv_stream_t *server, int status)
 {
@@ -546,7 +546,7 @@ static void p_on_close(void *arg, tether_conn *c, const tether_error *why)
 	p->c = NULL;
 }
 
-static const tether_conn_cbs connect_cbs = { p_check_peer, p_on_open, p_on_request, p_on_close };
+static const tether_conn_cbs connect_cbs = { p_check_peer, p_on_open, p_on_request, p_on_close, NULL };
 
 static int cmp_double(const void *a, const void *b)
 {

@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 #define TETHER_PROVIDER_ABI_MAJOR 1
-#define TETHER_PROVIDER_ABI_MINOR 0
+#define TETHER_PROVIDER_ABI_MINOR 1
 #define TETHER_PROVIDER_ENTRY     "tether_provider_init"
 
 /* ------------------------------------------------------------------ */
@@ -430,6 +430,37 @@ typedef struct tether_provider {
 	int (*identity_load_data)(tether_provider_ctx *p, const unsigned char *data,
 	                          size_t len, const char *password,
 	                          tether_identity **out, tether_error *err);
+
+	/* --- session tickets over a connection's life (ABI 1.1) ---
+	 * NULL in a provider that issues or keeps no tickets itself
+	 * (schannel); the core then does without (TETHER_PROV_HAS). */
+
+	/* Server role, a context made with a ticket_key: replace its ticket
+	 * keys in place, for every session made on it, running ones
+	 * included.  keys: 1 or 2 keys of 80 bytes (as ticket_key); the
+	 * first encrypts every ticket issued from now on, each decrypts (the
+	 * second is the previous key, kept so that the tickets it made stay
+	 * usable for their whole lifetime).  lifetime_s: the lifetime of the
+	 * tickets issued from now on (0: the backend's default; at most
+	 * 604800, RFC 8446); set it before the context is in use: changing it
+	 * later only reaches TLS 1.3 tickets.  A context made without
+	 * ticket_key: TETHER_ERR_INVALID. */
+	int (*tls_ctx_set_tickets)(tether_tls_ctx *c, const unsigned char *keys,
+	                           size_t len, uint32_t lifetime_s,
+	                           tether_error *err);
+	/* Server role, after tls_pinned, on a TLS 1.3 session whose client
+	 * holds a ticket from it: if that ticket is at least half its
+	 * lifetime old, send a fresh one (made with the context's current
+	 * key) through io.write.  Returns the seconds until the next call
+	 * can do something (> 0), 0 if none ever will (TLS 1.2, no tickets,
+	 * a client that got none), or negative on failure (the session
+	 * failed, as after a failed tls_write). */
+	int (*tls_refresh_ticket)(tether_tls *t, tether_error *err);
+	/* Client role: how many sessions the server has given this
+	 * connection so far (tickets received, TLS 1.3 ones after the
+	 * handshake included).  When it changes, tls_get_session returns a
+	 * newer session than before. */
+	unsigned (*tls_sessions_received)(tether_tls *t);
 } tether_provider;
 
 /* The one exported symbol.  Checks host->abi_major, sets *table and

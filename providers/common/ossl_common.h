@@ -138,6 +138,11 @@ int ossl_tls_pinned(tether_tls *t, tether_error *err);
 int ossl_tls_get_session(tether_tls *t, unsigned char **out,
                          size_t *out_len);
 int ossl_tls_reject(tether_tls *t);
+int ossl_tls_ctx_set_tickets(tether_tls_ctx *c, const unsigned char *keys,
+                             size_t len, uint32_t lifetime_s,
+                             tether_error *err);
+int ossl_tls_refresh_ticket(tether_tls *t, tether_error *err);
+unsigned ossl_tls_sessions_received(tether_tls *t);
 void ossl_tls_free(tether_tls *t);
 
 /* Hooks for a provider built on this TLS code (not part of the ABI).

@@ -29,13 +29,23 @@
  * the core's key) are only issued to a pinned peer:
  *   - TLS 1.3: num_tickets is 0; tls_pinned() issues one ticket, except
  *     to a client that resumed with a ticket younger than half its
- *     lifetime: it keeps that one.
+ *     lifetime and made with the current key: it keeps that one.
+ *     tls_refresh_ticket() sends a fresh one on a long-lived connection
+ *     once the client's is half its lifetime old.
  *   - TLS 1.2: the ticket is part of the handshake (server's last flight,
  *     after the client's Certificate was verified), so one is issued only
  *     when the pin check ran in that handshake (the verify callback, or the
  *     ticket check above) and passed; otherwise an empty ticket is sent
- *     (RFC 5077 allows it) and the session is not resumable.
+ *     (RFC 5077 allows it) and the session is not resumable.  A ticket
+ *     made with the previous key is renewed (a new one with the current
+ *     key).  Nothing is re-issued mid-connection (no renegotiation): a
+ *     TLS 1.2 client's ticket expires a lifetime after its handshake.
+ * Keys (tls_ctx_set_tickets): the first encrypts, every one decrypts; they
+ * change in place under tkey_lock, so a running session issues its next
+ * ticket with the current key, whatever key its context was made with.
  * The server keeps no session cache (no session-ID resumption).
+ * A client with RESUMPTION counts the sessions it receives (a client
+ * "cache" that stores nothing): tls_sessions_received.
  * A client context without RESUMPTION keeps and offers no session at all
  * (tls_get_session finds none, params->session is ignored), whatever the
  * server issues: so with resumption off every handshake signs with the
@@ -114,8 +124,13 @@ struct tether_tls_ctx {
 	unsigned policy;
 	tether_tls_choose_identity_fn choose_identity;
 	void *choose_arg;
-	int have_ticket_key;
-	unsigned char ticket_key[TICKET_KEY_LEN];
+	/* [0] encrypts, each decrypts; under tkey_lock (they change while
+	 * sessions run).  nticket_keys is 0 (no tickets) or stays >= 1. */
+	CRYPTO_RWLOCK *tkey_lock;
+	int nticket_keys;
+	unsigned char ticket_keys[2][TICKET_KEY_LEN];
+	uint32_t ticket_lifetime;       /* seconds; 0: OpenSSL's default */
+	long default_timeout;           /* OpenSSL's default, for lifetime 0 */
 	/* the default identity's replaceable key (NULL: fixed), its
 	 * certificate, and the generation put into ctx */
 	ossl_keybox *box;
@@ -142,6 +157,9 @@ struct tether_tls {
 	int verify_passed;      /* ... and accepted the peer */
 	int pin_refused;        /* ... and refused it */
 	int pinned;             /* the core called tls_pinned */
+	int ticket_prev_key;    /* server: resumed with the previous key's ticket */
+	time_t ticket_time;     /* server: when the client's newest ticket was made, 0: it has none */
+	unsigned sessions_received;     /* client: new_session_cb calls */
 
 	int failed;             /* sticky failure: code, category, detail */
 	int fail_code;
@@ -433,48 +451,67 @@ static int ticket_key_cb(SSL *ssl, unsigned char key_name[16],
 {
 	tether_tls *t = SSL_get_app_data(ssl);
 	tether_tls_ctx *c;
+	unsigned char key[TICKET_KEY_LEN];
 	char digest[] = "SHA256";
 	OSSL_PARAM params[3];
-	int ivlen;
+	int ivlen, i, found = -1, r = -1;
 
 	if (t == NULL)
 		return -1;
 	c = t->c;
-	if (!c->have_ticket_key || c->ticket_cipher == NULL)
+	if (c->nticket_keys == 0 || c->ticket_cipher == NULL)
+		return 0;
+	/* 0: TLS 1.2 sends an empty ticket, TLS 1.3 sends none. */
+	if (enc && !may_issue_ticket(t))
+		return 0;
+	if (!CRYPTO_THREAD_read_lock(c->tkey_lock))
+		return -1;
+	if (enc) {
+		found = 0;
+	} else {
+		for (i = 0; i < c->nticket_keys && found < 0; i++)
+			if (CRYPTO_memcmp(key_name, c->ticket_keys[i] + TICKET_NAME_OFF,
+			                  TICKET_NAME_LEN) == 0)
+				found = i;
+	}
+	if (found >= 0)
+		memcpy(key, c->ticket_keys[found], TICKET_KEY_LEN);
+	CRYPTO_THREAD_unlock(c->tkey_lock);
+	/* Unknown key name (a key older than the previous one): full
+	 * handshake. */
+	if (found < 0)
 		return 0;
 	params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
-	                c->ticket_key + TICKET_HMAC_OFF, TICKET_HMAC_LEN);
+	                key + TICKET_HMAC_OFF, TICKET_HMAC_LEN);
 	params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
 	                digest, 0);
 	params[2] = OSSL_PARAM_construct_end();
 
 	if (enc) {
-		/* 0: TLS 1.2 sends an empty ticket, TLS 1.3 sends none. */
-		if (!may_issue_ticket(t))
-			return 0;
 		ivlen = EVP_CIPHER_get_iv_length(c->ticket_cipher);
 		if (ivlen <= 0 || ivlen > EVP_MAX_IV_LENGTH ||
 		    RAND_bytes(iv, ivlen) <= 0)
-			return -1;
-		memcpy(key_name, c->ticket_key + TICKET_NAME_OFF,
-		       TICKET_NAME_LEN);
+			goto out;
+		memcpy(key_name, key + TICKET_NAME_OFF, TICKET_NAME_LEN);
 		if (!EVP_EncryptInit_ex2(cctx, c->ticket_cipher,
-		                         c->ticket_key + TICKET_AES_OFF, iv,
-		                         NULL) ||
+		                         key + TICKET_AES_OFF, iv, NULL) ||
 		    !EVP_MAC_CTX_set_params(hctx, params))
-			return -1;
-		return 1;
+			goto out;
+		r = 1;
+		goto out;
 	}
-
-	/* Unknown key name (rotated key): full handshake. */
-	if (CRYPTO_memcmp(key_name, c->ticket_key + TICKET_NAME_OFF,
-	                  TICKET_NAME_LEN) != 0)
-		return 0;
 	if (!EVP_MAC_CTX_set_params(hctx, params) ||
 	    !EVP_DecryptInit_ex2(cctx, c->ticket_cipher,
-	                         c->ticket_key + TICKET_AES_OFF, iv, NULL))
-		return -1;
-	return 1;
+	                         key + TICKET_AES_OFF, iv, NULL))
+		goto out;
+	/* The previous key's ticket: use it, and have a new one made with
+	 * the current key (2: TLS 1.2 renews it in the handshake; TLS 1.3:
+	 * tls_pinned sees ticket_prev_key). */
+	t->ticket_prev_key = found > 0;
+	r = found > 0 ? 2 : 1;
+out:
+	OPENSSL_cleanse(key, sizeof(key));
+	return r;
 }
 
 /* Server: a ticket was decrypted.  Pin-check the certificate it carries:
@@ -514,6 +551,17 @@ static SSL_TICKET_RETURN ticket_decrypted_cb(SSL *ssl, SSL_SESSION *sess,
 	}
 	return status == SSL_TICKET_SUCCESS_RENEW ?
 	       SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
+}
+
+/* Client: a session (TLS 1.3: a ticket) arrived.  0: not kept here. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	tether_tls *t = SSL_get_app_data(ssl);
+
+	(void)sess;
+	if (t != NULL)
+		t->sessions_received++;
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -772,7 +820,8 @@ void ossl_tls_ctx_free(tether_tls_ctx *c)
 	EVP_CIPHER_free(c->ticket_cipher);
 	ossl_keybox_unref(c->box);
 	X509_free(c->box_cert);
-	OPENSSL_cleanse(c->ticket_key, sizeof(c->ticket_key));
+	CRYPTO_THREAD_lock_free(c->tkey_lock);
+	OPENSSL_cleanse(c->ticket_keys, sizeof(c->ticket_keys));
 	free(c);
 }
 
@@ -841,6 +890,7 @@ int ossl_tls_ctx_new(const tether_host *host,
 	}
 	ctx = c->ctx;
 	SSL_CTX_set_app_data(ctx, c);
+	c->default_timeout = SSL_CTX_get_timeout(ctx);
 
 	if (!SSL_CTX_set_min_proto_version(ctx,
 	        (params->policy & TETHER_TLS_POLICY_TLS13_ONLY) ?
@@ -915,13 +965,14 @@ int ossl_tls_ctx_new(const tether_host *host,
 		}
 		SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
 		if (resumption && params->ticket_key != NULL) {
-			memcpy(c->ticket_key, params->ticket_key,
+			memcpy(c->ticket_keys[0], params->ticket_key,
 			       TICKET_KEY_LEN);
-			c->have_ticket_key = 1;
+			c->nticket_keys = 1;
+			c->tkey_lock = CRYPTO_THREAD_lock_new();
 			c->ticket_cipher = EVP_CIPHER_fetch(
 			        id != NULL ? id->libctx : NULL, "AES-256-CBC",
 			        id != NULL ? id->propq : NULL);
-			if (c->ticket_cipher == NULL ||
+			if (c->ticket_cipher == NULL || c->tkey_lock == NULL ||
 			    !SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx,
 			                                          ticket_key_cb) ||
 			    !SSL_CTX_set_session_ticket_cb(ctx, NULL,
@@ -933,6 +984,13 @@ int ossl_tls_ctx_new(const tether_host *host,
 				goto fail;
 			}
 		}
+	} else if (resumption) {
+		/* A client "cache" that stores nothing: new_session_cb counts
+		 * the sessions received (TLS 1.3 tickets arrive after the
+		 * handshake; the core takes the newest). */
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+		                                    SSL_SESS_CACHE_NO_INTERNAL_STORE);
+		SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
 	} else {
 		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	}
@@ -1393,33 +1451,35 @@ int ossl_tls_info(tether_tls *t, tether_tls_info *out)
 	return 0;
 }
 
-int ossl_tls_pinned(tether_tls *t, tether_error *err)
+/* The lifetime of the tickets issued now (0: OpenSSL's default). */
+static uint32_t ticket_lifetime(tether_tls_ctx *c)
 {
+	uint32_t l = 0;
+
+	if (CRYPTO_THREAD_read_lock(c->tkey_lock)) {
+		l = c->ticket_lifetime;
+		CRYPTO_THREAD_unlock(c->tkey_lock);
+	}
+	return l;
+}
+
+/* Server, TLS 1.3, handshake done: send one NewSessionTicket now. */
+static int send_ticket(tether_tls *t, tether_error *err)
+{
+	SSL_SESSION *s = SSL_get_session(t->ssl);
+	uint32_t life = ticket_lifetime(t->c);
+	time_t now = time(NULL);
 	int r, e;
 
-	if (t == NULL)
-		return ossl_err_set(err, TETHER_ERR_INVALID,
-		                    TETHER_CAT_INTERNAL, "no TLS session");
-	if (t->failed)
-		return tls_failed_again(t, err);
-	t->pinned = 1;
-	if (t->c->role != TETHER_TLS_SERVER || !t->c->have_ticket_key ||
-	    SSL_version(t->ssl) != TLS1_3_VERSION ||
-	    !SSL_is_init_finished(t->ssl))
-		return 0;
-	if (SSL_session_reused(t->ssl)) {
-		/* The client resumed with a ticket issued less than half its
-		 * lifetime ago: it keeps using that one (TLS 1.3 allows it;
-		 * tether sends no early data, so there is nothing to replay).
-		 * Making a ticket costs OpenSSL 3.0 a re-encoding and a second
-		 * parse of the peer's certificate, about a fifth of the
-		 * server's CPU in a fleet's reconnection after a restart. */
-		SSL_SESSION *s = SSL_get0_session(t->ssl);
-		long age = s != NULL ? (long)time(NULL) - (long)SSL_SESSION_get_time(s) : -1;
-		if (s != NULL && age >= 0 && age < SSL_SESSION_get_timeout(s) / 2)
-			return 0;
-	}
 	ERR_clear_error();
+	/* A resumed session carries the timeout and time of the ticket it
+	 * came from: the new ticket gets the lifetime configured now, and
+	 * its age counts from now. */
+	if (s != NULL) {
+		SSL_SESSION_set_timeout(s, life ? (long)life :
+		                        SSL_CTX_get_timeout(t->c->ctx));
+		SSL_SESSION_set_time(s, (long)now);
+	}
 	if (!SSL_new_session_ticket(t->ssl))
 		return tls_fail(t, err, SSL_ERROR_SSL,
 		                "cannot issue a TLS session ticket");
@@ -1429,6 +1489,111 @@ int ossl_tls_pinned(tether_tls *t, tether_error *err)
 		e = SSL_get_error(t->ssl, r);
 		return tls_fail(t, err, e, "cannot send a TLS session ticket");
 	}
+	t->ticket_time = now;
+	return 0;
+}
+
+int ossl_tls_pinned(tether_tls *t, tether_error *err)
+{
+	if (t == NULL)
+		return ossl_err_set(err, TETHER_ERR_INVALID,
+		                    TETHER_CAT_INTERNAL, "no TLS session");
+	if (t->failed)
+		return tls_failed_again(t, err);
+	t->pinned = 1;
+	if (t->c->role != TETHER_TLS_SERVER || t->c->nticket_keys == 0 ||
+	    SSL_version(t->ssl) != TLS1_3_VERSION ||
+	    !SSL_is_init_finished(t->ssl))
+		return 0;
+	if (SSL_session_reused(t->ssl) && !t->ticket_prev_key) {
+		/* The client resumed with a ticket issued less than half its
+		 * lifetime ago: it keeps using that one (TLS 1.3 allows it;
+		 * tether sends no early data, so there is nothing to replay).
+		 * Making a ticket costs OpenSSL 3.0 a re-encoding and a second
+		 * parse of the peer's certificate, about a fifth of the
+		 * server's CPU in a fleet's reconnection after a restart.  A
+		 * ticket made with the previous key is replaced at once: that
+		 * key goes at the next renewal. */
+		SSL_SESSION *s = SSL_get0_session(t->ssl);
+		long age = s != NULL ? (long)time(NULL) - (long)SSL_SESSION_get_time(s) : -1;
+		long life = s != NULL ? SSL_SESSION_get_timeout(s) : 0;
+		uint32_t now_life = ticket_lifetime(t->c);
+
+		if (now_life != 0 && (long)now_life < life)
+			life = (long)now_life;
+		if (s != NULL && age >= 0 && age < life / 2) {
+			t->ticket_time = (time_t)SSL_SESSION_get_time(s);
+			return 0;
+		}
+	}
+	return send_ticket(t, err);
+}
+
+int ossl_tls_refresh_ticket(tether_tls *t, tether_error *err)
+{
+	long life, age;
+	int r;
+
+	if (t == NULL)
+		return ossl_err_set(err, TETHER_ERR_INVALID,
+		                    TETHER_CAT_INTERNAL, "no TLS session");
+	if (t->failed)
+		return tls_failed_again(t, err);
+	if (t->c->role != TETHER_TLS_SERVER || t->c->nticket_keys == 0 ||
+	    !t->pinned || t->ticket_time == 0 ||
+	    SSL_version(t->ssl) != TLS1_3_VERSION ||
+	    !SSL_is_init_finished(t->ssl))
+		return 0;
+	life = ticket_lifetime(t->c);
+	if (life == 0)
+		life = SSL_CTX_get_timeout(t->c->ctx);
+	if (life < 2)
+		life = 2;
+	age = (long)(time(NULL) - t->ticket_time);
+	if (age >= 0 && age < life / 2)
+		return (int)(life / 2 - age);
+	r = send_ticket(t, err);
+	if (r < 0)
+		return r;
+	tls_debug(t->c, "fresh session ticket sent (the last one was %ld s old, "
+	          "lifetime %ld s)", age, life);
+	return (int)(life / 2);
+}
+
+unsigned ossl_tls_sessions_received(tether_tls *t)
+{
+	return t != NULL ? t->sessions_received : 0;
+}
+
+int ossl_tls_ctx_set_tickets(tether_tls_ctx *c, const unsigned char *keys,
+                             size_t len, uint32_t lifetime_s,
+                             tether_error *err)
+{
+	int n;
+
+	if (c == NULL || keys == NULL ||
+	    (len != TICKET_KEY_LEN && len != 2 * TICKET_KEY_LEN) ||
+	    lifetime_s > 604800)
+		return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_INTERNAL,
+		                    "invalid session ticket keys or lifetime");
+	if (c->role != TETHER_TLS_SERVER || c->nticket_keys == 0)
+		return ossl_err_set(err, TETHER_ERR_INVALID, TETHER_CAT_INTERNAL,
+		                    "this TLS context issues no session tickets");
+	n = (int)(len / TICKET_KEY_LEN);
+	if (!CRYPTO_THREAD_write_lock(c->tkey_lock))
+		return ossl_err_set(err, TETHER_ERR_INTERNAL, TETHER_CAT_INTERNAL,
+		                    "cannot lock the session ticket keys");
+	memcpy(c->ticket_keys, keys, len);
+	if (n < 2)
+		OPENSSL_cleanse(c->ticket_keys[1], TICKET_KEY_LEN);
+	c->nticket_keys = n;
+	if (lifetime_s != c->ticket_lifetime) {
+		c->ticket_lifetime = lifetime_s;
+		/* TLS 1.2 sessions take it when they are made */
+		SSL_CTX_set_timeout(c->ctx, lifetime_s ? (long)lifetime_s :
+		                    c->default_timeout);
+	}
+	CRYPTO_THREAD_unlock(c->tkey_lock);
 	return 0;
 }
 

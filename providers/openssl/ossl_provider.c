@@ -101,6 +101,9 @@ static const tether_provider ossl_table = {
 	.tls_get_session = ossl_tls_get_session,
 	.tls_reject = ossl_tls_reject,
 	.tls_free = ossl_tls_free,
+	.tls_ctx_set_tickets = ossl_tls_ctx_set_tickets,
+	.tls_refresh_ticket = ossl_tls_refresh_ticket,
+	.tls_sessions_received = ossl_tls_sessions_received,
 };
 
 EXPORT int tether_provider_init(const tether_host *host,

@@ -105,6 +105,11 @@ static const tether_provider sch_table = {
 	.tls_reject = sch_tls_reject,
 	.tls_free = sch_tls_free,
 	.identity_peek = sch_peek,
+	/* Schannel issues, keeps and renews its tickets itself: the core
+	 * sees these as absent (TETHER_PROV_HAS) */
+	.tls_ctx_set_tickets = NULL,
+	.tls_refresh_ticket = NULL,
+	.tls_sessions_received = NULL,
 };
 
 __declspec(dllexport) int tether_provider_init(const tether_host *host,

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The server's polling port issues TLS session tickets; their key
-# (<state>/ticket.key) is renewed every 12 h while the server runs, not
-# only when it starts.  (The listening agent's renewal is in listening.sh.)
+# (<state>/ticket.key) is renewed every [tls] ticket-lifetime (12 h) while
+# the server runs, not only when it starts, and fresh tickets reach
+# long-lived connections.  (The listening agent's renewal is in listening.sh.)
 . "$(dirname "$0")/lib.sh"
 H="$TMP/home"
 A=(--home "$H")
@@ -62,6 +63,44 @@ kill $SPID; wait $SPID
 restart_server "$TMP/s2b.log"; ok $? "and after a third restart"
 like "$TMP/s2b.log" "polling agent pa connected from .*, resumed\)" "it resumes again with the ticket it kept"
 kill $SPID; wait $SPID
+# --- tickets over a long connection ([tls] ticket-lifetime) ---
+# The ticket lifetime is the key's renewal period.  An agent connected
+# longer than one lifetime, across a renewal of the key, still resumes
+# after a restart: the server sends a fresh ticket (made with the current
+# key) once the last is half its lifetime old, the agent keeps the newest,
+# and the key before the current one still decrypts.
+wait_long() { # SECONDS CMD...: poll CMD every 0.25 s for at most SECONDS
+	local n=$(($1 * 4)) i; shift
+	for i in $(seq 1 $n); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
+	return 1
+}
+since() { tail -n +$(($2 + 1)) "$1" | grep -qE -- "$3"; } # FILE MARK REGEX
+kill $AGPID; wait $AGPID 2>/dev/null
+printf '\n[tls]\nticket-lifetime = 5\n' >>"$H/server-default/server.ini"
+run_exit 1 "a ticket lifetime under 10 s is refused" "$SERVER" run "${A[@]}"
+like "$TMP/err" "ticket-lifetime.*10 to 604800" "saying what is allowed"
+sed -i 's/^ticket-lifetime = 5$/ticket-lifetime = 20/' "$H/server-default/server.ini"
+bg env TETHER_DEBUG=tls "$SERVER" run "${A[@]}" 2>"$TMP/l1.log"
+SPID=$LAST_PID
+wait_for test -S "$H/server-default/run/admin.sock"
+bg env TETHER_DEBUG=tls "$AGENT" run "${A[@]}" 2>"$TMP/agent2.log"
+AGPID=$LAST_PID
+wait_long 10 grep -q "polling agent pa connected" "$TMP/l1.log"; ok $? "an agent connects to a server whose tickets live 20 s"
+t0=$(date +%s)
+unlike "$TMP/l1.log" "polling agent pa connected from .*, resumed\)" "with a full handshake (a new agent process holds no session)"
+wait_long 45 grep -q "session ticket key renewed (older than 20 s)" "$TMP/l1.log"
+ok $? "the ticket key is renewed after 20 s while the agent stays connected"
+mark=$(grep -n "session ticket key renewed" "$TMP/l1.log" | head -1 | cut -d: -f1)
+wait_long 25 since "$TMP/l1.log" "$mark" "fresh session ticket sent"
+ok $? "then the server sends the long-lived connection a fresh ticket, made with the new key"
+amark=$(wc -l <"$TMP/agent2.log")
+wait_long 5 grep -q "kept the fresh TLS session" "$TMP/agent2.log"; ok $? "the agent keeps it"
+while [ $(($(date +%s) - t0)) -le 22 ]; do sleep 0.5; done
+ok 0 "the agent has been connected longer than one ticket lifetime ($(($(date +%s) - t0)) s)"
+kill $SPID; wait $SPID
+restart_server "$TMP/s4.log"; ok $? "after a server restart the agent reconnects"
+like "$TMP/s4.log" "polling agent pa connected from .*, resumed\)" "resumed: its newest ticket is current and made with a key the server still has"
+kill $SPID; wait $SPID
 printf '\n[tls]\nresumption = off\n' >>"$H/agent-default/agent.ini"
 kill $AGPID; wait $AGPID 2>/dev/null
 bg "$AGENT" run "${A[@]}" 2>>"$TMP/agent.log"
@@ -70,5 +109,9 @@ restart_server "$TMP/s3.log"; ok $? "an agent with resumption off connects"
 like "$TMP/s3.log" "keeps no TLS sessions: no session ticket" "it gets no session ticket (its HELLO says no-tls-tickets)"
 unlike "$TMP/s3.log" "resumed\)" "and resumes nothing"
 run_ok "health without tickets" "$SERVER" health "${A[@]}" pa
+# the connection outlives half a ticket's lifetime (20 s here) and the
+# longest random delay: still no ticket, none is ever re-issued to it
+sleep 16
+unlike "$TMP/s3.log" "fresh session ticket sent" "and no fresh ticket later on its long-lived connection"
 kill $SPID; wait $SPID
 done_testing

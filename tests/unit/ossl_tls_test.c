@@ -15,11 +15,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include "ossl_common.h"
@@ -1094,6 +1096,165 @@ static void test_refresh_key(void **state)
 	free_identity(sid);
 }
 
+/* Session tickets over a connection's life: the lifetime the context is
+ * given, a fresh ticket on a long-lived connection once the last is half
+ * its lifetime old (the client counts what it receives), and keys changed
+ * in place: the previous key still decrypts (and its ticket is replaced
+ * at once), an older one does not. */
+static unsigned char *take_session(struct pair *pr, size_t *len)
+{
+	unsigned char *sess = NULL;
+
+	assert_int_equal(ossl_tls_get_session(pr->c.t, &sess, len), 0);
+	assert_non_null(sess);
+	return sess;
+}
+
+static long session_lifetime_hint(const unsigned char *blob, size_t len)
+{
+	const unsigned char *p = blob;
+	SSL_SESSION *s = d2i_SSL_SESSION(NULL, &p, (long)len);
+	long l;
+
+	assert_non_null(s);
+	l = (long)SSL_SESSION_get_ticket_lifetime_hint(s);
+	SSL_SESSION_free(s);
+	return l;
+}
+
+static void test_ticket_refresh_and_keys(void **state)
+{
+	struct pair pr;
+	unsigned char buf[64], keys[160], *s1, *s2, *s3;
+	size_t n, l1, l2, l3;
+	tether_tls_info ci;
+	tether_tls_ctx *cctx, *sctx;
+	tether_error err;
+	int r;
+
+	(void)state;
+	cctx = make_ctx(TETHER_TLS_CLIENT, TETHER_TLS_POLICY_RESUMPTION, rsa2);
+	sctx = make_ctx(TETHER_TLS_SERVER, TETHER_TLS_POLICY_RESUMPTION, rsa1);
+	memset(&err, 0, sizeof(err));
+	/* a client context has no ticket keys */
+	assert_int_equal(ossl_tls_ctx_set_tickets(cctx, ticket_key, 80, 4, &err),
+	                 TETHER_ERR_INVALID);
+	assert_int_equal(ossl_tls_ctx_set_tickets(sctx, ticket_key, 81, 4, &err),
+	                 TETHER_ERR_INVALID);
+	assert_int_equal(ossl_tls_ctx_set_tickets(sctx, ticket_key, 80, 604801, &err),
+	                 TETHER_ERR_INVALID);
+	assert_int_equal(ossl_tls_ctx_set_tickets(sctx, ticket_key, 80, 4, &err), 0);
+
+	pair_init(&pr, cctx, sctx);
+	pair_start(&pr, 1, 1, NULL, NULL, 0, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	/* before tls_pinned: nothing to refresh */
+	assert_int_equal(ossl_tls_refresh_ticket(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_pinned(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_pinned(pr.c.t, &pr.c.err), 0);
+	assert_int_equal(drain(&pr.c, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(ossl_tls_sessions_received(pr.c.t), 1);
+	s1 = take_session(&pr, &l1);
+	assert_int_equal(session_lifetime_hint(s1, l1), 4);
+	/* a young ticket: nothing sent, ask again in at most 2 s */
+	r = ossl_tls_refresh_ticket(pr.s.t, &pr.s.err);
+	assert_true(r >= 1 && r <= 2);
+	assert_int_equal(q_pending(&pr.c.in), 0);
+	sleep(3);
+	/* half its lifetime old: a fresh one, which the client counts */
+	assert_int_equal(ossl_tls_refresh_ticket(pr.s.t, &pr.s.err), 2);
+	assert_true(q_pending(&pr.c.in) > 0);
+	assert_int_equal(drain(&pr.c, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(ossl_tls_sessions_received(pr.c.t), 2);
+	/* the connection still carries data both ways */
+	assert_int_equal(ossl_tls_write(pr.c.t, "hi", 2, &pr.c.err), 0);
+	assert_int_equal(drain(&pr.s, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(n, 2);
+	pair_free(&pr);
+
+	/* a new key, the old one kept as previous: s1 still resumes, and the
+	 * server replaces its ticket at once with the new key's */
+	memset(keys, 0x77, 80);
+	memcpy(keys + 80, ticket_key, 80);
+	assert_int_equal(ossl_tls_ctx_set_tickets(sctx, keys, 160, 4, &err), 0);
+	pair_start(&pr, 1, 1, NULL, s1, l1, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_info(pr.c.t, &ci), 0);
+	assert_int_equal(ci.resumed, 1);
+	assert_int_equal(ossl_tls_pinned(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_pinned(pr.c.t, &pr.c.err), 0);
+	assert_int_equal(drain(&pr.c, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(ossl_tls_sessions_received(pr.c.t), 1);
+	s2 = take_session(&pr, &l2);
+	pair_free(&pr);
+
+	/* one more renewal: the first key is gone, s1 makes a full
+	 * handshake; s2 (made with the second key) still resumes */
+	memset(keys, 0x55, 80);
+	memset(keys + 80, 0x77, 80);
+	assert_int_equal(ossl_tls_ctx_set_tickets(sctx, keys, 160, 4, &err), 0);
+	pair_start(&pr, 1, 1, NULL, s1, l1, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_info(pr.c.t, &ci), 0);
+	assert_int_equal(ci.resumed, 0);
+	pair_free(&pr);
+	pair_start(&pr, 1, 1, NULL, s2, l2, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_info(pr.c.t, &ci), 0);
+	assert_int_equal(ci.resumed, 1);
+	/* s2 is young but made with what is now the previous key: replaced
+	 * with one of the current key */
+	assert_int_equal(ossl_tls_pinned(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_pinned(pr.c.t, &pr.c.err), 0);
+	assert_int_equal(drain(&pr.c, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(ossl_tls_sessions_received(pr.c.t), 1);
+	s3 = take_session(&pr, &l3);
+	pair_free(&pr);
+	/* resumed with the current key's young ticket: it keeps it */
+	pair_start(&pr, 1, 1, NULL, s3, l3, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_info(pr.c.t, &ci), 0);
+	assert_int_equal(ci.resumed, 1);
+	assert_int_equal(ossl_tls_pinned(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_pinned(pr.c.t, &pr.c.err), 0);
+	assert_int_equal(drain(&pr.c, buf, sizeof(buf), &n), TETHER_TLS_WANT_READ);
+	assert_int_equal(ossl_tls_sessions_received(pr.c.t), 0);
+	r = ossl_tls_refresh_ticket(pr.s.t, &pr.s.err);
+	assert_true(r >= 1 && r <= 2);
+	pair_free(&pr);
+
+	free(s1);
+	free(s2);
+	free(s3);
+	ossl_tls_ctx_free(cctx);
+	ossl_tls_ctx_free(sctx);
+}
+
+/* TLS 1.2: nothing is re-issued mid-connection. */
+static void test_ticket_refresh_tls12(void **state)
+{
+	struct pair pr;
+	tether_error err;
+	unsigned pol = TETHER_TLS_POLICY_RESUMPTION | TETHER_TLS_POLICY_TLS12_ONLY;
+
+	(void)state;
+	pair_init(&pr, make_ctx(TETHER_TLS_CLIENT, pol, rsa2), make_ctx(TETHER_TLS_SERVER, pol, rsa1));
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(ossl_tls_ctx_set_tickets(pr.s.ctx, ticket_key, 80, 4, &err), 0);
+	pair_start(&pr, 1, 1, NULL, NULL, 0, NULL);
+	pump(&pr);
+	assert_true(pr.c.done && pr.s.done);
+	assert_int_equal(ossl_tls_pinned(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_refresh_ticket(pr.s.t, &pr.s.err), 0);
+	assert_int_equal(ossl_tls_sessions_received(pr.c.t), 1);
+	pair_done(&pr);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1121,6 +1282,8 @@ int main(void)
 		cmocka_unit_test(test_keybox_basic),
 		cmocka_unit_test(test_keybox_threads),
 		cmocka_unit_test(test_refresh_key),
+		cmocka_unit_test(test_ticket_refresh_and_keys),
+		cmocka_unit_test(test_ticket_refresh_tls12),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

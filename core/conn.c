@@ -1078,6 +1078,7 @@ static void hs_finish(tether_conn *c, int r, tether_error *e)
 	pump(c); /* plaintext that came with the last flight (the HELLO) */
 }
 
+static int must_wait(tether_conn *c, const unsigned char *p, size_t n);
 static void pump(tether_conn *c)
 {
 	unsigned char buf[16384];
@@ -1099,9 +1100,19 @@ static void pump(tether_conn *c)
 	}
 	while ((c->state == ST_LANDING || c->state == ST_HELLO || c->state == ST_OPEN) &&
 	       !c->read_paused) {
-		size_t n = 0;
+		size_t n = 0, cap = sizeof(buf);
+		unsigned char *dst = NULL;
+		/* The payload of a frame in progress (a stream's data): decrypt
+		 * it straight into the frame rather than into buf and then copy
+		 * it there, unless the next frame would have to wait anyway. */
+		if (c->state == ST_OPEN && !must_wait(c, NULL, 0))
+			cap = tether_frame_decoder_room(&c->dec, &dst);
+		if (!dst || !cap) {
+			dst = NULL;
+			cap = sizeof(buf);
+		}
 		memset(&e, 0, sizeof(e));
-		r = c->o.prov->t->tls_read(c->tls, buf, sizeof(buf), &n, &e);
+		r = c->o.prov->t->tls_read(c->tls, dst ? dst : buf, cap, &n, &e);
 		if (r < 0) {
 			set_close_err(c, e.code ? e.code : TETHER_ERR_TLS,
 			              e.category ? e.category : TETHER_CAT_CONNECTION_RESET,
@@ -1120,6 +1131,10 @@ static void pump(tether_conn *c)
 		if (r == TETHER_TLS_WANT_READ || n == 0)
 			break;
 		c->last_rx_ms = now_ms();
+		if (dst) {
+			tether_frame_decoder_advance(&c->dec, n);
+			continue;
+		}
 		if (c->state == ST_LANDING) {
 			landing_input(c, buf, n);
 			continue;
@@ -1465,8 +1480,10 @@ static void stream_free_if_done(tether_conn *c, stream *st)
 		}
 	c->dead_ids[c->dead_pos++ % DEAD_IDS] = st->id;
 	free(st);
-	if (!c->streams)
+	if (!c->streams) {
 		spares_free(c);
+		tether_frame_decoder_keep(&c->dec, 0);
+	}
 }
 
 static int handle_stream_frame(tether_conn *c, const tether_frame *f)
@@ -2341,6 +2358,8 @@ int tether_conn_stream_accept(tether_conn *c, uint32_t id, const tether_stream_h
 	st->iarg = arg;
 	st->in_open = 1;
 	st->recv_window = TETHER_STREAM_WINDOW_INITIAL;
+	/* its data frames are assembled in one kept buffer (frame.h) */
+	tether_frame_decoder_keep(&c->dec, TETHER_FRAME_DATA_MAX);
 	return 0;
 }
 

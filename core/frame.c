@@ -664,6 +664,42 @@ tether_frame_decoder_reason(const tether_frame_decoder *d)
 	return d == NULL ? TETHER_PROTO_OK : d->reason;
 }
 
+void
+tether_frame_decoder_keep(tether_frame_decoder *d, size_t bytes)
+{
+	if (d != NULL)
+		d->keep = bytes > TETHER_FRAME_DATA_MAX ? TETHER_FRAME_DATA_MAX : bytes;
+}
+
+size_t
+tether_frame_decoder_room(tether_frame_decoder *d, unsigned char **p)
+{
+	if (d == NULL || p == NULL || d->failure.code != 0 ||
+	    d->hdr_have < TETHER_FRAME_HEADER_LEN || d->have + 1 >= d->length)
+		return 0;
+	if (d->buf_cap < d->length) {
+		/* Only a stream's data, bounded and kept (see above): other
+		 * buffers grow with what has arrived. */
+		unsigned char *nb;
+		if (d->type != TETHER_FRAME_STREAM_DATA || d->length > d->keep)
+			return 0;
+		nb = realloc(d->buf, d->length);
+		if (nb == NULL)
+			return 0; /* tether_frame_decode reports it */
+		d->buf = nb;
+		d->buf_cap = d->length;
+	}
+	*p = d->buf + d->have;
+	return d->length - d->have - 1;
+}
+
+void
+tether_frame_decoder_advance(tether_frame_decoder *d, size_t n)
+{
+	if (d != NULL && d->have + n < d->length)
+		d->have += n;
+}
+
 int
 tether_frame_decode(tether_frame_decoder *d, const void *data, size_t len,
                     size_t *consumed, tether_frame *out, tether_error *err)
@@ -686,7 +722,7 @@ tether_frame_decode(tether_frame_decoder *d, const void *data, size_t len,
 	}
 
 	/* Between frames: drop a large buffer from the previous one. */
-	if (d->hdr_have == 0 && d->buf_cap > DECODER_KEEP_BYTES) {
+	if (d->hdr_have == 0 && d->buf_cap > DECODER_KEEP_BYTES && d->buf_cap > d->keep) {
 		free(d->buf);
 		d->buf = NULL;
 		d->buf_cap = 0;

@@ -124,6 +124,7 @@ typedef struct tether_frame_decoder {
 	size_t have;
 	int reason;                     /* enum tether_proto_reason, sticky */
 	tether_error failure;           /* sticky copy of the first error */
+	size_t keep;                    /* tether_frame_decoder_keep */
 } tether_frame_decoder;
 
 /* Decoder progress codes (>= 0). */
@@ -152,6 +153,24 @@ int tether_frame_decode(tether_frame_decoder *d, const void *data, size_t len,
 
 /* The reason of the decoder's failure (TETHER_PROTO_OK if none). */
 int tether_frame_decoder_reason(const tether_frame_decoder *d);
+
+/* While a stream's data arrives (conn.c), keep a payload buffer of up to
+ * bytes (at most TETHER_FRAME_DATA_MAX) between frames instead of releasing
+ * it after each large one, and give a STREAM_DATA payload that fits its
+ * whole buffer as soon as its header is in; 0 restores the default (the
+ * buffer is then released between frames as before). */
+void tether_frame_decoder_keep(tether_frame_decoder *d, size_t bytes);
+
+/* Writing a payload in place (conn.c decrypts a file's data straight into
+ * its frame instead of into a buffer and then a copy): while a frame's
+ * payload is being assembled in a buffer that already holds all of it,
+ * *p is where its next bytes go and the result how many may be written
+ * there: all that is missing but the last byte, which goes through
+ * tether_frame_decode as usual (which then checks and hands out the frame).
+ * 0 when there is no such room; feed tether_frame_decode then.  After
+ * writing n bytes (n <= the room) at *p, call tether_frame_decoder_advance. */
+size_t tether_frame_decoder_room(tether_frame_decoder *d, unsigned char **p);
+void tether_frame_decoder_advance(tether_frame_decoder *d, size_t n);
 
 /* --- encoding --- */
 

@@ -561,6 +561,81 @@ test_sticky_error(void **state)
 	tether_frame_decoder_free(&d);
 }
 
+/* A stream's data written in place (conn.c decrypts into the frame): with
+ * keep set, the whole payload's buffer is there once the header is in, all
+ * but the last byte may be written at room, the last byte goes through
+ * decode, which hands the frame out; the buffer is kept for the next one.
+ * Without keep, or for another type, no room is given. */
+static void
+test_payload_in_place(void **state)
+{
+	tether_frame_decoder d;
+	tether_frame f;
+	tether_error err;
+	unsigned char *data, *fr = NULL, *p = NULL, *kept;
+	size_t n = 0, used, room, k;
+	int r, round;
+
+	(void)state;
+	data = malloc(100000);
+	assert_non_null(data);
+	for (n = 0; n < 100000; n++)
+		data[n] = (unsigned char)(n * 13);
+	assert_int_equal(tether_frame_encode(TETHER_FRAME_STREAM_DATA, 9, data, 100000, NULL, 0, &fr,
+	                                     &n, &err), 0);
+	assert_int_equal(tether_frame_decoder_init(&d, 0, &err), 0);
+	d.frames = 1; /* past the HELLO */
+	/* no keep: a 100 000-byte payload gets no room */
+	r = tether_frame_decode(&d, fr, TETHER_FRAME_HEADER_LEN, &used, &f, &err);
+	assert_int_equal(r, TETHER_FRAME_NEED_MORE);
+	assert_int_equal(tether_frame_decoder_room(&d, &p), 0);
+	r = tether_frame_decode(&d, fr + used, n - used, &used, &f, &err);
+	assert_int_equal(r, TETHER_FRAME_READY);
+	tether_frame_decoder_keep(&d, TETHER_FRAME_DATA_MAX);
+	kept = NULL;
+	for (round = 0; round < 2; round++) {
+		r = tether_frame_decode(&d, fr, TETHER_FRAME_HEADER_LEN, &used, &f, &err);
+		assert_int_equal(r, TETHER_FRAME_NEED_MORE);
+		for (k = 0; k < 100000 - 1; k += room) {
+			room = tether_frame_decoder_room(&d, &p);
+			assert_int_equal(room, 100000 - 1 - k);
+			if (room > 16384)
+				room = 16384;
+			memcpy(p, data + k, room);
+			tether_frame_decoder_advance(&d, room);
+		}
+		assert_int_equal(tether_frame_decoder_room(&d, &p), 0);
+		r = tether_frame_decode(&d, fr + n - 1, 1, &used, &f, &err);
+		assert_int_equal(r, TETHER_FRAME_READY);
+		assert_int_equal(used, 1);
+		assert_int_equal(f.type, TETHER_FRAME_STREAM_DATA);
+		assert_int_equal(f.length, 100000);
+		assert_memory_equal(f.payload, data, 100000);
+		if (round == 0)
+			kept = d.buf;
+		else
+			assert_ptr_equal(d.buf, kept); /* not released in between */
+	}
+	tether_frame_decoder_keep(&d, 0);
+	free(fr);
+	/* another type gets no room while its buffer must still grow */
+	{
+		static const char reason[] = "{\"code\":\"x\",\"message\":\"y\"}";
+		assert_int_equal(tether_frame_encode(TETHER_FRAME_STREAM_RESET, 9, reason, sizeof(reason) - 1,
+		                                     NULL, 0, &fr, &n, &err), 0);
+	}
+	tether_frame_decoder_free(&d);
+	assert_int_equal(tether_frame_decoder_init(&d, 0, &err), 0);
+	d.frames = 1;
+	tether_frame_decoder_keep(&d, TETHER_FRAME_DATA_MAX);
+	r = tether_frame_decode(&d, fr, TETHER_FRAME_HEADER_LEN, &used, &f, &err);
+	assert_int_equal(r, TETHER_FRAME_NEED_MORE);
+	assert_int_equal(tether_frame_decoder_room(&d, &p), 0);
+	tether_frame_decoder_free(&d);
+	free(fr);
+	free(data);
+}
+
 static void
 test_large_frame_split_and_released(void **state)
 {
@@ -999,6 +1074,7 @@ main(void)
 		cmocka_unit_test(test_window_too_big_on_wire),
 		cmocka_unit_test(test_sticky_error),
 		cmocka_unit_test(test_large_frame_split_and_released),
+		cmocka_unit_test(test_payload_in_place),
 		cmocka_unit_test(test_memory_follows_bytes),
 		cmocka_unit_test(test_encoder_refuses),
 		cmocka_unit_test(test_reason_roundtrip),

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -48,12 +49,12 @@ struct admin_client {
 	admin_client *next, *prev;
 	char *in;                        /* bytes received, not yet a full line */
 	size_t in_len, in_cap, scanned;
-	char rbuf[READ_CHUNK];
 	unsigned inflight;
 	int closing;                     /* uv_close called */
 	int draining;                    /* no more requests: close once written */
 	uid_t uid;
 	char user[128];
+	char rbuf[READ_CHUNK];           /* last: not zeroed (on_connection) */
 };
 
 struct admin_call {
@@ -482,7 +483,11 @@ static void on_connection(uv_stream_t *server, int status)
 		log_warn("admin: accepting a connection on %s failed: %s", s->path, uv_strerror(status));
 		return;
 	}
-	cl = tether_xcalloc(1, sizeof(*cl));
+	/* every field but the read buffer zeroed: zeroing 64 KiB per
+	 * connection was about 70 000 instructions, 6 % of the daemon's work
+	 * for a short exec */
+	cl = tether_xmalloc(sizeof(*cl));
+	memset(cl, 0, offsetof(admin_client, rbuf));
 	cl->srv = s;
 	uv_pipe_init(s->loop, &cl->pipe, 0);
 	s->handles++;

@@ -479,7 +479,8 @@ def main():
                 pass
             except (ssl.SSLError, OSError):
                 closed = True
-            while len(buf) >= 12:
+            # one TLS record may hold many answers: count no more than STOP
+            while len(buf) >= 12 and res + err < stop:
                 ftype, _, _, _, ln = struct.unpack(">BBHII", buf[:12])
                 if len(buf) < 12 + ln:
                     break

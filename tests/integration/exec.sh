@@ -109,8 +109,9 @@ is "$r" 1 "the child that ignored SIGTERM is gone (killed after the grace, $((t1
 
 # --- isolation serializes two commands ---
 F="$TMP/iso"
-: >"$F"
-bg "$SERVER" exec "${A[@]}" web1 --isolation deploy -- sh -c "echo a1 >>$F; sleep 4; echo a2 >>$F"
+: >"$F"; rm -f "$F.go"
+# the first holds the isolation lock until the test opens its gate (at most 30 s)
+bg "$SERVER" exec "${A[@]}" web1 --isolation deploy -- sh -c "echo a1 >>$F; i=0; while [ ! -e $F.go ] && [ \$i -lt 300 ]; do sleep 0.1; i=\$((i+1)); done; echo a2 >>$F"
 P1=$LAST_PID
 wait_for grep -q a1 "$F"
 first=$(last_task)
@@ -120,6 +121,7 @@ for i in $(seq 1 50); do id=$(last_task); [ "$id" != "$first" ] && break; sleep 
 # the server learns the state when script.start answers (it waits up to 1 s)
 for i in $(seq 1 30); do s=$(task_field "$id" state); [ "$s" = pending ] || break; sleep 0.1; done
 is "$s" queued "the second command waits (queued)"
+touch "$F.go"
 wait $P1; wait $P2
 is "$(tr '\n' ' ' <"$F")" "a1 a2 b " "the second ran only after the first ended"
 

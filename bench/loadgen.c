@@ -17,7 +17,9 @@
  *       N polling agents, each with its own ec-p256 identity generated in
  *       process and (--register) registered as its own target through the
  *       server's admin socket; each answers health.  Events: keygen,
- *       register, all_open (every time all N are connected), drop.
+ *       register, all_open (every time all N are connected), drop, end
+ *       (at --duration or SIGTERM: fresh_sessions, the tickets received after
+ *       connecting, kept for the next connection).
  */
 #include "config.h"
 #include <errno.h>
@@ -239,14 +241,18 @@ static void stop(lg *g)
 		fleet_stop(g);
 }
 
+static void fleet_end(void);
+
 static void on_stop_signal(uv_signal_t *s, int signum)
 {
 	(void)signum;
+	fleet_end();
 	stop(s->data);
 }
 
 static void on_deadline(uv_timer_t *t)
 {
+	fleet_end();
 	stop(t->data);
 }
 
@@ -440,6 +446,7 @@ typedef struct agent {
 typedef struct fleet {
 	agent *a;
 	unsigned long n, n_open, connecting, resumed, full, healths;
+	unsigned long fresh;            /* sessions received after on_open (fresh tickets) */
 	agent **queue;                  /* waiting to connect */
 	unsigned long qhead, qtail;     /* ring of n */
 	int all_open_reported;
@@ -447,6 +454,13 @@ typedef struct fleet {
 } fleet;
 
 static fleet F;
+
+static void fleet_end(void)
+{
+	if (F.n)
+		emit(json_pack("{s:s, s:I, s:I}", "event", "end", "fresh_sessions", (json_int_t)F.fresh, "wall_ms",
+		               (json_int_t)wall_ms()));
+}
 
 static void fleet_pump(lg *g);
 
@@ -566,6 +580,7 @@ static void fl_on_session(void *arg, tether_conn *c)
 	free(a->session);
 	a->session = s;
 	a->session_len = len;
+	F.fresh++;
 }
 
 static const tether_conn_cbs fl_cbs = { accept_any, fl_on_open, fl_on_request, fl_on_close, fl_on_session };

@@ -1489,6 +1489,11 @@ static int send_ticket(tether_tls *t, tether_error *err)
 		e = SSL_get_error(t->ssl, r);
 		return tls_fail(t, err, e, "cannot send a TLS session ticket");
 	}
+	/* libssl 3.0 keeps the write buffer (about 17 KiB) a handshake
+	 * message went out through until the next application write, despite
+	 * SSL_MODE_RELEASE_BUFFERS: on an idle connection that is its next
+	 * keepalive.  io.write took everything, so nothing is pending. */
+	(void)SSL_free_buffers(t->ssl);
 	t->ticket_time = now;
 	return 0;
 }
